@@ -1,0 +1,207 @@
+"""`fastsr train | eval | upscale | quickstart | download-div2k`.
+
+Every user error (a bad recipe key, a corrupt image, weights that don't fit) ends as one line on
+stderr and exit code 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    from fastsr.config import RecipeError
+    from fastsr.data import DownloadError, ImageError
+    from fastsr.engine.checkpoint import WeightsError
+    from fastsr.losses import VGGWeightsUnavailable
+
+    return RecipeError, ImageError, WeightsError, VGGWeightsUnavailable, DownloadError, FileNotFoundError
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+
+
+def cmd_train(args, console: Console) -> None:
+    from fastsr.config import load_recipe
+    from fastsr.engine.trainer import train
+
+    train(load_recipe(args.recipe, args.overrides), console)
+
+
+# ---------------------------------------------------------------------------------------------
+# eval
+
+
+def parse_method(spec: str, scale: int):
+    """`bicubic`, `WEIGHTS.safetensors` or `LABEL=WEIGHTS.safetensors` -> (label, model)."""
+    from fastsr.engine.checkpoint import WeightsError, load_generator
+    from fastsr.models import Bicubic
+
+    if spec.lower() == "bicubic":
+        return "Bicubic", Bicubic(scale)
+    label, sep, path = spec.partition("=")
+    if not sep:
+        label, path = "", spec
+    model = load_generator(Path(path))
+    if model.scale != scale:
+        raise WeightsError(f"{path}: model is x{model.scale}, but --scale is {scale}")
+    return label or {"srresnet": "SRResNet", "srcnn": "SRCNN"}.get(model.config["name"], Path(path).stem), model
+
+
+def run_eval(methods: list[str], data: str, scale: int, console: Console, *, pictures: Path | None = None,
+             json_out: Path | None = None, device: str = "auto"):
+    from fastsr.data import load_val_set, resolve_source
+    from fastsr.evaluate import evaluate, format_table, scores_to_json
+
+    device = resolve_device(device)
+    models = dict(parse_method(m, scale) for m in methods)
+    for model in models.values():
+        model.to(device)
+    pairs = load_val_set(resolve_source(data, "val", scale), scale)
+    scores = evaluate(models, pairs, scale, device, pictures=pictures)
+    caption = (f"x{scale}, {len(pairs)} images of {data}; Y channel (BT.601 studio range), {scale}-pixel border "
+               f"shaved, uint8 levels, mean of per-image values")
+    console.print(format_table(scores, caption))
+    if json_out:
+        meta = {"data": data, "scale": scale, "channel": "Y", "crop_border": scale}
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(scores_to_json(scores, [p[0] for p in pairs], meta), indent=2))
+    if pictures:
+        console.print(f"side-by-side pictures (LR / methods / HR): {pictures}")
+    return scores
+
+
+def cmd_eval(args, console: Console) -> None:
+    run_eval(args.model, args.data, args.scale, console, pictures=args.pictures, json_out=args.json, device=args.device)
+
+
+# ---------------------------------------------------------------------------------------------
+# upscale
+
+
+def cmd_upscale(args, console: Console) -> None:
+    from fastsr.data import image_to_tensor, list_images, load_image, save_image
+    from fastsr.engine.checkpoint import load_generator
+    from fastsr.infer import upscale
+
+    device = resolve_device(args.device)
+    model = load_generator(args.weights, device)
+    src = Path(args.input)
+    files = list_images(src) if src.is_dir() else [src]
+    out = Path(args.output)
+    for path in files:
+        lr = image_to_tensor(load_image(path))
+        sr = upscale(model, lr.to(device), model.scale, tile=args.tile, overlap=args.overlap)
+        target = out / f"{path.stem}.png" if (src.is_dir() or out.suffix == "") else out
+        save_image(target, sr.float().clamp(0, 1).cpu())
+        console.print(f"{path} -> {target} ({lr.shape[-1]}x{lr.shape[-2]} -> {sr.shape[-1]}x{sr.shape[-2]})")
+
+
+# ---------------------------------------------------------------------------------------------
+# quickstart
+
+
+def cmd_quickstart(args, console: Console) -> None:
+    """Train SRCNN and a small SRGAN on the bundled samples, then score both against bicubic."""
+    from fastsr.config import load_recipe
+    from fastsr.engine.trainer import train
+
+    start = time.perf_counter()
+    out = [f"out_dir={args.out}"]
+    srcnn = train(load_recipe(RECIPES / "quickstart_srcnn.yaml", out), console)
+    srgan = train(load_recipe(RECIPES / "quickstart.yaml", out), console)
+    recipe = load_recipe(RECIPES / "quickstart.yaml", out)
+    methods = ["bicubic", f"SRCNN={srcnn / 'generator.safetensors'}", f"SRGAN={srgan / 'generator.safetensors'}"]
+    pictures = Path(args.out) / "compare"
+    run_eval(methods, recipe.data.source, recipe.scale, console, pictures=pictures,
+             json_out=Path(args.out) / "results.json")
+    console.print(f"quick start took {time.perf_counter() - start:.0f} s; runs, logs and curves in {args.out}/")
+
+
+# ---------------------------------------------------------------------------------------------
+# download
+
+
+def cmd_download(args, console: Console) -> None:
+    from fastsr.data.div2k import download_div2k
+
+    download_div2k(args.dest, scales=tuple(args.scales))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_device(device: str):
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastsr", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train from a recipe (also: accelerate launch fastsr/train.py RECIPE)")
+    p.add_argument("recipe", type=Path)
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.batch_size=32 data.source=/data/DIV2K")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="PSNR/SSIM table of methods on the same held-out images")
+    p.add_argument("--model", action="append", required=True,
+                   help="bicubic, WEIGHTS.safetensors or LABEL=WEIGHTS.safetensors; repeat for several")
+    p.add_argument("--data", default="samples", help="samples, a DIV2K root (valid split), an image folder or file")
+    p.add_argument("--scale", type=int, default=4)
+    p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--pictures", type=Path, help="save LR / methods / HR side by side here")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("upscale", help="upscale whole images (tiled, so large images fit in memory)")
+    p.add_argument("input", help="an image or a folder of images")
+    p.add_argument("--weights", type=Path, required=True)
+    p.add_argument("-o", "--output", required=True, help="output file, or folder for several images")
+    p.add_argument("--tile", type=int, default=256, help="LR tile size (0: whole image at once)")
+    p.add_argument("--overlap", type=int, default=32, help="LR pixels shared by neighbouring tiles")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_upscale)
+
+    p = sub.add_parser("quickstart", help="train SRCNN and a small SRGAN on the bundled samples, then compare")
+    p.add_argument("--out", default="runs/quickstart")
+    p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("download-div2k", help="download and unpack DIV2K (needs a network)")
+    p.add_argument("dest", type=Path)
+    p.add_argument("--scales", type=int, nargs="+", default=[4])
+    p.set_defaults(func=cmd_download)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console()
+    if args.debug:
+        args.func(args, console)
+        return 0
+    try:
+        args.func(args, console)
+    except user_errors() as err:
+        print(f"fastsr: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fastsr: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

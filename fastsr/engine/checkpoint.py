@@ -1,0 +1,167 @@
+"""Weights that leave a run, and the resumable state of a run.
+
+Weights are safetensors with a JSON file of the model's config beside them (`generator.json` next
+to `generator.safetensors`), enough to rebuild the model with no recipe at hand. Nothing a user
+hands in is ever unpickled: weights load through safetensors, and fastsr's own resumable state
+through `torch.load(weights_only=True)`.
+
+A checkpoint is a directory `checkpoints/step_XXXXXXXX/` that is written under a temporary name
+and renamed into place only once complete, so a crash or a kill mid-write never leaves a
+half-written checkpoint that `resume=auto` could pick.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from fastsr.models import build_generator
+
+STATE_FILE = "state.pt"
+COMPLETE = "COMPLETE"  # written last inside a checkpoint directory
+
+
+class WeightsError(ValueError):
+    """A weights file or checkpoint cannot be used; the message names it and says why."""
+
+
+def config_path(weights: Path) -> Path:
+    return Path(weights).with_suffix(".json")
+
+
+def save_weights(model: nn.Module, path: Path, config: dict) -> None:
+    """Write `path` (.safetensors) and its config (.json) atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # clone(): safetensors refuses tensors that share storage, and this detaches from the device.
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+    _atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    _atomic(config_path(path), lambda tmp: tmp.write_text(json.dumps(config, indent=2)))
+
+
+def read_config(path: Path) -> dict:
+    if not Path(path).is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    cfg_file = config_path(path)
+    if not cfg_file.is_file():
+        raise WeightsError(f"{path}: no {cfg_file.name} beside it; fastsr needs the model config it writes with the weights")
+    try:
+        return json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as err:
+        raise WeightsError(f"{cfg_file}: not valid JSON ({err.msg} at line {err.lineno})") from None
+
+
+def load_weights(model: nn.Module, path: Path) -> nn.Module:
+    """Load safetensors weights into `model`, with a one-line error for any mismatch."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    if path.suffix != ".safetensors":
+        raise WeightsError(f"{path}: fastsr loads weights only from .safetensors files (never pickles)")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise WeightsError(f"{path}: not a readable safetensors file ({err}); re-export or re-download it") from None
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        detail = (
+            f"missing {missing[:3]}" if missing
+            else f"unexpected {unexpected[:3]}" if unexpected
+            else f"{wrong[0]} is {tuple(state[wrong[0]].shape)}, the model wants {tuple(own[wrong[0]].shape)}"
+        )
+        raise WeightsError(f"{path}: weights do not fit this model ({detail}); check scale and architecture")
+    model.load_state_dict(state)
+    return model
+
+
+def load_generator(path: Path, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a generator from its config and load its weights; eval mode."""
+    config = read_config(path)
+    try:
+        model = build_generator(**config)
+    except (TypeError, ValueError) as err:
+        raise WeightsError(f"{config_path(path)}: cannot build a model from this config ({err})") from None
+    return load_weights(model, path).to(device).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Resumable checkpoints
+
+
+def save_checkpoint(run_dir: Path, step: int, models: dict[str, tuple[nn.Module, dict]], state: dict, keep: int) -> Path:
+    """Write models (name -> (module, config)) and `state` as one checkpoint; keep the newest `keep`."""
+    root = Path(run_dir) / "checkpoints"
+    final = root / f"step_{step:08d}"
+    tmp = root / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, (module, config) in models.items():
+        save_weights(module, tmp / f"{name}.safetensors", config)
+    torch.save(state, tmp / STATE_FILE)
+    (tmp / COMPLETE).write_text(str(step))
+    _fsync_dir(tmp)
+    if final.exists():  # the same step saved again (e.g. end of phase right after a periodic save)
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    for old in complete_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.glob("step_*") if (p / COMPLETE).is_file() and (p / STATE_FILE).is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def resolve_resume(resume: str, run_dir: Path) -> Path | None:
+    """`none` -> None; `auto` -> the newest complete checkpoint, if any; else a checkpoint path."""
+    if resume == "none":
+        return None
+    if resume == "auto":
+        found = complete_checkpoints(run_dir)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not (path / COMPLETE).is_file():
+        raise WeightsError(f"{path}: not a complete fastsr checkpoint (no {COMPLETE} marker); pick one under {run_dir}/checkpoints")
+    return path
+
+
+def load_state(checkpoint: Path) -> dict:
+    try:
+        return torch.load(Path(checkpoint) / STATE_FILE, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure means the same thing to the user
+        raise WeightsError(f"{checkpoint}/{STATE_FILE}: cannot read the training state ({err})") from None
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,80 @@
+"""What a run leaves for people and programs to read: a JSONL log, a plot, a progress bar."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class RunLog:
+    """Appends one JSON object per line to run_dir/log.jsonl (resumed runs keep appending)."""
+
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path = Path(path)
+        self.enabled = enabled
+
+    def write(self, **record) -> None:
+        if not self.enabled:
+            return
+        record = {"time": round(time.time(), 3), **record}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def read_log(path: Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(log_path: Path, png_path: Path) -> None:
+    """Losses (log scale) and validation PSNR against steps, from the JSONL log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_log(log_path)
+    train = [r for r in records if r.get("kind") == "train"]
+    val = [r for r in records if r.get("kind") == "val"]
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
+    loss_keys = sorted({k for r in train for k in r if k.startswith("loss_")})
+    for key in loss_keys:
+        points = [(r["step"], r[key]) for r in train if r.get(key) is not None and r[key] > 0]
+        if points:
+            ax_loss.plot(*zip(*points), label=key.removeprefix("loss_"))
+    ax_loss.set_yscale("log")
+    ax_loss.set_xlabel("step")
+    ax_loss.set_title("training losses")
+    if loss_keys:
+        ax_loss.legend()
+    if val:
+        steps = [r["step"] for r in val]
+        ax_val.plot(steps, [r["psnr"] for r in val], marker="o", label="model")
+        ax_val.plot(steps, [r["bicubic_psnr"] for r in val], linestyle="--", label="bicubic")
+        ax_val.legend()
+    ax_val.set_xlabel("step")
+    ax_val.set_title("validation PSNR (dB, Y)")
+    fig.tight_layout()
+    png_path = Path(png_path)
+    tmp = png_path.with_name(f".{png_path.name}.tmp")
+    fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    tmp.replace(png_path)
+
+
+def progress_bar(enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>7.1f} img/s"),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        disable=not enabled,
+    )

@@ -1,0 +1,304 @@
+"""The two-phase trainer, top to bottom.
+
+Phase A (`epochs_pretrain`): the generator alone, pixel loss (SRResNet; also how SRCNN trains).
+Phase B (`epochs_finetune`): SRGAN. Each iteration runs the generator once, updates the
+discriminator on real and detached fake images, then the generator on
+    pixel + w_vgg * perceptual + w_adv * adversarial + w_tv * total variation,
+each weight applied exactly once, here and nowhere else.
+
+Each step is a plain function of (models, batch, optimisers) so other loaders, compilation and
+mixed precision plug in around it. Accelerate places the models and runs them on one device, several
+or several machines; the loader shards by process and hands over batches already on the device.
+The position (phase, epoch, batch) is part of every checkpoint, and the loader's randomness is a
+function of (seed, epoch, position), so a resumed run sees the batches the uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from rich.console import Console
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from fastsr.config import Recipe, RecipeError, save_recipe
+from fastsr.data import TrainLoader, load_val_set, resolve_source
+from fastsr.engine.checkpoint import (
+    WeightsError, load_state, load_weights, read_config, resolve_resume, save_checkpoint, save_weights,
+)
+from fastsr.engine.runlog import RunLog, plot_curves, progress_bar
+from fastsr.evaluate import evaluate
+from fastsr.losses import PerceptualLoss, VGGWeightsUnavailable, d_loss, g_adv_loss, pixel_loss, tv_loss
+from fastsr.models import Bicubic, Discriminator, build_generator
+
+DISCRIMINATOR_CONFIG = {"in_channels": 3, "channels": 64}
+
+
+@dataclass
+class Position:
+    """Where a run is; saved in every checkpoint."""
+
+    step: int = 0  # optimisation steps taken, all phases together
+    phase: int = 0  # index into the run's phases
+    epoch: int = 0  # epoch within the phase
+    batch: int = 0  # next batch within the epoch
+
+
+def generator_kwargs(recipe: Recipe) -> dict:
+    m = recipe.model
+    if m.name == "srresnet":
+        return {"name": "srresnet", "scale": recipe.scale, "res_blocks": m.res_blocks, "channels": m.channels}
+    return {"name": "srcnn", "scale": recipe.scale, "kernels": list(m.srcnn_kernels), "residual": m.srcnn_residual}
+
+
+# ---------------------------------------------------------------------------------------------
+# The steps
+
+
+def pretrain_step(g, batch, opt_g, accelerator, pixel: str) -> dict[str, torch.Tensor]:
+    hr, lr = batch
+    loss = pixel_loss(g(lr), hr, pixel)
+    opt_g.zero_grad(set_to_none=True)
+    accelerator.backward(loss)
+    opt_g.step()
+    return {"pixel": loss.detach()}
+
+
+def gan_step(g, d, batch, opt_g, opt_d, accelerator, recipe: Recipe, perceptual: nn.Module | None) -> dict[str, torch.Tensor]:
+    hr, lr = batch
+    w = recipe.loss
+    sr = g(lr)  # the one generator forward of this iteration, used by both updates
+
+    # Discriminator: real -> 1, detached fake -> 0. Each forward gets its own backward, because a
+    # BatchNorm module run twice before one backward breaks under DDP (FACTS).
+    d.requires_grad_(True)
+    opt_d.zero_grad(set_to_none=True)
+    real_logits = d(hr)
+    loss_real = d_loss(real_logits, None)
+    accelerator.backward(loss_real)
+    fake_logits = d(sr.detach())
+    loss_fake = d_loss(None, fake_logits)
+    accelerator.backward(loss_fake)
+    opt_d.step()
+
+    # Generator, with D frozen so its update leaves D's gradients alone.
+    d.requires_grad_(False)
+    loss_pixel = pixel_loss(sr, hr, w.pixel)
+    loss_adv = g_adv_loss(d(sr))
+    loss_tv = tv_loss(sr)
+    loss_g = loss_pixel + w.w_adv * loss_adv + w.w_tv * loss_tv
+    out = {"pixel": loss_pixel.detach(), "adv": loss_adv.detach(), "tv": loss_tv.detach()}
+    if perceptual is not None:
+        loss_vgg = perceptual(sr, hr)
+        loss_g = loss_g + w.w_vgg * loss_vgg
+        out["vgg"] = loss_vgg.detach()
+    opt_g.zero_grad(set_to_none=True)
+    accelerator.backward(loss_g)
+    opt_g.step()
+    out["g"] = loss_g.detach()
+    out["d"] = (loss_real + loss_fake).detach()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def build_perceptual(recipe: Recipe, console: Console, log: RunLog) -> nn.Module | None:
+    """The VGG19 loss, or None when it is switched off or (with vgg_missing=skip) unavailable."""
+    if recipe.loss.w_vgg == 0:
+        return None
+    try:
+        return PerceptualLoss(layer=recipe.loss.vgg_layer, weights=recipe.loss.vgg_weights)
+    except VGGWeightsUnavailable as err:
+        if recipe.loss.vgg_missing == "error":
+            raise
+        note = f"{err} -- phase B trains WITHOUT the perceptual (VGG) term (loss.vgg_missing=skip)"
+        console.print(f"[yellow]warning:[/] {note}")
+        log.write(kind="note", message=note)
+        return None
+
+
+def check_init_from(path: str, config: dict) -> None:
+    found = read_config(Path(path))
+    if found != config:
+        raise WeightsError(f"{path}: weights are for {found}, but the recipe builds {config}; match model.* and scale")
+
+
+def validate(model: nn.Module, pairs, recipe: Recipe, device, step: int, log: RunLog) -> tuple[float, float]:
+    model.eval()
+    pictures = recipe.run_dir / "samples" / f"step_{step:08d}"
+    bicubic, sr = evaluate({"Bicubic": Bicubic(recipe.scale), "model": model}, pairs, recipe.scale, device, pictures=pictures)
+    model.train()
+    log.write(kind="val", step=step, psnr=sr.mean_psnr, ssim=sr.mean_ssim,
+              bicubic_psnr=bicubic.mean_psnr, bicubic_ssim=bicubic.mean_ssim, images=len(pairs))
+    return sr.mean_psnr, bicubic.mean_psnr
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def train(recipe: Recipe, console: Console | None = None) -> Path:
+    """Run every phase of `recipe`; return the run directory (weights in run_dir/generator.safetensors)."""
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
+    console = console or Console()
+    run_dir = recipe.run_dir
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_recipe(recipe, run_dir / "recipe.yaml")
+    log = RunLog(run_dir / "log.jsonl", enabled=main)
+    torch.manual_seed(recipe.train.seed)
+    t = recipe.train
+
+    # Models, losses and optimisers.
+    g_config = generator_kwargs(recipe)
+    g = build_generator(**g_config)
+    if t.init_from:
+        check_init_from(t.init_from, g_config)
+        load_weights(g, Path(t.init_from))
+    phases = [(name, n) for name, n in (("pretrain", t.epochs_pretrain), ("finetune", t.epochs_finetune)) if n > 0]
+    gan = t.epochs_finetune > 0
+    d = Discriminator(**DISCRIMINATOR_CONFIG) if gan else None
+    perceptual = build_perceptual(recipe, console, log) if gan else None
+    opt_g = torch.optim.Adam(g.parameters(), lr=t.lr, betas=tuple(t.betas))
+    opt_d = torch.optim.Adam(d.parameters(), lr=t.lr_finetune or t.lr, betas=tuple(t.betas)) if gan else None
+    ema = AveragedModel(g, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True) if t.ema else None
+
+    # Data.
+    scale = recipe.scale
+    train_samples = resolve_source(recipe.data.source, "train", scale)
+    val_samples = resolve_source(recipe.data.val_source or recipe.data.source, "val", scale)
+    val_pairs = load_val_set(val_samples, scale, method=recipe.data.degradation,
+                             max_images=recipe.data.val_images or None)
+    loader = TrainLoader(
+        train_samples, scale, recipe.data.hr_crop, t.batch_size, repeat=recipe.data.repeat,
+        augment=recipe.data.augment, method=recipe.data.degradation, seed=t.seed, workers=recipe.data.workers,
+        rank=accelerator.process_index, world_size=accelerator.num_processes, device=accelerator.device,
+        cache_images=recipe.data.cache_images,
+    )
+    if len(loader) == 0:
+        raise RecipeError(
+            f"data.source {recipe.data.source}: {len(train_samples)} images x repeat {recipe.data.repeat} make no full batch "
+            f"of {t.batch_size} per process; raise data.repeat or lower train.batch_size")
+
+    # Resume.
+    pos = Position()
+    checkpoint = resolve_resume(t.resume, run_dir)
+    if checkpoint is not None:
+        state = load_state(checkpoint)
+        if state["generator"] != g_config:
+            raise WeightsError(f"{checkpoint}: was trained with {state['generator']}, the recipe builds {g_config}")
+        pos = Position(**state["position"])
+        load_weights(g, checkpoint / "generator.safetensors")
+        opt_g.load_state_dict(state["opt_g"])
+        if gan and "opt_d" in state:
+            load_weights(d, checkpoint / "discriminator.safetensors")
+            opt_d.load_state_dict(state["opt_d"])
+        if ema is not None and "ema_n_averaged" in state:
+            load_weights(ema.module, checkpoint / "ema.safetensors")
+            ema.n_averaged.fill_(state["ema_n_averaged"])
+        torch.set_rng_state(state["torch_rng"])
+        if main:
+            console.print(f"resuming from {checkpoint} at step {pos.step}")
+
+    g, opt_g = accelerator.prepare(g, opt_g)
+    if gan:
+        d, opt_d = accelerator.prepare(d, opt_d)
+    if ema is not None:
+        ema.to(accelerator.device)
+    if perceptual is not None:
+        perceptual.to(accelerator.device)
+
+    def eval_model() -> nn.Module:
+        return ema.module if ema is not None else accelerator.unwrap_model(g)
+
+    def checkpoint_now() -> None:
+        if main:
+            models = {"generator": (accelerator.unwrap_model(g), g_config)}
+            state = {"position": asdict(pos), "generator": g_config, "opt_g": opt_g.state_dict(),
+                     "torch_rng": torch.get_rng_state()}
+            if gan:
+                models["discriminator"] = (accelerator.unwrap_model(d), DISCRIMINATOR_CONFIG)
+                state["opt_d"] = opt_d.state_dict()
+            if ema is not None:
+                models["ema"] = (ema.module, g_config)
+                state["ema_n_averaged"] = int(ema.n_averaged)
+            save_checkpoint(run_dir, pos.step, models, state, keep=t.keep_checkpoints)
+        accelerator.wait_for_everyone()
+
+    def validate_now() -> str:
+        info = ""
+        if main:
+            psnr, bic = validate(eval_model(), val_pairs, recipe, accelerator.device, pos.step, log)
+            info = f"val {psnr:.2f} dB (bicubic {bic:.2f})"
+        accelerator.wait_for_everyone()
+        return info
+
+    # The loop.
+    steps_per_epoch = len(loader)
+    total = steps_per_epoch * sum(n for _, n in phases)
+    images_per_step = t.batch_size * accelerator.num_processes
+    epoch_offsets = [sum(n for _, n in phases[:i]) for i in range(len(phases))]
+    if main:
+        console.print(f"[bold]{recipe.name}[/]: {', '.join(f'{p} {n} epochs' for p, n in phases)}; "
+                      f"{steps_per_epoch} steps/epoch of {images_per_step} crops; {accelerator.num_processes} "
+                      f"process(es) on {accelerator.device}; run dir {run_dir}")
+    g.train()
+    running: dict[str, torch.Tensor] = {}
+    val_info = ""
+    with progress_bar(main) as progress:
+        task = progress.add_task("", total=total, completed=pos.step, rate=0.0, info="")
+        tic, tic_step = time.perf_counter(), pos.step
+        for phase_index in range(pos.phase, len(phases)):
+            phase, epochs = phases[phase_index]
+            progress.update(task, description=phase)
+            if phase == "finetune":
+                for group in opt_g.param_groups:
+                    group["lr"] = t.lr_finetune or t.lr
+            for epoch in range(pos.epoch, epochs):
+                for batch in loader.batches(epoch_offsets[phase_index] + epoch, start=pos.batch):
+                    if phase == "pretrain":
+                        losses = pretrain_step(g, batch, opt_g, accelerator, recipe.loss.pixel)
+                    else:
+                        losses = gan_step(g, d, batch, opt_g, opt_d, accelerator, recipe, perceptual)
+                    if ema is not None:
+                        ema.update_parameters(accelerator.unwrap_model(g))
+                    pos.step += 1
+                    pos.batch += 1
+                    for k, v in losses.items():
+                        running[k] = running.get(k, 0) + v
+
+                    if pos.step % t.log_every == 0:  # the only host synchronisation in the loop
+                        seconds = time.perf_counter() - tic
+                        rate = (pos.step - tic_step) * images_per_step / seconds
+                        means = {f"loss_{k}": (v / (pos.step - tic_step)).item() for k, v in running.items()}
+                        log.write(kind="train", step=pos.step, phase=phase, epoch=epoch,
+                                  lr=opt_g.param_groups[0]["lr"], images_per_sec=rate, **means)
+                        shown = " ".join(f"{k[5:]} {v:.4g}" for k, v in means.items())
+                        progress.update(task, rate=rate, info=f"{shown} {val_info}")
+                        running, tic, tic_step = {}, time.perf_counter(), pos.step
+                    if t.val_every and pos.step % t.val_every == 0:
+                        val_info = validate_now()
+                    if t.save_every and pos.step % t.save_every == 0:
+                        checkpoint_now()
+                    progress.update(task, completed=pos.step)
+                pos.epoch, pos.batch = epoch + 1, 0
+            pos.phase, pos.epoch = phase_index + 1, 0
+            val_info = validate_now()
+            checkpoint_now()
+            progress.update(task, info=val_info)
+
+    if main:
+        save_weights(eval_model(), run_dir / "generator.safetensors", g_config)
+        if log.path.is_file():
+            plot_curves(log.path, run_dir / "curves.png")
+        console.print(f"done: {run_dir / 'generator.safetensors'}; {val_info}; "
+                      f"pictures in {run_dir / 'samples'}, curves in {run_dir / 'curves.png'}")
+    accelerator.wait_for_everyone()
+    return run_dir

@@ -1,0 +1,248 @@
+"""Training losses: pixel, VGG19 perceptual, adversarial (BCE-with-logits) and total variation.
+
+No loss carries a weight: the trainer multiplies each term by its recipe weight (w_vgg, w_adv,
+w_tv) exactly once, so a weight never gets applied twice or hides inside a module.
+All image inputs are float tensors in [0, 1], NCHW, RGB.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import kornia
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# VGG19's convolution stack (torchvision's cfg "E"): ints are conv output channels, "M" a max-pool.
+_VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
+              512, 512, 512, 512, "M", 512, 512, 512, 512, "M")  # fmt: skip
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Seconds a stalled network read may block before the ImageNet weight download gives up.
+_DOWNLOAD_TIMEOUT_S = 10.0
+
+
+def pixel_loss(sr: torch.Tensor, hr: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """Mean pixel loss between ``sr`` and ``hr``: ``kind`` "mse" (squared error) or "l1"."""
+    if kind == "mse":
+        return F.mse_loss(sr, hr)
+    if kind == "l1":
+        return F.l1_loss(sr, hr)
+    raise ValueError(f"unknown pixel loss kind {kind!r}; valid kinds: mse, l1")
+
+
+def _vgg19_layers() -> nn.Sequential:
+    """Build VGG19's ``features`` exactly as torchvision does (same indices and state-dict keys),
+    without allocating the 120M-parameter classifier that the perceptual loss never uses."""
+    layers: list[nn.Module] = []
+    prev = 3
+    for v in _VGG19_CFG:
+        if v == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            layers += [nn.Conv2d(prev, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            prev = v
+    return nn.Sequential(*layers)
+
+
+def _vgg19_layer_ends() -> dict[str, int]:
+    """Map ``conv{b}_{i}`` / ``relu{b}_{i}`` to the length of the ``features`` prefix ending there.
+
+    conv5_4 -> 35 (``features[:35]``, before its ReLU, as in ESRGAN); relu5_4 -> 36
+    (``features[:36]``, SRGAN's phi_5,4).
+    """
+    ends: dict[str, int] = {}
+    block, conv, index = 1, 0, 0
+    for v in _VGG19_CFG:
+        if v == "M":
+            block, conv, index = block + 1, 0, index + 1
+        else:
+            conv += 1
+            ends[f"conv{block}_{conv}"] = index + 1
+            ends[f"relu{block}_{conv}"] = index + 2
+            index += 2
+    return ends
+
+
+VGG19_LAYERS: dict[str, int] = _vgg19_layer_ends()
+
+
+class VGGWeightsUnavailable(RuntimeError):
+    """The VGG19 ImageNet weights could not be loaded (no network, missing or unreadable file)."""
+
+
+def _hub_checkpoint_path() -> Path:
+    """Where torchvision looks for (and downloads) the ImageNet VGG19 file."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / "vgg19-dcbb9e9d.pth"
+
+
+def _unavailable(tried: str, cause: BaseException) -> VGGWeightsUnavailable:
+    """One-line error: what was tried, why it failed, and the two ways to supply the file."""
+    from torchvision.models import VGG19_Weights
+
+    reason = " ".join(str(cause).split())  # some loaders' messages span several lines
+    return VGGWeightsUnavailable(
+        f"VGG19 ImageNet weights unavailable: {tried} ({type(cause).__name__}: {reason}). "
+        f"Download {VGG19_Weights.IMAGENET1K_V1.url} and either put it at "
+        f"{_hub_checkpoint_path()} or pass loss.vgg_weights=/path/to/vgg19-dcbb9e9d.pth"
+    )
+
+
+def _load_imagenet_state_dict() -> dict[str, torch.Tensor]:
+    """torchvision's VGG19 IMAGENET1K_V1 state dict: from the torch hub cache, else downloaded.
+
+    The download runs under a socket timeout so a firewalled machine fails in seconds instead of
+    hanging (torch's downloader sets no timeout of its own).
+    """
+    from torchvision.models import VGG19_Weights
+
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)
+    try:
+        return VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
+    except Exception as e:  # URLError, timeouts, hash mismatch, corrupt cache file...
+        raise _unavailable(
+            f"tried the torch hub cache {_hub_checkpoint_path()} and a download", e
+        ) from e
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _load_file_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A user-supplied vgg19 state dict, loaded without unpickling arbitrary objects."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # missing file, not a tensor pickle, ...
+        raise _unavailable(f"tried to load {path}", e) from e
+
+
+class VGGFeatures(nn.Module):
+    """Frozen VGG19 feature extractor truncated at ``layer``: [0, 1] RGB -> feature map.
+
+    ``layer`` is ``conv{b}_{i}`` (the conv output, before its ReLU, as ESRGAN uses) or
+    ``relu{b}_{i}`` (after it; SRGAN's phi_{b,i}) for any of VGG19's 16 convs; see
+    ``VGG19_LAYERS``. The input is normalised inside with the ImageNet mean/std, so callers pass
+    the project's [0, 1] images. Parameters never require grad and the module stays in eval mode
+    whatever ``.train()`` is called with (a loss network must not change while it is used).
+
+    Args:
+        layer: where to cut the network.
+        weights: "imagenet" for torchvision's ``VGG19_Weights.IMAGENET1K_V1`` (from the torch hub
+            cache if present, else downloaded); a path to that ``vgg19-dcbb9e9d.pth`` file (a
+            state dict of the full torchvision vgg19 or of its ``features`` alone); or ``None``
+            for random initialisation, which is meaningless as a perceptual loss and exists for
+            tests only.
+
+    Raises:
+        ValueError: unknown ``layer``.
+        VGGWeightsUnavailable: the weights cannot be obtained; the message says where to put them.
+    """
+
+    def __init__(self, layer: str = "conv5_4", weights: str | os.PathLike | None = "imagenet"):
+        super().__init__()
+        if layer not in VGG19_LAYERS:
+            raise ValueError(
+                f"unknown VGG19 layer {layer!r}; valid layers: {', '.join(VGG19_LAYERS)}"
+            )
+        self.layer = layer
+        self.features = _vgg19_layers()[: VGG19_LAYERS[layer]]
+        if weights is not None:
+            if weights == "imagenet":
+                state = _load_imagenet_state_dict()
+                source = "the torchvision IMAGENET1K_V1 weights"
+            else:
+                state = _load_file_state_dict(weights)
+                source = str(weights)
+            self._load(state, source)
+        self.register_buffer(
+            "mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+        self.eval()
+
+    def _load(self, state: dict[str, torch.Tensor], source: str) -> None:
+        """Copy the truncated stack's weights from a full-model (``features.N.*``) or
+        features-only (``N.*``) vgg19 state dict."""
+        wanted = self.features.state_dict().keys()
+        prefix = "features." if any(k.startswith("features.") for k in state) else ""
+        missing = [k for k in wanted if prefix + k not in state]
+        if missing:
+            raise VGGWeightsUnavailable(
+                f"{source} is not a torchvision vgg19 state dict (missing {missing[0]!r} and "
+                f"{len(missing) - 1} more keys); expected vgg19-dcbb9e9d.pth, set with "
+                f"loss.vgg_weights=/path/to/vgg19-dcbb9e9d.pth"
+            )
+        self.features.load_state_dict({k: state[prefix + k] for k in wanted})
+
+    def train(self, mode: bool = True) -> VGGFeatures:
+        """Ignore ``mode``: the feature extractor is always in eval mode."""
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features((x - self.mean) / self.std)
+
+
+class PerceptualLoss(nn.Module):
+    """MSE between VGG19 features of ``sr`` and ``hr`` (Johnson et al. / SRGAN's content loss).
+
+    The HR features are computed under ``torch.no_grad()`` (they are a fixed target); gradients
+    flow to ``sr`` only. Unscaled: SRGAN's 1/12.75 rescaling, if wanted, belongs in w_vgg.
+    Arguments as for ``VGGFeatures``.
+    """
+
+    def __init__(self, layer: str = "conv5_4", weights: str | os.PathLike | None = "imagenet"):
+        super().__init__()
+        self.vgg = VGGFeatures(layer, weights)
+
+    def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = self.vgg(hr)
+        return F.mse_loss(self.vgg(sr), target)
+
+
+def d_loss(real_logits: torch.Tensor | None, fake_logits: torch.Tensor | None) -> torch.Tensor:
+    """Discriminator loss: BCE(real -> 1) + BCE(fake -> 0), each averaged over its batch.
+
+    That is mean(softplus(-real)) + mean(softplus(fake)) = -[log D(x) + log(1 - D(G(z)))],
+    the standard GAN discriminator objective (the sum of the two means, not their average).
+    Either argument may be None to get that term alone: ``d_loss(r, None) + d_loss(None, f)``
+    equals ``d_loss(r, f)``, which lets the trainer give each D forward its own backward (a
+    BatchNorm run twice before one backward fails under DDP). Pass ``fake_logits`` from a
+    detached SR image so no gradient reaches the generator.
+    """
+    if real_logits is None and fake_logits is None:
+        raise ValueError("d_loss needs real_logits, fake_logits or both")
+    real = fake = None
+    if real_logits is not None:
+        real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+    if fake_logits is not None:
+        fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    if real is None or fake is None:
+        return fake if real is None else real
+    return real + fake
+
+
+def g_adv_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Non-saturating generator loss: BCE(fake -> 1) = mean(-log D(G(z))) = mean(softplus(-fake)).
+
+    Preferred to minimising log(1 - D(G(z))), whose gradient vanishes while D wins easily.
+    """
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+def tv_loss(x: torch.Tensor) -> torch.Tensor:
+    """Anisotropic total variation, summed per image and averaged over the batch.
+
+    For x of shape (N, C, H, W) this is
+    ``mean_n sum_c [ sum |x[n,c,i+1,j] - x[n,c,i,j]| + sum |x[n,c,i,j+1] - x[n,c,i,j]| ]``,
+    computed by ``kornia.losses.total_variation`` (reduction "sum", which returns (N, C)), then
+    summed over channels and averaged over images. Being a sum over pixels it grows with the
+    crop size, as in SRGAN (whose TV weight, 2e-8, assumes this scale).
+    """
+    return kornia.losses.total_variation(x, reduction="sum").sum(dim=-1).mean()

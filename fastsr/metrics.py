@@ -1,0 +1,101 @@
+"""PSNR and SSIM exactly as super-resolution papers (and BasicSR) compute them.
+
+Why this exists: published SR numbers follow one protocol, and small deviations from it move PSNR
+by tenths of a dB, which is the size of the differences between methods:
+
+1. both images are rounded to uint8 levels (a model's float output is saved as an 8-bit image);
+2. ``crop_border`` pixels (usually the scale factor) are shaved from every side;
+3. the Y channel of MATLAB ``rgb2ycbcr`` (studio range, values in [0, 255], not rounded) is used,
+   or all three RGB channels when ``y_channel=False`` (about 2 dB lower: say which a table shows);
+4. PSNR uses peak 255 and is computed per image; SSIM uses an 11x11 Gaussian window with sigma 1.5,
+   C1 = (0.01*255)^2, C2 = (0.03*255)^2, and averages the SSIM map over the *valid* region only
+   (windows that fit inside the shaved image). A dataset score is the mean of per-image values.
+
+Everything is computed in float64. Library notes, checked against torchmetrics 1.9:
+
+* SSIM uses torchmetrics' ``structural_similarity_index_measure`` with ``return_full_image=True``:
+  torchmetrics reflect-pads the image and averages the full-size map, which is not the protocol,
+  but the full map cut by the window radius (5 px) on each side is exactly the valid-region map.
+* PSNR is computed here directly. torchmetrics' ``peak_signal_noise_ratio`` pools the squared error
+  over the whole batch unless given ``dim=(1, 2, 3)``, and even then builds its constants
+  (``log(data_range)``, ``log(base)``) as float32 tensors, which costs ~1e-6 dB; the formula is one
+  line, so it is written out here in float64.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+from fastsr.ops import quantize, rgb_to_y
+
+__all__ = ["psnr", "quantize", "ssim"]
+
+_PEAK = 255.0
+_SSIM_SIGMA = 1.5  # torchmetrics derives an 11x11 window from this sigma: int(3.5*1.5 + 0.5)*2 + 1
+_SSIM_RADIUS = 5  # half the 11x11 window: how far the valid region lies inside the image
+_SSIM_K1, _SSIM_K2 = 0.01, 0.03
+
+
+def _prepare(
+    sr: torch.Tensor, hr: torch.Tensor, crop_border: int, y_channel: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate and apply protocol steps 1-3: float64, uint8 levels, shave, Y or RGB, 0..255 scale."""
+    if sr.shape != hr.shape:
+        raise ValueError(
+            f"sr and hr must have the same shape, got sr {tuple(sr.shape)} and hr {tuple(hr.shape)}."
+        )
+    if sr.dim() != 4:
+        raise ValueError(f"expected images shaped (N, C, H, W), got {tuple(sr.shape)}.")
+    if isinstance(crop_border, bool) or not isinstance(crop_border, int) or crop_border < 0:
+        raise ValueError(f"crop_border must be a non-negative int, got {crop_border!r}.")
+    height, width = sr.shape[-2] - 2 * crop_border, sr.shape[-1] - 2 * crop_border
+    if min(height, width) <= 0:
+        raise ValueError(f"crop_border={crop_border} leaves nothing of images shaped {tuple(sr.shape)}.")
+    prepared = []
+    for image in (sr, hr):
+        image = quantize(image.to(torch.float64))
+        image = image[..., crop_border : crop_border + height, crop_border : crop_border + width]
+        prepared.append((rgb_to_y(image) if y_channel else image) * _PEAK)
+    return prepared[0], prepared[1]
+
+
+def psnr(sr: torch.Tensor, hr: torch.Tensor, crop_border: int, y_channel: bool = True) -> torch.Tensor:
+    """Per-image PSNR in dB, shape (N,), of RGB images in [0, 1] shaped (N, 3, H, W).
+
+    Follows the SR protocol (see the module docstring): uint8 levels, ``crop_border`` shaved, Y
+    channel (or RGB when ``y_channel=False``), peak 255. Identical images give ``inf``: the MSE is
+    zero and the ratio is unbounded, so average such values with care.
+    """
+    sr_img, hr_img = _prepare(sr, hr, crop_border, y_channel)
+    mse = (sr_img - hr_img).square().mean(dim=(1, 2, 3))
+    return 10.0 * torch.log10(_PEAK**2 / mse)
+
+
+def ssim(sr: torch.Tensor, hr: torch.Tensor, crop_border: int, y_channel: bool = True) -> torch.Tensor:
+    """Per-image SSIM, shape (N,), of RGB images in [0, 1] shaped (N, 3, H, W).
+
+    Follows the SR protocol (see the module docstring): uint8 levels, ``crop_border`` shaved, Y
+    channel (or the mean over R, G and B when ``y_channel=False``), 11x11 Gaussian window with
+    sigma 1.5, averaged over the valid region (the map cut 5 px in from each side of the shaved
+    image), so the shaved image must be at least 11x11.
+    """
+    sr_img, hr_img = _prepare(sr, hr, crop_border, y_channel)
+    if min(sr_img.shape[-2:]) < 2 * _SSIM_RADIUS + 1:
+        raise ValueError(
+            f"SSIM needs at least {2 * _SSIM_RADIUS + 1}x{2 * _SSIM_RADIUS + 1} pixels after shaving "
+            f"crop_border={crop_border}, got {tuple(sr_img.shape[-2:])}."
+        )
+    _, ssim_map = structural_similarity_index_measure(
+        sr_img,
+        hr_img,
+        gaussian_kernel=True,
+        sigma=_SSIM_SIGMA,
+        data_range=_PEAK,
+        k1=_SSIM_K1,
+        k2=_SSIM_K2,
+        reduction="none",
+        return_full_image=True,
+    )
+    r = _SSIM_RADIUS
+    return ssim_map[..., r:-r, r:-r].mean(dim=(1, 2, 3))

@@ -1,0 +1,56 @@
+"""The SRGAN discriminator (Ledig et al. 2017), made size-agnostic with an adaptive pool."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+MIN_SIZE = 32
+
+# (out_channels multiplier of `channels`, stride) for the paper's eight 3x3 convolutions.
+_CONVS = ((1, 1), (1, 2), (2, 1), (2, 2), (4, 1), (4, 2), (8, 1), (8, 2))
+
+
+class Discriminator(nn.Module):
+    """Real/fake classifier for HR-sized images in [0, 1]; returns one logit per image, shape (N,).
+
+    The paper's eight 3x3 convs (channels 64, 64, 128, 128, 256, 256, 512, 512 for
+    ``channels=64``; strides 1, 2, 1, 2, ...), BatchNorm on all but the first, LeakyReLU(0.2);
+    then ``AdaptiveAvgPool2d(6)``, dense 512*36 -> 1024, LeakyReLU(0.2), dense 1024 -> 1.
+
+    The adaptive pool makes the dense layers independent of the crop size: at the paper's 96x96
+    crops the conv output is already 6x6, so the pool is an identity and this *is* the paper's
+    network; other crops (>= 32 px on each side, i.e. at least 2x2 after the four stride-2 convs)
+    work too. The logits are raw (no sigmoid): use them with ``fastsr.losses.d_loss`` /
+    ``g_adv_loss`` (BCE-with-logits, numerically stable). The input is mapped to [-1, 1]
+    internally so the first conv (the one without BatchNorm) sees zero-centred data.
+    Convolutions followed by BatchNorm carry no bias (BN's shift makes it redundant).
+    """
+
+    def __init__(self, in_channels: int = 3, channels: int = 64) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        prev = in_channels
+        for i, (mult, stride) in enumerate(_CONVS):
+            out = channels * mult
+            layers.append(nn.Conv2d(prev, out, 3, stride=stride, padding=1, bias=i == 0))
+            if i > 0:
+                layers.append(nn.BatchNorm2d(out))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            prev = out
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(6)
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(prev * 36, 1024),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(1024, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2] < MIN_SIZE or x.shape[-1] < MIN_SIZE:
+            raise ValueError(
+                f"Discriminator needs inputs of at least {MIN_SIZE}x{MIN_SIZE}, "
+                f"got {tuple(x.shape[-2:])}"
+            )
+        return self.classifier(self.pool(self.features(x * 2 - 1))).squeeze(1)

@@ -1,0 +1,88 @@
+"""SRResNet, the generator of SRGAN (Ledig et al., CVPR 2017, "Photo-Realistic Single Image
+Super-Resolution Using a Generative Adversarial Network")."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+ALLOWED_SCALES = (2, 4, 8)
+
+
+class _ResidualBlock(nn.Module):
+    """conv3x3-BN-PReLU-conv3x3-BN with an identity skip (the paper's B residual blocks)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.BatchNorm2d(channels),
+            nn.PReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            nn.BatchNorm2d(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class SRResNet(nn.Module):
+    """SRResNet generator: LR image in [0, 1] (N, 3, h, w) -> SR image (N, 3, h*scale, w*scale).
+
+    Layout as in the paper: a 9x9 conv + PReLU head; ``res_blocks`` residual blocks; conv3x3 + BN
+    closed by a long skip from the head; log2(scale) upsampling stages of conv3x3 (4*channels) ->
+    PixelShuffle(2) -> PReLU; a 9x9 conv to 3 channels. PReLUs have one shared slope each (the
+    PyTorch default), which gives the commonly quoted 1,549,462 parameters at 16 blocks / 64
+    channels / x4.
+
+    The output layer is linear (no Tanh): trained against [0, 1] targets the output lands in
+    [0, 1] by itself, so the project's [0, 1] convention holds without any remapping. Values can
+    stray slightly outside [0, 1]; callers clamp/quantize when they make an image.
+
+    Args:
+        scale: upscaling factor, one of 2, 4, 8 (each upsampling stage doubles the size).
+        res_blocks: number of residual blocks (16 in the paper).
+        channels: feature channels (64 in the paper).
+    """
+
+    def __init__(self, scale: int = 4, res_blocks: int = 16, channels: int = 64) -> None:
+        super().__init__()
+        if scale not in ALLOWED_SCALES:
+            raise ValueError(f"SRResNet scale must be one of {ALLOWED_SCALES}, got {scale!r}")
+        self.scale = scale
+        self.res_blocks = res_blocks
+        self.channels = channels
+
+        self.head = nn.Sequential(nn.Conv2d(3, channels, 9, padding=4), nn.PReLU())
+        self.blocks = nn.Sequential(*(_ResidualBlock(channels) for _ in range(res_blocks)))
+        self.body_tail = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels)
+        )
+        self.upsample = nn.Sequential(
+            *(
+                nn.Sequential(
+                    nn.Conv2d(channels, channels * 4, 3, padding=1),
+                    nn.PixelShuffle(2),
+                    nn.PReLU(),
+                )
+                for _ in range(int(math.log2(scale)))
+            )
+        )
+        self.tail = nn.Conv2d(channels, 3, 9, padding=4)
+
+    @property
+    def config(self) -> dict:
+        """Registry name + constructor arguments; ``build_generator(**config)`` rebuilds it."""
+        return {
+            "name": "srresnet",
+            "scale": self.scale,
+            "res_blocks": self.res_blocks,
+            "channels": self.channels,
+        }
+
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        head = self.head(lr)
+        features = head + self.body_tail(self.blocks(head))
+        return self.tail(self.upsample(features))

@@ -1,0 +1,7 @@
+"""Image operations that must match MATLAB exactly for SR data and evaluation."""
+
+from fastsr.ops.color import rgb_to_y
+from fastsr.ops.levels import quantize
+from fastsr.ops.resize import imresize
+
+__all__ = ["imresize", "quantize", "rgb_to_y"]

@@ -1,0 +1,154 @@
+"""MATLAB-exact bicubic ``imresize`` for torch tensors.
+
+Why this exists: the SR protocol (DIV2K's official LR images, every published PSNR table) makes
+LR images with MATLAB ``imresize(hr, 1/scale, 'bicubic')``. None of the usual libraries reproduce it:
+
+* ``torch.nn.functional.interpolate(mode='bicubic', antialias=True)`` has MATLAB's kernel (Keys
+  a = -0.5, widened by 1/scale when shrinking) but renormalises the weights at the borders instead of
+  mirroring the image, so the outer few pixels differ; without ``antialias=True`` it uses a = -0.75.
+* Kornia's ``resize(..., antialias=True)`` blurs with a Gaussian and then uses a = -0.75 (about
+  0.35 dB off on the bicubic baseline).
+* DALI's cubic resize clamps at the borders instead of mirroring.
+
+This module follows MATLAB's ``contributions()`` literally (weights and indices computed in float64,
+symmetric border handling, dimension with the smaller scale resized first), and matches real MATLAB
+output to ~1e-12 in float64. It is differentiable and runs on any device: the weights are computed
+once on the CPU, cached, and applied as a short sum over kernel taps of gathered rows/columns, which
+needs only a few output-sized temporaries even for 2K images.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from numbers import Integral, Real
+
+import torch
+
+__all__ = ["imresize"]
+
+_CUBIC_WIDTH = 4.0  # support of the Keys cubic kernel, in input pixels
+
+
+def _cubic(x: torch.Tensor) -> torch.Tensor:
+    """Keys cubic convolution kernel with a = -0.5, written exactly as MATLAB's ``cubic``."""
+    absx = x.abs()
+    absx2 = absx**2
+    absx3 = absx**3
+    inner = (1.5 * absx3 - 2.5 * absx2 + 1) * (absx <= 1)
+    outer = (-0.5 * absx3 + 2.5 * absx2 - 4 * absx + 2) * ((absx > 1) & (absx <= 2))
+    return inner + outer
+
+
+@functools.lru_cache(maxsize=128)
+def _contributions(
+    in_len: int, out_len: int, scale: float, antialias: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-output-pixel weights and 0-based input indices along one dimension (MATLAB's algorithm).
+
+    Returns ``(weights, indices)``, both shaped ``(out_len, taps)``; weights are float64 on the CPU,
+    rows sum to 1, and indices already include the symmetric border reflection. Cached because a
+    training set resizes the same few shapes over and over.
+    """
+    widen = antialias and scale < 1  # shrinking: stretch the kernel to low-pass filter as well
+    width = _CUBIC_WIDTH / scale if widen else _CUBIC_WIDTH
+    x = torch.arange(1, out_len + 1, dtype=torch.float64)
+    u = x / scale + 0.5 * (1 - 1 / scale)  # 1-based input coordinate of each output pixel centre
+    left = torch.floor(u - width / 2)
+    taps = math.ceil(width) + 2
+    indices = left[:, None] + torch.arange(taps, dtype=torch.float64)
+    distance = u[:, None] - indices
+    weights = scale * _cubic(scale * distance) if widen else _cubic(distance)
+    weights = weights / weights.sum(dim=1, keepdim=True)
+    # Symmetric padding: positions 1..n, then n..1 (the edge pixel repeated), periodically.
+    mirror = torch.cat([torch.arange(in_len), torch.arange(in_len - 1, -1, -1)])
+    indices = mirror[torch.remainder(indices.long() - 1, 2 * in_len)]
+    used = weights.ne(0).any(dim=0)
+    return weights[:, used].contiguous(), indices[:, used].contiguous()
+
+
+def _resize_rows(x: torch.Tensor, out_len: int, scale: float, antialias: bool) -> torch.Tensor:
+    """Resize ``x`` along dim -2 as a weighted sum of gathered rows, one ``addcmul`` per kernel tap."""
+    weights, indices = _contributions(x.shape[-2], out_len, scale, antialias)
+    weights = weights.to(device=x.device, dtype=x.dtype).unsqueeze(-1)  # (out_len, taps, 1)
+    indices = indices.to(device=x.device)
+    out = weights[:, 0] * x.index_select(-2, indices[:, 0])
+    for p in range(1, indices.shape[1]):
+        out.addcmul_(weights[:, p], x.index_select(-2, indices[:, p]))
+    return out
+
+
+def _resize_cols(x: torch.Tensor, out_len: int, scale: float, antialias: bool) -> torch.Tensor:
+    """Resize along dim -1 by resizing rows of the transpose: gathering whole contiguous rows is
+    3-5x faster on CPU than ``index_select`` on the last dimension."""
+    return _resize_rows(x.transpose(-1, -2).contiguous(), out_len, scale, antialias).transpose(-1, -2)
+
+
+def _is_positive_int(v: object) -> bool:
+    return isinstance(v, Integral) and not isinstance(v, bool) and v > 0
+
+
+def _output_geometry(
+    in_size: tuple[int, int], scale: float | None, size: Sequence[int] | None
+) -> tuple[tuple[int, int], tuple[float, float]]:
+    """Validate ``scale``/``size`` and return the output size and per-dimension scale, as MATLAB."""
+    if (scale is None) == (size is None):
+        raise ValueError("imresize: pass exactly one of `scale` (a positive number) or `size` ((h, w)).")
+    if scale is not None:
+        if isinstance(scale, bool) or not isinstance(scale, Real) or not (0 < scale < math.inf):
+            raise ValueError(f"imresize: `scale` must be a finite positive number, got {scale!r}.")
+        scale = float(scale)
+        return (math.ceil(scale * in_size[0]), math.ceil(scale * in_size[1])), (scale, scale)
+    if isinstance(size, (str, bytes)) or not isinstance(size, Sequence) or len(size) != 2:
+        raise ValueError(f"imresize: `size` must be a pair (h, w) of positive ints, got {size!r}.")
+    if not all(_is_positive_int(v) for v in size):
+        raise ValueError(f"imresize: `size` must contain positive ints, got {tuple(size)!r}.")
+    out_size = (int(size[0]), int(size[1]))
+    return out_size, (out_size[0] / in_size[0], out_size[1] / in_size[1])
+
+
+def imresize(
+    x: torch.Tensor,
+    scale: float | None = None,
+    size: Sequence[int] | None = None,
+    antialias: bool = True,
+) -> torch.Tensor:
+    """Resize the last two dimensions of ``x`` exactly like MATLAB ``imresize(x, ..., 'bicubic')``.
+
+    Args:
+        x: floating-point tensor shaped ``(..., H, W)`` (typically NCHW), on any device. Values are
+            not clamped or rounded (MATLAB does neither for double input).
+        scale: one factor for both dimensions; the output is ``ceil(scale * H) x ceil(scale * W)``
+            and the kernel uses ``scale`` itself (as MATLAB ``imresize(x, scale)``).
+        size: ``(h, w)`` output size; the per-dimension scale is then ``h/H`` and ``w/W`` (as MATLAB
+            ``imresize(x, [h w])``). Exactly one of ``scale`` and ``size`` must be given.
+        antialias: when shrinking, widen the kernel by ``1/scale`` (MATLAB's default, and how DIV2K's
+            LR images were made). Has no effect when enlarging.
+
+    Returns:
+        Tensor shaped ``(..., h, w)`` with ``x``'s dtype and device; autograd flows back to ``x``.
+
+    Raises:
+        ValueError: for a non-tensor or non-float input, fewer than 2 dims, an empty image, or bad
+            ``scale``/``size`` arguments.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"imresize: expected a torch.Tensor, got {type(x).__name__}.")
+    if not x.is_floating_point():
+        raise ValueError(f"imresize: expected a floating-point tensor, got dtype {x.dtype}; convert first.")
+    if x.dim() < 2:
+        raise ValueError(f"imresize: expected a tensor shaped (..., H, W), got shape {tuple(x.shape)}.")
+    in_size = (x.shape[-2], x.shape[-1])
+    if min(in_size) == 0:
+        raise ValueError(f"imresize: cannot resize an empty image of shape {tuple(x.shape)}.")
+    out_size, scales = _output_geometry(in_size, scale, size)
+    # MATLAB resizes along the dimension with the smaller scale first (rows first on a tie); the
+    # result is the same either way up to rounding, but this order does less work when shrinking.
+    if scales[0] <= scales[1]:
+        x = _resize_rows(x, out_size[0], scales[0], antialias)
+        x = _resize_cols(x, out_size[1], scales[1], antialias)
+    else:
+        x = _resize_cols(x, out_size[1], scales[1], antialias)
+        x = _resize_rows(x, out_size[0], scales[0], antialias)
+    return x.contiguous()

@@ -1,0 +1,76 @@
+import json
+
+import pytest
+import torch
+
+from fastsr.engine.checkpoint import (
+    WeightsError, complete_checkpoints, load_generator, load_state, load_weights, resolve_resume,
+    save_checkpoint, save_weights,
+)
+from fastsr.models import SRResNet
+
+
+def small(scale=4, blocks=2):
+    torch.manual_seed(0)
+    return SRResNet(scale=scale, res_blocks=blocks, channels=8)
+
+
+def test_weights_round_trip_rebuilds_the_model(tmp_path):
+    model = small().eval()
+    path = tmp_path / "w" / "generator.safetensors"
+    save_weights(model, path, model.config)
+    assert json.loads(path.with_suffix(".json").read_text()) == model.config
+    loaded = load_generator(path)
+    x = torch.rand(1, 3, 10, 12)
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    assert not loaded.training
+
+
+def test_mismatched_weights_name_the_file(tmp_path):
+    path = tmp_path / "g.safetensors"
+    save_weights(small(blocks=2), path, small(blocks=2).config)
+    with pytest.raises(WeightsError, match=r"g.safetensors: weights do not fit this model \(unexpected"):
+        load_weights(small(blocks=1), path)
+    with pytest.raises(WeightsError, match="weights do not fit"):
+        load_weights(small(scale=2, blocks=2), path)
+    wide = SRResNet(scale=4, res_blocks=2, channels=16)
+    with pytest.raises(WeightsError, match="the model wants"):
+        load_weights(wide, path)
+
+
+def test_bad_files_are_refused_without_unpickling(tmp_path):
+    good = tmp_path / "g.safetensors"
+    save_weights(small(), good, small().config)
+    truncated = tmp_path / "t.safetensors"
+    truncated.write_bytes(good.read_bytes()[:100])
+    truncated.with_suffix(".json").write_text(good.with_suffix(".json").read_text())
+    with pytest.raises(WeightsError, match="t.safetensors: not a readable safetensors file"):
+        load_generator(truncated)
+    pickle = tmp_path / "model.pt"
+    torch.save(small().state_dict(), pickle)
+    with pytest.raises(WeightsError, match="only from .safetensors"):
+        load_weights(small(), pickle)
+    lonely = tmp_path / "lonely.safetensors"
+    lonely.write_bytes(good.read_bytes())
+    with pytest.raises(WeightsError, match="no lonely.json beside it"):
+        load_generator(lonely)
+    with pytest.raises(WeightsError, match="not found"):
+        load_generator(tmp_path / "missing.safetensors")
+
+
+def test_checkpoints_are_complete_or_invisible(tmp_path):
+    model = small()
+    for step in (10, 20, 30):
+        save_checkpoint(tmp_path, step, {"generator": (model, model.config)}, {"step": step}, keep=2)
+    found = complete_checkpoints(tmp_path)
+    assert [p.name for p in found] == ["step_00000020", "step_00000030"]
+    # A writer killed mid-checkpoint leaves only a temporary directory: never picked.
+    (tmp_path / "checkpoints" / ".step_00000040.tmp-999").mkdir()
+    (tmp_path / "checkpoints" / "step_00000050").mkdir()  # no COMPLETE marker
+    assert resolve_resume("auto", tmp_path) == found[-1]
+    assert load_state(found[-1]) == {"step": 30}
+    assert load_generator(found[-1] / "generator.safetensors").config == model.config
+    assert resolve_resume("none", tmp_path) is None
+    assert resolve_resume("auto", tmp_path / "elsewhere") is None
+    with pytest.raises(WeightsError, match="not a complete fastsr checkpoint"):
+        resolve_resume(str(tmp_path / "checkpoints" / "step_00000050"), tmp_path)

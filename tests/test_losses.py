@@ -1,0 +1,149 @@
+"""Loss functions against hand computations; VGG layer mapping, freezing and weight loading."""
+
+import math
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from fastsr.losses import (
+    VGG19_LAYERS,
+    PerceptualLoss,
+    VGGFeatures,
+    VGGWeightsUnavailable,
+    _hub_checkpoint_path,
+    d_loss,
+    g_adv_loss,
+    pixel_loss,
+    tv_loss,
+)
+
+RECIPE_KEY = "loss.vgg_weights="
+
+
+def test_vgg_layer_names_map_to_torchvision_indices():
+    assert len(VGG19_LAYERS) == 32  # conv and relu for each of VGG19's 16 convs
+    assert VGG19_LAYERS["conv1_1"] == 1 and VGG19_LAYERS["relu1_1"] == 2
+    assert VGG19_LAYERS["conv2_1"] == 6  # after the first max-pool
+    assert VGG19_LAYERS["conv5_4"] == 35 and VGG19_LAYERS["relu5_4"] == 36
+    conv = VGGFeatures("conv5_4", weights=None)
+    relu = VGGFeatures("relu5_4", weights=None)
+    assert isinstance(conv.features[-1], nn.Conv2d) and len(conv.features) == 35
+    assert isinstance(relu.features[-1], nn.ReLU) and len(relu.features) == 36
+    assert conv(torch.rand(1, 3, 32, 32)).shape == (1, 512, 2, 2)
+
+
+def test_vgg_stack_matches_torchvision_vgg19():
+    from torchvision.models import vgg19
+
+    with torch.device("meta"):  # shapes only; skips allocating the 548 MB model
+        reference = vgg19().features.state_dict()
+    ours = VGGFeatures("relu5_4", weights=None).features.state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in reference.items()}
+
+
+def test_vgg_unknown_layer_lists_valid_names():
+    with pytest.raises(ValueError, match="conv5_4"):
+        VGGFeatures("conv6_1", weights=None)
+
+
+def test_vgg_is_frozen_and_stays_eval():
+    vgg = VGGFeatures("relu2_2", weights=None)
+    assert not any(p.requires_grad for p in vgg.parameters())
+    assert not vgg.train().training
+    assert list(vgg.state_dict()) == list(vgg.features.state_dict(prefix="features."))
+
+
+def test_perceptual_loss_zero_positive_and_gradients():
+    torch.manual_seed(0)
+    loss = PerceptualLoss("conv3_4", weights=None)
+    hr = torch.rand(2, 3, 24, 24)
+    assert loss(hr.clone(), hr).item() == 0.0
+    sr = (hr + 0.1 * torch.randn_like(hr)).requires_grad_(True)
+    value = loss(sr, hr)
+    assert value.item() > 0
+    value.backward()
+    assert sr.grad is not None and sr.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in loss.parameters())
+
+
+def _features_state(layer):
+    torch.manual_seed(3)
+    return VGGFeatures(layer, weights=None).features.state_dict()
+
+
+@pytest.mark.parametrize("prefix", ["features.", ""], ids=["full-model", "features-only"])
+def test_vgg_loads_state_dict_file(tmp_path, prefix):
+    state = _features_state("conv2_1")
+    path = tmp_path / "vgg19.pth"
+    torch.save({prefix + k: v for k, v in state.items()}, path)
+    vgg = VGGFeatures("relu1_2", weights=str(path))  # a shorter cut takes a prefix of the keys
+    for k, v in vgg.features.state_dict().items():
+        assert torch.equal(v, state[k])
+
+
+def test_vgg_rejects_file_without_the_keys(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, path)
+    with pytest.raises(VGGWeightsUnavailable, match=RECIPE_KEY):
+        VGGFeatures("conv2_1", weights=path)
+
+
+def test_vgg_missing_file_message():
+    with pytest.raises(VGGWeightsUnavailable) as info:
+        VGGFeatures(weights="/nonexistent.pth")
+    message = str(info.value)
+    assert "/nonexistent.pth" in message and RECIPE_KEY in message
+    assert "\n" not in message
+
+
+@pytest.mark.skipif(_hub_checkpoint_path().exists(), reason="VGG19 weights are in the hub cache")
+def test_vgg_imagenet_fails_fast_without_network():
+    start = time.monotonic()
+    with pytest.raises(VGGWeightsUnavailable) as info:
+        VGGFeatures(weights="imagenet")
+    assert time.monotonic() - start < 30
+    message = str(info.value)
+    assert str(_hub_checkpoint_path()) in message
+    assert "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth" in message
+    assert RECIPE_KEY in message and "\n" not in message
+
+
+def _softplus(x):
+    return math.log1p(math.exp(x))
+
+
+def test_adversarial_losses_by_hand():
+    real, fake = [2.0, -1.0, 0.0], [0.5, -3.0, 4.0]
+    # BCE(real -> 1) = softplus(-x); BCE(fake -> 0) = softplus(x); each averaged over the batch.
+    expected_d = sum(_softplus(-x) for x in real) / 3 + sum(_softplus(x) for x in fake) / 3
+    expected_g = sum(_softplus(-x) for x in fake) / 3
+    d = d_loss(torch.tensor(real), torch.tensor(fake)).item()
+    assert d == pytest.approx(expected_d, rel=1e-6)
+    assert g_adv_loss(torch.tensor(fake)).item() == pytest.approx(expected_g, rel=1e-6)
+    assert d_loss(torch.tensor([30.0]), torch.tensor([-30.0])).item() < 1e-12
+    # one term at a time (separate backward passes per D forward) adds up to the joint loss
+    split = d_loss(torch.tensor(real), None) + d_loss(None, torch.tensor(fake))
+    assert split.item() == pytest.approx(expected_d, rel=1e-6)
+    with pytest.raises(ValueError):
+        d_loss(None, None)
+
+
+def test_tv_loss_matches_numpy():
+    rng = np.random.default_rng(0)
+    x = rng.random((3, 2, 5, 7)).astype(np.float32)
+    vertical = np.abs(np.diff(x, axis=2)).sum(axis=(1, 2, 3))
+    horizontal = np.abs(np.diff(x, axis=3)).sum(axis=(1, 2, 3))
+    per_image = vertical + horizontal
+    assert tv_loss(torch.from_numpy(x)).item() == pytest.approx(per_image.mean(), rel=1e-5)
+    assert tv_loss(torch.ones(2, 3, 4, 4)).item() == 0.0
+
+
+def test_pixel_loss():
+    sr, hr = torch.tensor([0.0, 0.5, 1.0]), torch.tensor([0.5, 0.5, 0.0])
+    assert pixel_loss(sr, hr).item() == pytest.approx((0.25 + 0 + 1) / 3)
+    assert pixel_loss(sr, hr, kind="l1").item() == pytest.approx((0.5 + 0 + 1) / 3)
+    with pytest.raises(ValueError, match="mse, l1"):
+        pixel_loss(sr, hr, kind="huber")

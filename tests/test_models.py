@@ -1,0 +1,145 @@
+"""Shapes, parameter counts, registry round trips and the baselines' relation to imresize."""
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from fastsr.models import (
+    GENERATORS,
+    SRCNN,
+    Bicubic,
+    Discriminator,
+    SRResNet,
+    build_generator,
+)
+from fastsr.ops import imresize
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda s: SRResNet(scale=s, res_blocks=1, channels=8),
+        lambda s: SRCNN(scale=s, channels=(8, 4)),
+        lambda s: Bicubic(scale=s),
+    ],
+    ids=["srresnet", "srcnn", "bicubic"],
+)
+def test_generator_output_shape_odd_input(make, scale):
+    model = make(scale).eval()
+    assert model.scale == scale
+    with torch.no_grad():
+        out = model(torch.rand(2, 3, 7, 9))
+    assert out.shape == (2, 3, 7 * scale, 9 * scale)
+    assert out.dtype == torch.float32
+
+
+def test_srresnet_rejects_other_scales():
+    with pytest.raises(ValueError, match=r"\(2, 4, 8\)"):
+        SRResNet(scale=3)
+
+
+def _srresnet_param_formula(scale, blocks, c):
+    conv = lambda cin, cout, k: cin * cout * k * k + cout  # weights + bias
+    bn = lambda ch: 2 * ch  # affine weight + bias (running stats are buffers)
+    prelu = 1  # one shared slope per PReLU
+    head = conv(3, c, 9) + prelu
+    block = 2 * conv(c, c, 3) + 2 * bn(c) + prelu
+    after_blocks = conv(c, c, 3) + bn(c)
+    up_stage = conv(c, 4 * c, 3) + prelu
+    tail = conv(c, 3, 9)
+    return head + blocks * block + after_blocks + int(math.log2(scale)) * up_stage + tail
+
+
+def _count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_srresnet_param_count_matches_formula():
+    model = SRResNet(scale=4, res_blocks=16, channels=64)
+    assert _count(model) == _srresnet_param_formula(4, 16, 64) == 1_549_462
+    for scale, blocks, c in [(2, 3, 16), (8, 2, 32)]:
+        assert _count(SRResNet(scale, blocks, c)) == _srresnet_param_formula(scale, blocks, c)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (96, 96), (128, 128), (100, 140)])
+def test_discriminator_any_size_at_least_32(size):
+    d = Discriminator(channels=16)
+    logits = d(torch.rand(2, 3, *size))
+    assert logits.shape == (2,)
+    assert torch.isfinite(logits).all()
+
+
+def test_discriminator_is_the_paper_at_96():
+    d = Discriminator()
+    feats = d.features(torch.rand(1, 3, 96, 96))
+    assert feats.shape == (1, 512, 6, 6)  # the adaptive pool is an identity here
+    convs = [m for m in d.features if isinstance(m, nn.Conv2d)]
+    assert [m.out_channels for m in convs] == [64, 64, 128, 128, 256, 256, 512, 512]
+    assert [m.stride[0] for m in convs] == [1, 2, 1, 2, 1, 2, 1, 2]
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in d.features) == 7
+    assert d.classifier[1].in_features == 512 * 36
+
+
+@pytest.mark.parametrize("size", [(31, 64), (64, 31), (16, 16)])
+def test_discriminator_rejects_small_inputs(size):
+    with pytest.raises(ValueError, match="32"):
+        Discriminator(channels=8)(torch.rand(1, 3, *size))
+
+
+def test_srcnn_with_zeroed_last_conv_is_bicubic():
+    model = SRCNN(scale=4, channels=(8, 4), residual=True)
+    last = model.body[-1]
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    lr = torch.rand(1, 3, 11, 13)
+    with torch.no_grad():
+        assert torch.equal(model(lr), imresize(lr, scale=4))
+
+
+def test_srcnn_kernels_and_validation():
+    base = SRCNN(kernels=(9, 1, 5))  # the paper's 9-1-5 base model
+    assert [m.kernel_size[0] for m in base.body if isinstance(m, nn.Conv2d)] == [9, 1, 5]
+    with pytest.raises(ValueError):
+        SRCNN(kernels=(9, 4, 5))
+
+
+def test_bicubic_has_no_parameters_and_is_imresize():
+    model = Bicubic(scale=3)
+    assert list(model.parameters()) == []
+    lr = torch.rand(2, 3, 10, 7)
+    assert torch.equal(model(lr), imresize(lr, scale=3))
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        SRResNet(scale=2, res_blocks=2, channels=16),
+        SRCNN(scale=3, kernels=(9, 1, 5), channels=(16, 8), residual=False),
+        Bicubic(scale=8),
+    ],
+    ids=["srresnet", "srcnn", "bicubic"],
+)
+def test_config_round_trip(model):
+    config = json.loads(json.dumps(model.config))  # JSON-serialisable, survives a file
+    assert config["name"] in GENERATORS
+    rebuilt = build_generator(**config)
+    assert type(rebuilt) is type(model)
+    assert rebuilt.config == model.config
+    assert rebuilt.scale == model.scale
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {
+        k: v.shape for k, v in model.state_dict().items()
+    }
+
+
+def test_build_generator_unknown_name():
+    with pytest.raises(ValueError, match="bicubic, srcnn, srresnet"):
+        build_generator("edsr")

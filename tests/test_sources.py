@@ -1,0 +1,198 @@
+"""resolve_source: the built-in samples, a DIV2K tree with paired LR, plain folders, and clear errors;
+and the offline parts of download_div2k."""
+
+import http.server
+import threading
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastsr.data import DownloadError, ImageError, Sample, download_div2k, load_image, resolve_source
+from fastsr.data.sources import SAMPLES_TRAIN, SAMPLES_VAL
+
+
+def _png(path, h=24, w=24):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(path)
+
+
+def test_samples_counts_and_disjoint():
+    train = resolve_source("samples", "train", 4)
+    val = resolve_source("samples", "val", 4)
+    assert len(train) == len(SAMPLES_TRAIN) == 13 and len(val) == len(SAMPLES_VAL) == 3
+    assert not {s.hr for s in train} & {s.hr for s in val}
+    assert all(s.lr is None and s.hr.is_file() for s in train + val)
+    assert [s.name for s in val] == ["astronaut", "chelsea", "coffee"]
+
+
+def test_samples_gray_photo_loads_as_rgb():
+    camera = next(s for s in resolve_source("samples", "train", 4) if s.name == "camera")
+    img = load_image(camera.hr)
+    assert img.shape == (512, 512, 3)
+    assert (img[:, :, 0] == img[:, :, 2]).all()
+
+
+def test_div2k_tree_with_paired_lr(tmp_path):
+    for i in (1, 2, 3):
+        _png(tmp_path / "DIV2K_train_HR" / f"{i:04d}.png")
+        _png(tmp_path / "DIV2K_train_LR_bicubic" / "X4" / f"{i:04d}x4.png", 6, 6)
+    for i in (801, 802):
+        _png(tmp_path / "DIV2K_valid_HR" / f"{i:04d}.png")
+    train = resolve_source(str(tmp_path), "train", 4)
+    assert [s.name for s in train] == ["0001", "0002", "0003"]
+    assert train[1].lr == tmp_path / "DIV2K_train_LR_bicubic" / "X4" / "0002x4.png"
+    val = resolve_source(str(tmp_path), "val", 4)
+    assert [(s.name, s.lr) for s in val] == [("0801", None), ("0802", None)]
+    assert all(s.lr is None for s in resolve_source(str(tmp_path), "train", 2))  # no X2 folder
+
+
+def test_div2k_missing_lr_file_is_named(tmp_path):
+    for i in (1, 2):
+        _png(tmp_path / "DIV2K_train_HR" / f"{i:04d}.png")
+    _png(tmp_path / "DIV2K_train_LR_bicubic" / "X4" / "0001x4.png", 6, 6)
+    with pytest.raises(ImageError, match="0002x4.png"):
+        resolve_source(str(tmp_path), "train", 4)
+
+
+def test_div2k_missing_split_names_folder(tmp_path):
+    _png(tmp_path / "DIV2K_train_HR" / "0001.png")
+    with pytest.raises(ImageError, match="DIV2K_valid_HR"):
+        resolve_source(str(tmp_path), "val", 4)
+
+
+@pytest.mark.parametrize("n, n_val", [(1, 1), (9, 1), (20, 2), (31, 3)])
+def test_plain_folder_holds_out_last_tenth(tmp_path, n, n_val):
+    for i in range(n):
+        (tmp_path / f"img{i:03d}.png").write_bytes(b"")
+    (tmp_path / "readme.txt").write_text("not an image")
+    val = resolve_source(str(tmp_path), "val", 4)
+    assert [s.name for s in val] == [f"img{i:03d}" for i in range(n - n_val, n)]
+    if n == 1:
+        with pytest.raises(ImageError, match="held out"):
+            resolve_source(str(tmp_path), "train", 4)
+        return
+    train = resolve_source(str(tmp_path), "train", 4)
+    assert [s.name for s in train] == [f"img{i:03d}" for i in range(n - n_val)]
+
+
+@pytest.mark.parametrize("val_dir", ["val", "valid"])
+def test_train_val_subfolders(tmp_path, val_dir):
+    for name in ("a", "b"):
+        _png(tmp_path / "train" / f"{name}.png")
+    _png(tmp_path / val_dir / "c.jpg")
+    assert [s.name for s in resolve_source(str(tmp_path), "train", 3)] == ["a", "b"]
+    assert resolve_source(str(tmp_path), "val", 3) == [Sample(tmp_path / val_dir / "c.jpg")]
+
+
+def test_single_file_is_a_val_source(tmp_path):
+    _png(tmp_path / "one.png")
+    assert resolve_source(str(tmp_path / "one.png"), "val", 4) == [Sample(tmp_path / "one.png", name="one")]
+    with pytest.raises(ImageError, match="val/eval"):
+        resolve_source(str(tmp_path / "one.png"), "train", 4)
+
+
+def test_missing_path_is_named(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(ImageError) as e:
+        resolve_source(str(missing), "train", 4)
+    assert str(missing) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unknown_name_lists_builtins():
+    with pytest.raises(ImageError, match="built-in: samples") as e:
+        resolve_source("sampels", "train", 4)
+    assert "'sampels'" in str(e.value)
+
+
+def test_empty_folder_is_named(tmp_path):
+    with pytest.raises(ImageError, match="no images") as e:
+        resolve_source(str(tmp_path), "val", 4)
+    assert str(tmp_path) in str(e.value)
+
+
+# download_div2k, offline: a file:// "server", hand-downloaded zips, the skip logic and the failure line.
+
+
+def _div2k_zip(path, folder, names):
+    with zipfile.ZipFile(path, "w") as z:
+        for name in names:
+            z.writestr(f"{folder}/{name}", b"png bytes")
+
+
+VALID_NAMES = [f"{i:04d}.png" for i in range(801, 901)]
+
+
+def test_download_fetches_and_extracts(tmp_path):
+    server, dest = tmp_path / "server", tmp_path / "div2k"
+    server.mkdir()
+    _div2k_zip(server / "DIV2K_valid_HR.zip", "DIV2K_valid_HR", VALID_NAMES)
+    _div2k_zip(server / "DIV2K_valid_LR_bicubic_X4.zip", "DIV2K_valid_LR_bicubic/X4",
+               [n.replace(".png", "x4.png") for n in VALID_NAMES])
+    dest.mkdir()
+    (dest / "DIV2K_valid_HR.zip.part").write_bytes(b"stale partial bytes")  # file:// cannot resume: restarts
+    download_div2k(dest, parts=("valid_HR", "valid_LR_bicubic"), base_url=server.as_uri())
+    assert len(list((dest / "DIV2K_valid_HR").glob("*.png"))) == 100
+    assert not (dest / "DIV2K_valid_HR.zip.part").exists()
+    val = resolve_source(str(dest), "val", 4)
+    assert len(val) == 100 and val[0].lr == dest / "DIV2K_valid_LR_bicubic" / "X4" / "0801x4.png"
+
+
+def test_download_skips_complete_parts_and_uses_hand_downloaded_zips(tmp_path):
+    unreachable = "http://127.0.0.1:1/"
+    for name in VALID_NAMES:
+        _png(tmp_path / "DIV2K_valid_HR" / name, 2, 2)
+    download_div2k(tmp_path, parts=("valid_HR",), base_url=unreachable)  # complete: nothing fetched
+    _div2k_zip(tmp_path / "DIV2K_valid_LR_bicubic_X2.zip", "DIV2K_valid_LR_bicubic/X2", VALID_NAMES)
+    download_div2k(tmp_path, scales=(2,), parts=("valid_LR_bicubic",), base_url=unreachable)
+    assert len(list((tmp_path / "DIV2K_valid_LR_bicubic" / "X2").glob("*.png"))) == 100
+
+
+@pytest.mark.parametrize("base_url", ["http://127.0.0.1:1/", "file:///nonexistent/div2k/"])
+def test_download_failure_is_one_line(tmp_path, base_url):
+    with pytest.raises(DownloadError) as e:
+        download_div2k(tmp_path, parts=("valid_HR",), base_url=base_url)
+    msg = str(e.value)
+    assert "\n" not in msg and base_url.rstrip("/") + "/DIV2K_valid_HR.zip" in msg
+    assert "by hand" in msg and str(tmp_path) in msg
+
+
+def test_incomplete_zip_is_reported(tmp_path):
+    _div2k_zip(tmp_path / "DIV2K_valid_HR.zip", "DIV2K_valid_HR", VALID_NAMES[:3])
+    with pytest.raises(DownloadError, match="extracted 3 PNGs.*expected 100"):
+        download_div2k(tmp_path, parts=("valid_HR",), base_url="http://127.0.0.1:1/")
+
+
+class _RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Serves `self.server.payload`, honouring `Range: bytes=N-` as a real download server does."""
+
+    def do_GET(self):
+        body = self.server.payload
+        start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers["Range"] else 0
+        self.send_response(206 if start else 200)
+        self.send_header("Content-Length", str(len(body) - start))
+        self.end_headers()
+        self.wfile.write(body[start:])
+        self.server.ranges.append(start)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_download_resumes_from_the_part_file(tmp_path):
+    _div2k_zip(tmp_path / "full.zip", "DIV2K_valid_HR", VALID_NAMES)
+    payload = (tmp_path / "full.zip").read_bytes()
+    dest = tmp_path / "div2k"
+    dest.mkdir()
+    (dest / "DIV2K_valid_HR.zip.part").write_bytes(payload[:1000])
+    server = http.server.HTTPServer(("127.0.0.1", 0), _RangeHandler)
+    server.payload, server.ranges = payload, []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        download_div2k(dest, parts=("valid_HR",), base_url=f"http://127.0.0.1:{server.server_port}/")
+    finally:
+        server.shutdown()
+    assert server.ranges == [1000]
+    assert (dest / "DIV2K_valid_HR.zip").read_bytes() == payload
+    assert len(list((dest / "DIV2K_valid_HR").glob("*.png"))) == 100
