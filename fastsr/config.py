@@ -53,7 +53,9 @@ class LossConfig:
     w_adv: float = 1e-3
     w_tv: float = 1e-6
     vgg_layer: str = "conv5_4"
-    vgg_weights: str = "imagenet"  # torchvision's ImageNet weights, or a path to vgg19-dcbb9e9d.pth
+    # `imagenet` (torchvision's weights), a path to vgg19-dcbb9e9d.pth, or `random` (untrained: a
+    # meaningless loss that costs the same, for throughput benchmarks and tests only)
+    vgg_weights: str = "imagenet"
     # What phase B does when the VGG19 weights can't be had: stop (`error`), or train without the
     # perceptual term and say so (`skip`, used by the quick start on machines with no network).
     vgg_missing: Literal["error", "skip"] = "error"

@@ -112,8 +112,9 @@ def build_perceptual(recipe: Recipe, console: Console, log: RunLog) -> nn.Module
     """The VGG19 loss, or None when it is switched off or (with vgg_missing=skip) unavailable."""
     if recipe.loss.w_vgg == 0:
         return None
+    weights = None if recipe.loss.vgg_weights == "random" else recipe.loss.vgg_weights
     try:
-        return PerceptualLoss(layer=recipe.loss.vgg_layer, weights=recipe.loss.vgg_weights)
+        return PerceptualLoss(layer=recipe.loss.vgg_layer, weights=weights)
     except VGGWeightsUnavailable as err:
         if recipe.loss.vgg_missing == "error":
             raise
@@ -232,13 +233,14 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
             save_checkpoint(run_dir, pos.step, models, state, keep=t.keep_checkpoints)
         accelerator.wait_for_everyone()
 
+    last_val = {"step": -1, "info": ""}
+
     def validate_now() -> str:
-        info = ""
-        if main:
+        if main and last_val["step"] != pos.step:
             psnr, bic = validate(eval_model(), val_pairs, recipe, accelerator.device, pos.step, log)
-            info = f"val {psnr:.2f} dB (bicubic {bic:.2f})"
+            last_val.update(step=pos.step, info=f"val {psnr:.2f} dB (bicubic {bic:.2f})")
         accelerator.wait_for_everyone()
-        return info
+        return last_val["info"]
 
     # The loop.
     steps_per_epoch = len(loader)
@@ -251,10 +253,25 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
                       f"process(es) on {accelerator.device}; run dir {run_dir}")
     g.train()
     running: dict[str, torch.Tensor] = {}
-    val_info = ""
+    window = {"tic": time.perf_counter(), "step": pos.step}
+
+    def flush_log(phase: str, epoch: int) -> str:
+        """Read the losses back (the only host synchronisation of the loop) and log their means."""
+        steps = pos.step - window["step"]
+        if not running or not steps:
+            return ""
+        rate = steps * images_per_step / (time.perf_counter() - window["tic"])
+        means = {f"loss_{k}": (v / steps).item() for k, v in running.items()}
+        log.write(kind="train", step=pos.step, phase=phase, epoch=epoch, lr=opt_g.param_groups[0]["lr"],
+                  images_per_sec=rate, **means)
+        running.clear()
+        window.update(tic=time.perf_counter(), step=pos.step)
+        shown = " ".join(f"{k[5:]} {v:.4g}" for k, v in means.items())
+        progress.update(task, rate=rate, info=f"{shown} {last_val['info']}")
+        return shown
+
     with progress_bar(main) as progress:
         task = progress.add_task("", total=total, completed=pos.step, rate=0.0, info="")
-        tic, tic_step = time.perf_counter(), pos.step
         for phase_index in range(pos.phase, len(phases)):
             phase, epochs = phases[phase_index]
             progress.update(task, description=phase)
@@ -273,32 +290,25 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
                     pos.batch += 1
                     for k, v in losses.items():
                         running[k] = running.get(k, 0) + v
-
-                    if pos.step % t.log_every == 0:  # the only host synchronisation in the loop
-                        seconds = time.perf_counter() - tic
-                        rate = (pos.step - tic_step) * images_per_step / seconds
-                        means = {f"loss_{k}": (v / (pos.step - tic_step)).item() for k, v in running.items()}
-                        log.write(kind="train", step=pos.step, phase=phase, epoch=epoch,
-                                  lr=opt_g.param_groups[0]["lr"], images_per_sec=rate, **means)
-                        shown = " ".join(f"{k[5:]} {v:.4g}" for k, v in means.items())
-                        progress.update(task, rate=rate, info=f"{shown} {val_info}")
-                        running, tic, tic_step = {}, time.perf_counter(), pos.step
+                    if pos.step % t.log_every == 0:
+                        flush_log(phase, epoch)
                     if t.val_every and pos.step % t.val_every == 0:
-                        val_info = validate_now()
+                        validate_now()
                     if t.save_every and pos.step % t.save_every == 0:
                         checkpoint_now()
                     progress.update(task, completed=pos.step)
                 pos.epoch, pos.batch = epoch + 1, 0
+            flush_log(phase, epochs - 1)
             pos.phase, pos.epoch = phase_index + 1, 0
-            val_info = validate_now()
+            validate_now()
             checkpoint_now()
-            progress.update(task, info=val_info)
+            progress.update(task, info=last_val["info"])
 
     if main:
         save_weights(eval_model(), run_dir / "generator.safetensors", g_config)
         if log.path.is_file():
             plot_curves(log.path, run_dir / "curves.png")
-        console.print(f"done: {run_dir / 'generator.safetensors'}; {val_info}; "
+        console.print(f"done: {run_dir / 'generator.safetensors'}; {last_val['info']}; "
                       f"pictures in {run_dir / 'samples'}, curves in {run_dir / 'curves.png'}")
     accelerator.wait_for_everyone()
     return run_dir

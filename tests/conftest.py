@@ -1,0 +1,52 @@
+"""Shared fixtures: a tiny image folder cut from a real photograph, and a tiny recipe over it."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data as skdata
+
+from fastsr.config import from_dict
+
+
+@pytest.fixture(scope="session")
+def photo_folder(tmp_path_factory) -> Path:
+    """train/ (6 images) and val/ (2 images) of 64x64 (and one odd-sized) tiles of a real photo."""
+    root = tmp_path_factory.mktemp("photos")
+    photo = skdata.astronaut()  # 512x512x3 uint8
+    tiles = [photo[y:y + 64, x:x + 64] for y in range(0, 512, 128) for x in range(0, 256, 128)]
+    (root / "train").mkdir()
+    (root / "val").mkdir()
+    for i, tile in enumerate(tiles[:6]):
+        Image.fromarray(np.ascontiguousarray(tile)).save(root / "train" / f"t{i}.png")
+    Image.fromarray(np.ascontiguousarray(tiles[6])).save(root / "val" / "v0.png")
+    Image.fromarray(np.ascontiguousarray(photo[300:370, 300:381])).save(root / "val" / "v1.png")  # odd size
+    return root
+
+
+def tiny_recipe_dict(photo_folder: Path, out_dir: Path, **sections) -> dict:
+    raw = {
+        "name": "tiny",
+        "out_dir": str(out_dir),
+        "scale": 4,
+        "model": {"name": "srresnet", "res_blocks": 1, "channels": 8},
+        "data": {"source": str(photo_folder), "hr_crop": 32, "repeat": 2, "workers": 0},
+        "loss": {"vgg_weights": "random", "vgg_layer": "relu2_2"},
+        "train": {"epochs_pretrain": 1, "epochs_finetune": 1, "batch_size": 4, "lr": 1e-3,
+                  "log_every": 1, "val_every": 0, "save_every": 0},
+    }
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            raw[section] = {**raw.get(section, {}), **values}
+        else:
+            raw[section] = values
+    return raw
+
+
+@pytest.fixture
+def tiny_recipe(photo_folder, tmp_path):
+    def make(**sections):
+        return from_dict(tiny_recipe_dict(photo_folder, tmp_path / "runs", **sections))
+
+    return make
