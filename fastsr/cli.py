@@ -66,7 +66,7 @@ def run_eval(methods: list[str], data: str, scale: int, console: Console, *, pic
     models = dict(parse_method(m, scale) for m in methods)
     for model in models.values():
         model.to(device)
-    pairs = load_val_set(resolve_source(data, "val", scale), scale)
+    pairs = load_val_set(resolve_source(data, "eval", scale), scale)
     scores = evaluate(models, pairs, scale, device, pictures=pictures)
     caption = (f"x{scale}, {len(pairs)} images of {data}; Y channel (BT.601 studio range), {scale}-pixel border "
                f"shaved, uint8 levels, mean of per-image values")
@@ -113,6 +113,7 @@ def cmd_upscale(args, console: Console) -> None:
 def cmd_quickstart(args, console: Console) -> None:
     """Train SRCNN and a small SRGAN on the bundled samples, then score both against bicubic."""
     from fastsr.config import load_recipe
+    from fastsr.engine.runlog import read_log
     from fastsr.engine.trainer import train
 
     start = time.perf_counter()
@@ -124,6 +125,8 @@ def cmd_quickstart(args, console: Console) -> None:
     pictures = Path(args.out) / "compare"
     run_eval(methods, recipe.data.source, recipe.scale, console, pictures=pictures,
              json_out=Path(args.out) / "results.json")
+    for note in (r["message"] for r in read_log(srgan / "log.jsonl") if r["kind"] == "note"):
+        console.print(f"[yellow]note on SRGAN:[/] {note}")
     console.print(f"quick start took {time.perf_counter() - start:.0f} s; runs, logs and curves in {args.out}/")
 
 

@@ -40,6 +40,7 @@ class DataConfig:
     hr_crop: int = 96  # HR patch size; a multiple of the scale
     repeat: int = 1  # crops taken from each training image per epoch
     augment: bool = True  # random flips and 90-degree rotations
+    channel_shuffle: bool = False  # random RGB permutation: removes the colour bias of small sets
     degradation: Literal["matlab", "kornia"] = "matlab"  # kornia's bicubic is not MATLAB's
     workers: int = 2  # loader worker processes (0: in the main process)
     cache_images: bool = True  # keep decoded training images in memory (small data sets)
@@ -68,6 +69,9 @@ class TrainConfig:
     batch_size: int = 16  # per process
     lr: float = 1e-4  # Adam, phase A (and phase B unless lr_finetune is set)
     lr_finetune: float | None = None
+    # `cosine` decays each phase's learning rate to 0 over the phase (settles the weights and the
+    # BatchNorm statistics by the end of a short run); `constant` is the paper's schedule.
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     ema: float = 0.0  # decay of an exponential moving average of the generator (0: off)
     init_from: str | None = None  # generator weights (.safetensors) to start from, e.g. phase A's

@@ -121,6 +121,18 @@ def test_augment_applies_one_symmetry_to_both():
     assert len(used) == 8
 
 
+def test_channel_shuffle_permutes_both_alike():
+    img = _image(48, 48)
+    orders = set()
+    for seed in range(40):
+        plain_hr, plain_lr = random_crop_pair(img, 4, 16, np.random.default_rng(seed))
+        hr, lr = random_crop_pair(img, 4, 16, np.random.default_rng(seed), channel_shuffle=True)
+        order = [next(c for c in range(3) if torch.equal(hr[k], plain_hr[c])) for k in range(3)]
+        assert sorted(order) == [0, 1, 2] and torch.equal(lr, plain_lr[order])
+        orders.add(tuple(order))
+    assert len(orders) == 6
+
+
 @pytest.mark.parametrize("crop", [18, 72, 0])
 def test_bad_crop_size_names_the_size(crop):
     with pytest.raises(ImageError, match="64x68") as e:

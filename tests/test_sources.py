@@ -75,6 +75,8 @@ def test_plain_folder_holds_out_last_tenth(tmp_path, n, n_val):
         return
     train = resolve_source(str(tmp_path), "train", 4)
     assert [s.name for s in train] == [f"img{i:03d}" for i in range(n - n_val)]
+    # An eval set (Set5-like folder) is scored whole.
+    assert [s.name for s in resolve_source(str(tmp_path), "eval", 4)] == [f"img{i:03d}" for i in range(n)]
 
 
 @pytest.mark.parametrize("val_dir", ["val", "valid"])
@@ -84,6 +86,7 @@ def test_train_val_subfolders(tmp_path, val_dir):
     _png(tmp_path / val_dir / "c.jpg")
     assert [s.name for s in resolve_source(str(tmp_path), "train", 3)] == ["a", "b"]
     assert resolve_source(str(tmp_path), "val", 3) == [Sample(tmp_path / val_dir / "c.jpg")]
+    assert resolve_source(str(tmp_path), "eval", 3) == [Sample(tmp_path / val_dir / "c.jpg")]
 
 
 def test_single_file_is_a_val_source(tmp_path):

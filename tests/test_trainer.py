@@ -138,3 +138,29 @@ def test_pretrain_step_learns_a_fixed_batch():
     for _ in range(20):
         last = pretrain_step(g, batch, opt, acc, "l1")["pixel"]
     assert last < 0.5 * first
+
+
+def test_fresh_run_keeps_an_earlier_run_aside(tiny_recipe):
+    recipe = tiny_recipe(train={"epochs_finetune": 0})
+    first = train(recipe)
+    first_log = (first / "log.jsonl").read_text()
+    second = train(recipe)
+    archived = [p for p in second.parent.iterdir() if p.name.startswith("tiny_archived_")]
+    assert len(archived) == 1 and (archived[0] / "log.jsonl").read_text() == first_log
+    assert [r["step"] for r in records(second, "train")] == [1, 2, 3]  # not appended to the old log
+
+
+def test_learning_rate_schedules():
+    from fastsr.engine.trainer import learning_rate
+
+    assert [learning_rate(1.0, "constant", s, 10) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
+    cosine = [learning_rate(1.0, "cosine", s, 10) for s in range(10)]
+    assert cosine[0] == 1.0 and cosine[5] == pytest.approx(0.5) and 0 < cosine[9] < 0.03
+    assert all(a > b for a, b in zip(cosine, cosine[1:]))
+
+
+def test_cosine_schedule_reaches_the_optimisers(tiny_recipe):
+    run = train(tiny_recipe(train={"lr": 1e-3, "lr_finetune": 1e-4, "lr_schedule": "cosine"}))
+    lrs = {(r["phase"], r["step"]): r["lr"] for r in records(run, "train")}
+    assert lrs[("pretrain", 1)] == pytest.approx(1e-3) and lrs[("pretrain", 3)] == pytest.approx(2.5e-4)
+    assert lrs[("finetune", 4)] == pytest.approx(1e-4) and lrs[("finetune", 6)] == pytest.approx(2.5e-5)

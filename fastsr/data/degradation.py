@@ -77,12 +77,14 @@ def lr_crop(hr: torch.Tensor, top: int, left: int, height: int, width: int, scal
 
 
 def random_crop_pair(img: np.ndarray, scale: int, hr_crop: int, rng: np.random.Generator,
-                     method: str = "matlab", augment: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                     method: str = "matlab", augment: bool = True,
+                     channel_shuffle: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """A random aligned (HR 3 x hr_crop x hr_crop, LR 3 x hr_crop/s x hr_crop/s) float pair from a
     uint8 HxWx3 image, both on 8-bit levels, the LR exactly as a stored whole-image LR file has it.
 
     All randomness comes from `rng` (anchor, then horizontal flip, vertical flip, transpose, each with
-    probability 1/2 when `augment`), so a caller that seeds `rng` per item gets reproducible crops.
+    probability 1/2 when `augment`; then, with `channel_shuffle`, a random permutation of the RGB
+    channels), so a caller that seeds `rng` per item gets reproducible crops.
     """
     full = crop_to_scale(torch.from_numpy(img).permute(2, 0, 1), scale)
     h, w = full.shape[-2:]
@@ -94,6 +96,11 @@ def random_crop_pair(img: np.ndarray, scale: int, hr_crop: int, rng: np.random.G
     hr, lr = lr_crop(full, top, left, hr_crop, hr_crop, scale, method)
     if augment:
         hr, lr = _augment(hr, lr, rng)
+    if channel_shuffle:
+        # Small sets (the bundled samples are half grayscale, the rest tinted) teach a colour bias;
+        # permuting channels makes every colour equally likely.
+        order = torch.from_numpy(rng.permutation(3))
+        hr, lr = hr[order], lr[order]
     return hr.contiguous(), lr.contiguous()
 
 

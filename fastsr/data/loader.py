@@ -35,10 +35,10 @@ class _CropDataset(Dataset):
     """Map-style dataset keyed by planned items; decoded images are cached per process if asked."""
 
     def __init__(self, samples: Sequence[Sample], scale: int, hr_crop: int, seed: int, method: str,
-                 augment: bool, cache_images: bool):
+                 augment: bool, channel_shuffle: bool, cache_images: bool):
         self.samples = list(samples)
         self.scale, self.hr_crop, self.seed = scale, hr_crop, seed
-        self.method, self.augment = method, augment
+        self.method, self.augment, self.channel_shuffle = method, augment, channel_shuffle
         self.cache: dict[int, np.ndarray] | None = {} if cache_images else None
 
     def __len__(self) -> int:
@@ -61,7 +61,8 @@ class _CropDataset(Dataset):
         except ImageError as e:  # already names the file
             return e
         try:
-            return random_crop_pair(img, self.scale, self.hr_crop, rng, self.method, self.augment)
+            return random_crop_pair(img, self.scale, self.hr_crop, rng, self.method, self.augment,
+                                    self.channel_shuffle)
         except ImageError as e:  # about the image's size: say which file
             return ImageError(f"{self.samples[index].hr}: {e}")
 
@@ -87,8 +88,8 @@ class TrainLoader:
     """
 
     def __init__(self, samples: Sequence[Sample], scale: int, hr_crop: int, batch_size: int, *,
-                 repeat: int = 1, augment: bool = True, method: str = "matlab", seed: int = 0,
-                 workers: int = 0, rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
+                 repeat: int = 1, augment: bool = True, channel_shuffle: bool = False,
+                 method: str = "matlab", seed: int = 0, workers: int = 0, rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
                  cache_images: bool = True):
         if not samples:
             raise ValueError("TrainLoader needs at least one sample")
@@ -96,7 +97,7 @@ class TrainLoader:
             raise ValueError(f"unknown degradation method {method!r}; use one of {', '.join(METHODS)}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world size {world_size}")
-        self.dataset = _CropDataset(samples, scale, hr_crop, seed, method, augment, cache_images)
+        self.dataset = _CropDataset(samples, scale, hr_crop, seed, method, augment, channel_shuffle, cache_images)
         self.batch_size, self.repeat, self.seed = batch_size, repeat, seed
         self.workers, self.rank, self.world_size = workers, rank, world_size
         self.device = torch.device(device)

@@ -8,7 +8,8 @@ A spec is one of:
 - any folder: its ``train/`` and ``val/`` (or ``valid/``) sub-folders, or else its images with the last
   10% (sorted by name) held out for validation;
 - one image file, as a validation/evaluation source.
-Splits are decided by names alone, so every process and every run sees the same lists.
+The "eval" split is "val", except that a plain folder (no train/ and val/) is evaluated whole: an eval
+set such as Set5 is such a folder. Splits are decided by names alone, so every process and every run sees the same lists.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Literal
 
 from fastsr.data.images import IMAGE_EXTS, ImageError, list_images
 
-Split = Literal["train", "val"]
+Split = Literal["train", "val", "eval"]
 
 SAMPLES_TRAIN = (
     "motorcycle_left.png", "motorcycle_right.png", "rocket.jpg", "hubble_deep_field.jpg", "retina.jpg",
@@ -52,17 +53,17 @@ class Sample:
 
 
 def resolve_source(spec: str, split: Split, scale: int) -> list[Sample]:
-    """The samples of `split` ("train" or "val") named by `spec`; `scale` selects paired LR files."""
-    if split not in ("train", "val"):
-        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    """The samples of `split` ("train", "val" or "eval") named by `spec`; `scale` selects paired LR files."""
+    if split not in ("train", "val", "eval"):
+        raise ValueError(f"split must be 'train', 'val' or 'eval', got {split!r}")
     if spec == "samples":
-        return _samples_source(split)
+        return _samples_source("val" if split == "eval" else split)
     path = Path(spec).expanduser()
     if path.is_file():
         return _single_file(path, split)
     if path.is_dir():
         if any((path / d).is_dir() for d in _DIV2K_HR.values()):
-            return _div2k(path, split, scale)
+            return _div2k(path, "val" if split == "eval" else split, scale)
         return _folder(path, split)
     raise ImageError(_missing_message(spec))
 
@@ -113,6 +114,8 @@ def _folder(root: Path, split: Split) -> list[Sample]:
     if (root / "train").is_dir() and val_dir is not None:
         return [Sample(p) for p in list_images(root / "train" if split == "train" else val_dir)]
     files = list_images(root)
+    if split == "eval":
+        return [Sample(p) for p in files]
     n_val = max(1, round(len(files) / 10))
     if split == "val":
         return [Sample(p) for p in files[-n_val:]]

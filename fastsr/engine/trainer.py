@@ -15,6 +15,7 @@ function of (seed, epoch, position), so a resumed run sees the batches the unint
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,6 +47,12 @@ class Position:
     phase: int = 0  # index into the run's phases
     epoch: int = 0  # epoch within the phase
     batch: int = 0  # next batch within the epoch
+
+
+def learning_rate(base: float, schedule: str, step_in_phase: int, phase_steps: int) -> float:
+    if schedule == "constant":
+        return base
+    return base * 0.5 * (1 + math.cos(math.pi * step_in_phase / phase_steps))
 
 
 def generator_kwargs(recipe: Recipe) -> dict:
@@ -149,13 +156,20 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
     console = console or Console()
+    t = recipe.train
     run_dir = recipe.run_dir
+    checkpoint = resolve_resume(t.resume, run_dir)
     if main:
+        if checkpoint is None and run_dir.is_dir() and any(run_dir.iterdir()):
+            # A fresh run never mixes its logs and checkpoints with an earlier one's: keep the old.
+            archived = run_dir.with_name(f"{run_dir.name}_archived_{time.strftime('%Y%m%d_%H%M%S')}")
+            run_dir.rename(archived)
+            console.print(f"{run_dir} held an earlier run: moved it to {archived}")
         run_dir.mkdir(parents=True, exist_ok=True)
         save_recipe(recipe, run_dir / "recipe.yaml")
+    accelerator.wait_for_everyone()
     log = RunLog(run_dir / "log.jsonl", enabled=main)
-    torch.manual_seed(recipe.train.seed)
-    t = recipe.train
+    torch.manual_seed(t.seed)
 
     # Models, losses and optimisers.
     g_config = generator_kwargs(recipe)
@@ -179,7 +193,8 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
                              max_images=recipe.data.val_images or None)
     loader = TrainLoader(
         train_samples, scale, recipe.data.hr_crop, t.batch_size, repeat=recipe.data.repeat,
-        augment=recipe.data.augment, method=recipe.data.degradation, seed=t.seed, workers=recipe.data.workers,
+        augment=recipe.data.augment, channel_shuffle=recipe.data.channel_shuffle, method=recipe.data.degradation,
+        seed=t.seed, workers=recipe.data.workers,
         rank=accelerator.process_index, world_size=accelerator.num_processes, device=accelerator.device,
         cache_images=recipe.data.cache_images,
     )
@@ -190,7 +205,6 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
 
     # Resume.
     pos = Position()
-    checkpoint = resolve_resume(t.resume, run_dir)
     if checkpoint is not None:
         state = load_state(checkpoint)
         if state["generator"] != g_config:
@@ -235,12 +249,11 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
 
     last_val = {"step": -1, "info": ""}
 
-    def validate_now() -> str:
+    def validate_now() -> None:
         if main and last_val["step"] != pos.step:
             psnr, bic = validate(eval_model(), val_pairs, recipe, accelerator.device, pos.step, log)
             last_val.update(step=pos.step, info=f"val {psnr:.2f} dB (bicubic {bic:.2f})")
         accelerator.wait_for_everyone()
-        return last_val["info"]
 
     # The loop.
     steps_per_epoch = len(loader)
@@ -255,11 +268,11 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
     running: dict[str, torch.Tensor] = {}
     window = {"tic": time.perf_counter(), "step": pos.step}
 
-    def flush_log(phase: str, epoch: int) -> str:
+    def flush_log(phase: str, epoch: int) -> None:
         """Read the losses back (the only host synchronisation of the loop) and log their means."""
         steps = pos.step - window["step"]
         if not running or not steps:
-            return ""
+            return
         rate = steps * images_per_step / (time.perf_counter() - window["tic"])
         means = {f"loss_{k}": (v / steps).item() for k, v in running.items()}
         log.write(kind="train", step=pos.step, phase=phase, epoch=epoch, lr=opt_g.param_groups[0]["lr"],
@@ -268,18 +281,26 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
         window.update(tic=time.perf_counter(), step=pos.step)
         shown = " ".join(f"{k[5:]} {v:.4g}" for k, v in means.items())
         progress.update(task, rate=rate, info=f"{shown} {last_val['info']}")
-        return shown
+
+    def outside_rate(action) -> None:
+        """Run a validation or a checkpoint without counting its time against images/sec."""
+        tic = time.perf_counter()
+        action()
+        window["tic"] += time.perf_counter() - tic
 
     with progress_bar(main) as progress:
         task = progress.add_task("", total=total, completed=pos.step, rate=0.0, info="")
         for phase_index in range(pos.phase, len(phases)):
             phase, epochs = phases[phase_index]
             progress.update(task, description=phase)
-            if phase == "finetune":
-                for group in opt_g.param_groups:
-                    group["lr"] = t.lr_finetune or t.lr
+            base_lr = t.lr if phase == "pretrain" else (t.lr_finetune or t.lr)
+            optimisers = [opt_g] if phase == "pretrain" else [opt_g, opt_d]
             for epoch in range(pos.epoch, epochs):
                 for batch in loader.batches(epoch_offsets[phase_index] + epoch, start=pos.batch):
+                    lr = learning_rate(base_lr, t.lr_schedule, epoch * steps_per_epoch + pos.batch,
+                                       epochs * steps_per_epoch)
+                    for group in (group for opt in optimisers for group in opt.param_groups):
+                        group["lr"] = lr
                     if phase == "pretrain":
                         losses = pretrain_step(g, batch, opt_g, accelerator, recipe.loss.pixel)
                     else:
@@ -293,15 +314,15 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
                     if pos.step % t.log_every == 0:
                         flush_log(phase, epoch)
                     if t.val_every and pos.step % t.val_every == 0:
-                        validate_now()
+                        outside_rate(validate_now)
                     if t.save_every and pos.step % t.save_every == 0:
-                        checkpoint_now()
+                        outside_rate(checkpoint_now)
                     progress.update(task, completed=pos.step)
                 pos.epoch, pos.batch = epoch + 1, 0
             flush_log(phase, epochs - 1)
             pos.phase, pos.epoch = phase_index + 1, 0
-            validate_now()
-            checkpoint_now()
+            outside_rate(validate_now)
+            outside_rate(checkpoint_now)
             progress.update(task, info=last_val["info"])
 
     if main:
