@@ -101,6 +101,8 @@ def test_missing_path_is_named(tmp_path):
     with pytest.raises(ImageError) as e:
         resolve_source(str(missing), "train", 4)
     assert str(missing) in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(ImageError, match="fastsr download-div2k .*/DIV2K`"):
+        resolve_source(str(tmp_path / "DIV2K"), "train", 4)
 
 
 def test_unknown_name_lists_builtins():

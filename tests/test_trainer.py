@@ -72,13 +72,6 @@ def test_resume_auto_continues_exactly(tiny_recipe, tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
 
-def test_resume_refuses_another_architecture(tiny_recipe):
-    run = train(tiny_recipe(train={"epochs_finetune": 0}))
-    with pytest.raises(ValueError, match="the recipe builds"):
-        train(tiny_recipe(model={"res_blocks": 2}, train={"epochs_finetune": 0, "resume": "auto"}))
-    assert complete_checkpoints(run)
-
-
 def test_init_from_phase_a_weights(tiny_recipe):
     phase_a = train(tiny_recipe(train={"epochs_finetune": 0}))
     weights = phase_a / "generator.safetensors"
@@ -164,3 +157,18 @@ def test_cosine_schedule_reaches_the_optimisers(tiny_recipe):
     lrs = {(r["phase"], r["step"]): r["lr"] for r in records(run, "train")}
     assert lrs[("pretrain", 1)] == pytest.approx(1e-3) and lrs[("pretrain", 3)] == pytest.approx(2.5e-4)
     assert lrs[("finetune", 4)] == pytest.approx(1e-4) and lrs[("finetune", 6)] == pytest.approx(2.5e-5)
+
+
+def test_bad_input_fails_before_the_run_directory_is_touched(tiny_recipe, tmp_path):
+    with pytest.raises(ValueError, match="data source path not found"):
+        train(tiny_recipe(data={"source": str(tmp_path / "nowhere")}))
+    recipe = tiny_recipe(loss={"vgg_weights": str(tmp_path / "vgg.pth"), "vgg_missing": "error"})
+    with pytest.raises(RuntimeError, match="vgg.pth"):
+        train(recipe)
+    assert not recipe.run_dir.exists()
+    # A resume into another architecture leaves the existing run (and its recipe) as it was.
+    run = train(tiny_recipe(train={"epochs_finetune": 0}))
+    saved = (run / "recipe.yaml").read_text()
+    with pytest.raises(ValueError, match="the recipe builds"):
+        train(tiny_recipe(model={"res_blocks": 2}, train={"epochs_finetune": 0, "resume": "auto"}))
+    assert (run / "recipe.yaml").read_text() == saved

@@ -73,6 +73,8 @@ def _missing_message(spec: str) -> str:
     if looks_like_name:
         return (f"unknown data source {spec!r}: no such path, and not a built-in name "
                 f"(built-in: {', '.join(BUILTIN_SOURCES)})")
+    if "div2k" in spec.lower():
+        return f"{spec}: data source path not found; fetch DIV2K there with `fastsr download-div2k {spec}`"
     return f"{spec}: data source path not found; check the path (or use a built-in: {', '.join(BUILTIN_SOURCES)})"
 
 

@@ -115,20 +115,18 @@ def gan_step(g, d, batch, opt_g, opt_d, accelerator, recipe: Recipe, perceptual:
 # Building blocks
 
 
-def build_perceptual(recipe: Recipe, console: Console, log: RunLog) -> nn.Module | None:
-    """The VGG19 loss, or None when it is switched off or (with vgg_missing=skip) unavailable."""
+def build_perceptual(recipe: Recipe) -> tuple[nn.Module | None, str | None]:
+    """The VGG19 loss (None when switched off or, with vgg_missing=skip, unavailable) and a note
+    saying what was skipped, if anything."""
     if recipe.loss.w_vgg == 0:
-        return None
+        return None, None
     weights = None if recipe.loss.vgg_weights == "random" else recipe.loss.vgg_weights
     try:
-        return PerceptualLoss(layer=recipe.loss.vgg_layer, weights=weights)
+        return PerceptualLoss(layer=recipe.loss.vgg_layer, weights=weights), None
     except VGGWeightsUnavailable as err:
         if recipe.loss.vgg_missing == "error":
             raise
-        note = f"{err} -- phase B trains WITHOUT the perceptual (VGG) term (loss.vgg_missing=skip)"
-        console.print(f"[yellow]warning:[/] {note}")
-        log.write(kind="note", message=note)
-        return None
+        return None, f"{err} -- phase B trains WITHOUT the perceptual (VGG) term (loss.vgg_missing=skip)"
 
 
 def check_init_from(path: str, config: dict) -> None:
@@ -158,34 +156,10 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
     console = console or Console()
     t = recipe.train
     run_dir = recipe.run_dir
-    checkpoint = resolve_resume(t.resume, run_dir)
-    if main:
-        if checkpoint is None and run_dir.is_dir() and any(run_dir.iterdir()):
-            # A fresh run never mixes its logs and checkpoints with an earlier one's: keep the old.
-            archived = run_dir.with_name(f"{run_dir.name}_archived_{time.strftime('%Y%m%d_%H%M%S')}")
-            run_dir.rename(archived)
-            console.print(f"{run_dir} held an earlier run: moved it to {archived}")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_recipe(recipe, run_dir / "recipe.yaml")
-    accelerator.wait_for_everyone()
-    log = RunLog(run_dir / "log.jsonl", enabled=main)
     torch.manual_seed(t.seed)
 
-    # Models, losses and optimisers.
-    g_config = generator_kwargs(recipe)
-    g = build_generator(**g_config)
-    if t.init_from:
-        check_init_from(t.init_from, g_config)
-        load_weights(g, Path(t.init_from))
-    phases = [(name, n) for name, n in (("pretrain", t.epochs_pretrain), ("finetune", t.epochs_finetune)) if n > 0]
-    gan = t.epochs_finetune > 0
-    d = Discriminator(**DISCRIMINATOR_CONFIG) if gan else None
-    perceptual = build_perceptual(recipe, console, log) if gan else None
-    opt_g = torch.optim.Adam(g.parameters(), lr=t.lr, betas=tuple(t.betas))
-    opt_d = torch.optim.Adam(d.parameters(), lr=t.lr_finetune or t.lr, betas=tuple(t.betas)) if gan else None
-    ema = AveragedModel(g, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True) if t.ema else None
-
-    # Data.
+    # Data, models, losses and the checkpoint to resume: everything that can fail on a user's input
+    # is checked before the run directory is touched.
     scale = recipe.scale
     train_samples = resolve_source(recipe.data.source, "train", scale)
     val_samples = resolve_source(recipe.data.val_source or recipe.data.source, "val", scale)
@@ -203,7 +177,19 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
             f"data.source {recipe.data.source}: {len(train_samples)} images x repeat {recipe.data.repeat} make no full batch "
             f"of {t.batch_size} per process; raise data.repeat or lower train.batch_size")
 
-    # Resume.
+    g_config = generator_kwargs(recipe)
+    g = build_generator(**g_config)
+    if t.init_from:
+        check_init_from(t.init_from, g_config)
+        load_weights(g, Path(t.init_from))
+    phases = [(name, n) for name, n in (("pretrain", t.epochs_pretrain), ("finetune", t.epochs_finetune)) if n > 0]
+    gan = t.epochs_finetune > 0
+    d = Discriminator(**DISCRIMINATOR_CONFIG) if gan else None
+    perceptual, vgg_note = build_perceptual(recipe) if gan else (None, None)
+    opt_g = torch.optim.Adam(g.parameters(), lr=t.lr, betas=tuple(t.betas))
+    opt_d = torch.optim.Adam(d.parameters(), lr=t.lr_finetune or t.lr, betas=tuple(t.betas)) if gan else None
+    ema = AveragedModel(g, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True) if t.ema else None
+    checkpoint = resolve_resume(t.resume, run_dir)
     pos = Position()
     if checkpoint is not None:
         state = load_state(checkpoint)
@@ -221,6 +207,20 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
         torch.set_rng_state(state["torch_rng"])
         if main:
             console.print(f"resuming from {checkpoint} at step {pos.step}")
+
+    # The run directory: a fresh run never mixes its logs and checkpoints with an earlier one's.
+    if main:
+        if checkpoint is None and run_dir.is_dir() and any(run_dir.iterdir()):
+            archived = run_dir.with_name(f"{run_dir.name}_archived_{time.strftime('%Y%m%d_%H%M%S')}")
+            run_dir.rename(archived)
+            console.print(f"{run_dir} held an earlier run: moved it to {archived}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_recipe(recipe, run_dir / "recipe.yaml")
+    accelerator.wait_for_everyone()
+    log = RunLog(run_dir / "log.jsonl", enabled=main)
+    if vgg_note and main:
+        console.print(f"[yellow]warning:[/] {vgg_note}")
+        log.write(kind="note", message=vgg_note)
 
     g, opt_g = accelerator.prepare(g, opt_g)
     if gan:
