@@ -55,6 +55,10 @@ def test_srcnn_trains_and_beats_its_start(tiny_recipe):
     losses = [r["loss_pixel"] for r in records(run, "train")]
     assert losses[-1] < losses[0]
     assert load_generator(run / "generator.safetensors").config["kernels"] == [9, 1, 5]
+    # Its weights can start another run of the same architecture.
+    again = tiny_recipe(name="again", model={"name": "srcnn", "srcnn_kernels": [9, 1, 5]},
+                        train={"epochs_finetune": 0, "init_from": str(run / "generator.safetensors")})
+    assert train(again).is_dir()
 
 
 def test_resume_auto_continues_exactly(tiny_recipe, tmp_path):

@@ -177,8 +177,8 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
             f"data.source {recipe.data.source}: {len(train_samples)} images x repeat {recipe.data.repeat} make no full batch "
             f"of {t.batch_size} per process; raise data.repeat or lower train.batch_size")
 
-    g_config = generator_kwargs(recipe)
-    g = build_generator(**g_config)
+    g = build_generator(**generator_kwargs(recipe))
+    g_config = g.config  # the model's own, complete config: what its weights are saved with
     if t.init_from:
         check_init_from(t.init_from, g_config)
         load_weights(g, Path(t.init_from))
