@@ -102,7 +102,7 @@ def cmd_upscale(args, console: Console) -> None:
         lr = image_to_tensor(load_image(path))
         sr = upscale(model, lr.to(device), model.scale, tile=args.tile, overlap=args.overlap)
         target = out / f"{path.stem}.png" if (src.is_dir() or out.suffix == "") else out
-        save_image(target, sr.float().clamp(0, 1).cpu())
+        save_image(target, sr.cpu())  # rounded to 8 bits (and clamped) on the way
         console.print(f"{path} -> {target} ({lr.shape[-1]}x{lr.shape[-2]} -> {sr.shape[-1]}x{sr.shape[-2]})")
 
 

@@ -264,34 +264,29 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     raise RecipeError(f"{source}: {key} must be {hint.__name__}, got {value!r}")
 
 
+_POSITIVE = ("data.hr_crop", "data.repeat", "train.batch_size", "train.log_every", "train.keep_checkpoints",
+             "model.res_blocks", "model.channels")
+_NON_NEGATIVE = ("train.epochs_pretrain", "train.epochs_finetune", "train.val_every", "train.save_every",
+                 "data.workers", "data.val_images", "loss.w_vgg", "loss.w_adv", "loss.w_tv")
+
+
+def _get_dotted(recipe: Recipe, key: str) -> Any:
+    value = recipe
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
 def _check_values(r: Recipe, source: str) -> None:
     def fail(key: str, why: str):
         raise RecipeError(f"{source}: {key} {why}")
 
     if r.scale not in (2, 4, 8):
         fail("scale", f"must be 2, 4 or 8 (got {r.scale})")
-    for key, value in [
-        ("data.hr_crop", r.data.hr_crop),
-        ("data.repeat", r.data.repeat),
-        ("train.batch_size", r.train.batch_size),
-        ("train.log_every", r.train.log_every),
-        ("train.keep_checkpoints", r.train.keep_checkpoints),
-        ("model.res_blocks", r.model.res_blocks),
-        ("model.channels", r.model.channels),
-    ]:
-        if value <= 0:
+    for key in _POSITIVE + _NON_NEGATIVE:
+        value = _get_dotted(r, key)
+        if key in _POSITIVE and value <= 0:
             fail(key, f"must be positive (got {value})")
-    for key, value in [
-        ("train.epochs_pretrain", r.train.epochs_pretrain),
-        ("train.epochs_finetune", r.train.epochs_finetune),
-        ("train.val_every", r.train.val_every),
-        ("train.save_every", r.train.save_every),
-        ("data.workers", r.data.workers),
-        ("data.val_images", r.data.val_images),
-        ("loss.w_vgg", r.loss.w_vgg),
-        ("loss.w_adv", r.loss.w_adv),
-        ("loss.w_tv", r.loss.w_tv),
-    ]:
         if value < 0:
             fail(key, f"must not be negative (got {value})")
     if r.train.lr <= 0 or (r.train.lr_finetune is not None and r.train.lr_finetune <= 0):

@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
+from fastsr.data import save_image
 from fastsr.infer import upscale
 from fastsr.metrics import psnr, ssim
 from fastsr.ops import quantize
@@ -67,10 +69,7 @@ def save_side_by_side(path: Path, lr: torch.Tensor, outputs: dict[str, torch.Ten
         array = (quantize(img[0]).permute(1, 2, 0).mul(255).round().byte().numpy())
         canvas.paste(Image.fromarray(array), (k * size[1], label_h))
         draw.text((k * size[1] + 6, 4), label, fill="black")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    canvas.save(tmp, format="PNG")
-    tmp.replace(path)
+    save_image(path, np.asarray(canvas))
 
 
 def format_table(scores: list[Score], caption: str):

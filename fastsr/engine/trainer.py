@@ -136,10 +136,9 @@ def check_init_from(path: str, config: dict) -> None:
 
 
 def validate(model: nn.Module, pairs, recipe: Recipe, device, step: int, log: RunLog) -> tuple[float, float]:
-    model.eval()
+    """Score the model and bicubic (evaluation runs the model in eval mode and restores its mode)."""
     pictures = recipe.run_dir / "samples" / f"step_{step:08d}"
     bicubic, sr = evaluate({"Bicubic": Bicubic(recipe.scale), "model": model}, pairs, recipe.scale, device, pictures=pictures)
-    model.train()
     log.write(kind="val", step=step, psnr=sr.mean_psnr, ssim=sr.mean_ssim,
               bicubic_psnr=bicubic.mean_psnr, bicubic_ssim=bicubic.mean_ssim, images=len(pairs))
     return sr.mean_psnr, bicubic.mean_psnr
