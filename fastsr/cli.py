@@ -1,4 +1,4 @@
-"""`fastsr train | eval | upscale | quickstart | download-div2k`.
+"""`fastsr train | eval | upscale | quickstart | download-div2k | prepare`.
 
 Every user error (a bad recipe key, a corrupt image, weights that don't fit) ends as one line on
 stderr and exit code 2; `--debug` shows the traceback instead.
@@ -141,6 +141,28 @@ def cmd_download(args, console: Console) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# prepare
+
+
+def cmd_prepare(args, console: Console) -> int:
+    """Decode the train split once into a cache of .npy files; exit 2 while any image could not be read."""
+    from fastsr.data.cache import prepare_cache
+
+    start = time.perf_counter()
+    result = prepare_cache(args.source, args.dest, workers=args.workers, verify=args.verify)
+    total = result.written + result.skipped + len(result.failed)
+    print(f"prepared {result.written + result.skipped} images into {args.dest} (written {result.written}, "
+          f"skipped {result.skipped}) in {time.perf_counter() - start:.1f} s")
+    if not result.failed:
+        return 0
+    for _, error in result.failed:
+        print(error, file=sys.stderr)
+    print(f"{len(result.failed)} of {total} images could not be read; fix or remove them and rerun fastsr prepare "
+          "(training from this cache is refused until then)", file=sys.stderr)
+    return 2
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def resolve_device(device: str):
@@ -186,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dest", type=Path)
     p.add_argument("--scales", type=int, nargs="+", default=[4])
     p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("prepare", help="decode the training images once into a cache folder, for fast random crops")
+    p.add_argument("source", metavar="SRC", help="samples, a DIV2K root (train split) or an image folder")
+    p.add_argument("dest", metavar="DST", type=Path, help="cache folder (created; rerun to update it)")
+    p.add_argument("--workers", type=int, help="decoding processes (default: one per CPU core)")
+    p.add_argument("--verify", action="store_true", help="also re-hash cached files and rewrite any that differ")
+    p.set_defaults(func=cmd_prepare)
     return parser
 
 
@@ -193,17 +222,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console()
     if args.debug:
-        args.func(args, console)
-        return 0
+        return args.func(args, console) or 0
     try:
-        args.func(args, console)
+        return args.func(args, console) or 0
     except user_errors() as err:
         print(f"fastsr: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fastsr: interrupted", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

@@ -42,8 +42,13 @@ class DataConfig:
     augment: bool = True  # random flips and 90-degree rotations
     channel_shuffle: bool = False  # random RGB permutation: removes the colour bias of small sets
     degradation: Literal["matlab", "kornia"] = "matlab"  # kornia's bicubic is not MATLAB's
-    workers: int = 2  # loader worker processes (0: in the main process)
-    cache_images: bool = True  # keep decoded training images in memory (small data sets)
+    # `dali`: NVIDIA DALI (crops and downscale on the GPU); `torch`: the portable loader; `auto`: DALI
+    # where it is installed and can run here, else torch (the run's log says which, and why)
+    backend: Literal["auto", "dali", "torch"] = "auto"
+    cache: str | None = None  # a decode-once cache of `source`'s training images (`fastsr prepare`)
+    crops_per_image: int = 1  # crops cut per visit to an image (spreads a file decode over k crops)
+    workers: int = 2  # torch: loader worker processes (0: in the main process); DALI: CPU threads
+    cache_images: bool = True  # torch loader: keep decoded training images in memory (small data sets)
     val_images: int = 0  # validate on the first N held-out images (0: all)
 
 
@@ -264,7 +269,7 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     raise RecipeError(f"{source}: {key} must be {hint.__name__}, got {value!r}")
 
 
-_POSITIVE = ("data.hr_crop", "data.repeat", "train.batch_size", "train.log_every", "train.keep_checkpoints",
+_POSITIVE = ("data.hr_crop", "data.repeat", "data.crops_per_image", "train.batch_size", "train.log_every", "train.keep_checkpoints",
              "model.res_blocks", "model.channels")
 _NON_NEGATIVE = ("train.epochs_pretrain", "train.epochs_finetune", "train.val_every", "train.save_every",
                  "data.workers", "data.val_images", "loss.w_vgg", "loss.w_adv", "loss.w_tv")
@@ -295,6 +300,10 @@ def _check_values(r: Recipe, source: str) -> None:
         fail("data.hr_crop", f"must be a multiple of scale {r.scale} (got {r.data.hr_crop})")
     if r.data.hr_crop < 32 and r.train.epochs_finetune:
         fail("data.hr_crop", f"must be at least 32 for the discriminator (got {r.data.hr_crop})")
+    k = r.data.crops_per_image
+    if r.data.repeat % k or r.train.batch_size % k:
+        fail("data.crops_per_image", f"({k}) must divide data.repeat ({r.data.repeat}) and train.batch_size "
+             f"({r.train.batch_size})")
     if r.train.epochs_pretrain + r.train.epochs_finetune == 0:
         fail("train.epochs_pretrain", "and train.epochs_finetune are both 0: nothing to train")
     if len(r.model.srcnn_kernels) != 3 or any(k <= 0 or k % 2 == 0 for k in r.model.srcnn_kernels):

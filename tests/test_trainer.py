@@ -7,6 +7,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 
 from fastsr.config import load_recipe
+from fastsr.data.cache import prepare_cache
 from fastsr.engine import trainer as trainer_module
 from fastsr.engine.checkpoint import complete_checkpoints, load_generator, load_state
 from fastsr.engine.trainer import gan_step, pretrain_step, train
@@ -61,11 +62,20 @@ def test_srcnn_trains_and_beats_its_start(tiny_recipe):
     assert train(again).is_dir()
 
 
-def test_resume_auto_continues_exactly(tiny_recipe, tmp_path):
-    """A run resumed from a mid-epoch checkpoint ends with the uninterrupted run's weights, bitwise."""
-    recipe = tiny_recipe(train={"epochs_pretrain": 2, "epochs_finetune": 1, "save_every": 1, "keep_checkpoints": 20})
+@pytest.mark.parametrize("backend", ["torch", "dali"])
+def test_resume_auto_continues_exactly(tiny_recipe, tmp_path, photo_folder, backend):
+    """A run resumed from a mid-epoch checkpoint ends with the uninterrupted run's weights, bitwise
+    (the torch loader from files; DALI from a `fastsr prepare` cache)."""
+    data = {"backend": backend}
+    if backend == "dali":
+        prepare_cache(str(photo_folder), tmp_path / "cache", workers=1, progress=False)
+        data["cache"] = str(tmp_path / "cache")
+    recipe = tiny_recipe(data=data, train={"epochs_pretrain": 2, "epochs_finetune": 1, "save_every": 1,
+                                           "keep_checkpoints": 20})
     full = train(recipe)
-    resumed_recipe = tiny_recipe(name="resumed", train={"epochs_pretrain": 2, "epochs_finetune": 1, "resume": "auto"})
+    assert records(full, "run")[0]["loader"] == backend
+    resumed_recipe = tiny_recipe(name="resumed", data=data,
+                                 train={"epochs_pretrain": 2, "epochs_finetune": 1, "resume": "auto"})
     middle = full / "checkpoints" / "step_00000002"  # mid-epoch of phase A (3 steps per epoch)
     shutil.copytree(middle, resumed_recipe.run_dir / "checkpoints" / middle.name)
     resumed = train(resumed_recipe)

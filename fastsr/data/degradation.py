@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from fastsr.data.images import ImageError, image_to_tensor, load_image
+from fastsr.data.plan import Crop, crop_region
 from fastsr.ops import imresize
 from fastsr.ops import quantize as quantize_8bit
 
@@ -76,44 +77,26 @@ def lr_crop(hr: torch.Tensor, top: int, left: int, height: int, width: int, scal
     return hr_out, lr_out
 
 
-def random_crop_pair(img: np.ndarray, scale: int, hr_crop: int, rng: np.random.Generator,
-                     method: str = "matlab", augment: bool = True,
-                     channel_shuffle: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random aligned (HR 3 x hr_crop x hr_crop, LR 3 x hr_crop/s x hr_crop/s) float pair from a
-    uint8 HxWx3 image, both on 8-bit levels, the LR exactly as a stored whole-image LR file has it.
+def crop_pair(img: np.ndarray, crop: Crop, scale: int, hr_crop: int,
+              method: str = "matlab") -> tuple[torch.Tensor, torch.Tensor]:
+    """The aligned (HR 3 x hr_crop x hr_crop, LR 3 x hr_crop/s x hr_crop/s) float pair of `crop` from
+    a uint8 HxWx3 image, both on 8-bit levels, the LR exactly as a stored whole-image LR file has it,
+    then the crop's flips, transpose and channel order applied to both alike.
 
-    All randomness comes from `rng` (anchor, then horizontal flip, vertical flip, transpose, each with
-    probability 1/2 when `augment`; then, with `channel_shuffle`, a random permutation of the RGB
-    channels), so a caller that seeds `rng` per item gets reproducible crops.
+    `img` may be a memory-mapped cache file: only the crop's region (plus the kernel's margin) is read.
     """
-    full = crop_to_scale(torch.from_numpy(img).permute(2, 0, 1), scale)
-    h, w = full.shape[-2:]
-    if hr_crop % scale or not 0 < hr_crop <= min(h, w):
-        raise ImageError(f"HR crop {hr_crop} does not fit: it must be a positive multiple of scale {scale} "
-                         f"and at most the image size {h}x{w} (after cropping to a multiple of the scale)")
-    top = int(rng.integers(0, (h - hr_crop) // scale + 1)) * scale
-    left = int(rng.integers(0, (w - hr_crop) // scale + 1)) * scale
-    hr, lr = lr_crop(full, top, left, hr_crop, hr_crop, scale, method)
-    if augment:
-        hr, lr = _augment(hr, lr, rng)
-    if channel_shuffle:
-        # Small sets (the bundled samples are half grayscale, the rest tinted) teach a colour bias;
-        # permuting channels makes every colour equally likely.
-        order = torch.from_numpy(rng.permutation(3))
-        hr, lr = hr[order], lr[order]
-    return hr.contiguous(), lr.contiguous()
-
-
-def _augment(hr: torch.Tensor, lr: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """The same random flips and transpose on both (the 8 symmetries of the square)."""
-    hflip, vflip, transpose = rng.random(3) < 0.5
-    if hflip:
+    y0, y1, x0, x1 = crop_region(img.shape[0], img.shape[1], crop, scale, hr_crop)
+    region = torch.from_numpy(np.ascontiguousarray(img[y0:y1, x0:x1])).permute(2, 0, 1)
+    hr, lr = lr_crop(region, crop.top - y0, crop.left - x0, hr_crop, hr_crop, scale, method)
+    if crop.hflip:
         hr, lr = hr.flip(-1), lr.flip(-1)
-    if vflip:
+    if crop.vflip:
         hr, lr = hr.flip(-2), lr.flip(-2)
-    if transpose:
+    if crop.transpose:
         hr, lr = hr.transpose(-1, -2), lr.transpose(-1, -2)
-    return hr, lr
+    if crop.channels != (0, 1, 2):
+        hr, lr = hr[list(crop.channels)], lr[list(crop.channels)]
+    return hr.contiguous(), lr.contiguous()
 
 
 def lr_for_eval(hr: torch.Tensor, scale: int, lr_path: str | Path | None = None,

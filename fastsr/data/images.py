@@ -54,6 +54,23 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
                          "replace or remove it") from None
 
 
+def read_header(path: str | os.PathLike) -> tuple[int, int, str]:
+    """(height, width, Pillow mode) of an image file from its header alone (cheap: no pixels are
+    decoded, so a truncated file passes here and fails in `load_image`)."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            _refuse_wide_colour(im, path)
+            return im.height, im.width, im.mode
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(f"{path}: file not found; check the path") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise ImageError(f"{path}: not a readable image (empty, corrupt or not an image); "
+                         "replace or remove it") from None
+
+
 def _refuse_wide_colour(im: Image.Image, path: Path) -> None:
     """Pillow silently keeps only the high byte of 16-bit colour samples; refuse instead."""
     rawmodes = [t.args if isinstance(t.args, str) else str(t.args) for t in getattr(im, "tile", [])]

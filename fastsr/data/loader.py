@@ -1,70 +1,91 @@
-"""The portable (pure torch) training loader and the validation-set loader.
+"""Training loaders of (HR, LR) crop batches, and the validation-set loader.
 
-`TrainLoader` is deterministic, sharded and resumable by construction rather than by saved state:
-- the order of an epoch is a permutation drawn from ``default_rng([seed, epoch])``, the same on every
-  rank, and each item's crop and augmentation come from ``default_rng([seed, epoch, position])``
-  (position = its index in that global order), so a batch depends only on (seed, epoch, batch index):
-  not on the worker count, the order workers finish in, or what ran before;
-- ranks take interleaved batches of the global order (rank r gets global batches r, r + world, ...),
-  every rank the same number of full batches (the remainder is dropped), disjoint across ranks;
-- resuming mid-epoch is ``batches(epoch, start=k)``, which never decodes the k skipped batches.
-A DALI loader with the same interface comes later; this one is the reference and the CPU fallback.
+Two loaders execute the same `CropPlan` (see plan.py for the determinism, sharding and resume
+contract) and so yield the same crops in the same order:
+- `TrainLoader`, pure torch: the portable fallback and the benchmark baseline;
+- `DaliLoader` (dali.py): NVIDIA DALI, cropping and downscaling on the GPU.
+`make_train_loader` picks one by `data.backend`. Pixels come from the source files, or from a
+decode-once cache made by `fastsr prepare` (`data.cache`), whose memory-mapped files let a loader
+read just a crop's region.
 
-Training LR crops are always synthesised from HR with `random_crop_pair` (the same MATLAB bicubic that
-made DIV2K's official LR files), which keeps HR and LR crops aligned for free; paired LR files are
-used for evaluation (`load_val_set`).
+Training LR crops are always synthesised from HR (the same MATLAB bicubic that made DIV2K's official
+LR files), which keeps HR and LR crops aligned for free; paired LR files are used for evaluation
+(`load_val_set`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from fastsr.data.degradation import METHODS, lr_for_eval, random_crop_pair
-from fastsr.data.images import ImageError, image_to_tensor, load_image
+from fastsr.data.cache import read_cache
+from fastsr.data.degradation import METHODS, crop_pair, lr_for_eval
+from fastsr.data.images import ImageError, image_to_tensor, load_image, read_header
+from fastsr.data.plan import CropPlan, Visit
 from fastsr.data.sources import Sample
 
-# A planned item: (epoch, global position in the epoch's order, sample index).
-_Key = tuple[int, int, int]
+BACKENDS = ("auto", "dali", "torch")
 
 
-class _CropDataset(Dataset):
-    """Map-style dataset keyed by planned items; decoded images are cached per process if asked."""
+@dataclass
+class TrainImages:
+    """The training images: source files, their sizes, and the cache files holding their pixels (if any)."""
 
-    def __init__(self, samples: Sequence[Sample], scale: int, hr_crop: int, seed: int, method: str,
-                 augment: bool, channel_shuffle: bool, cache_images: bool):
-        self.samples = list(samples)
-        self.scale, self.hr_crop, self.seed = scale, hr_crop, seed
-        self.method, self.augment, self.channel_shuffle = method, augment, channel_shuffle
-        self.cache: dict[int, np.ndarray] | None = {} if cache_images else None
+    files: list[Path]
+    sizes: list[tuple[int, int]]
+    modes: list[str]  # Pillow modes of the source files ("cached" when read from a cache)
+    cached: list[Path] | None = None
+
+    @classmethod
+    def from_samples(cls, samples: Sequence[Sample], cache: str | Path | None = None, source: str = "SRC") -> TrainImages:
+        """Sizes from the cache's manifest, or else from the files' headers (cheap: nothing is decoded);
+        `source` names the data source in the message when the cache is missing."""
+        files = [s.hr for s in samples]
+        if cache is not None:
+            entries = read_cache(cache, list(samples), source)
+            return cls(files, [(e.height, e.width) for e in entries], ["cached"] * len(files), [e.path for e in entries])
+        headers = [read_header(f) for f in files]
+        return cls(files, [(h, w) for h, w, _ in headers], [m for _, _, m in headers])
+
+    def read(self, index: int) -> np.ndarray:
+        """Image `index` as uint8 HxWx3: a memory map of its cache file (nothing read until sliced), or decoded."""
+        if self.cached is None:
+            return load_image(self.files[index])
+        return np.load(self.cached[index], mmap_mode="r")
+
+
+class _VisitDataset(Dataset):
+    """Map-style dataset keyed by visits (the crops cut from one image at once); decoded images are
+    kept per process if asked."""
+
+    def __init__(self, images: TrainImages, plan: CropPlan, method: str, cache_images: bool):
+        self.images, self.plan, self.method = images, plan, method
+        self.memory: dict[int, np.ndarray] | None = {} if cache_images and images.cached is None else None
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.images.files)
 
     def _image(self, index: int) -> np.ndarray:
-        if self.cache is None:
-            return load_image(self.samples[index].hr)
-        if index not in self.cache:
-            self.cache[index] = load_image(self.samples[index].hr)
-        return self.cache[index]
+        if self.memory is None:
+            return self.images.read(index)
+        if index not in self.memory:
+            self.memory[index] = self.images.read(index)
+        return self.memory[index]
 
-    def __getitem__(self, key: _Key) -> tuple[torch.Tensor, torch.Tensor] | ImageError:
-        """One crop pair, or the ImageError that stopped it, returned as data so that its one-line
-        message reaches the training process intact (torch rewraps exceptions raised in workers)."""
-        epoch, position, index = key
-        rng = np.random.default_rng([self.seed, epoch, position])
+    def __getitem__(self, visit: Visit) -> tuple[torch.Tensor, torch.Tensor] | ImageError:
+        """The visit's crop pairs stacked, or the ImageError that stopped it, returned as data so that
+        its one-line message reaches the training process intact (torch rewraps exceptions raised in workers)."""
         try:
-            img = self._image(index)
+            img = self._image(visit[0].index)
         except ImageError as e:  # already names the file
             return e
-        try:
-            return random_crop_pair(img, self.scale, self.hr_crop, rng, self.method, self.augment,
-                                    self.channel_shuffle)
-        except ImageError as e:  # about the image's size: say which file
-            return ImageError(f"{self.samples[index].hr}: {e}")
+        pairs = [crop_pair(img, crop, self.plan.scale, self.plan.hr_crop, self.method) for crop in visit]
+        return torch.stack([hr for hr, _ in pairs]), torch.stack([lr for _, lr in pairs])
 
 
 def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor] | ImageError:
@@ -72,60 +93,66 @@ def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor] | ImageError:
         if isinstance(item, ImageError):
             return item
     hr, lr = zip(*items)
-    return torch.stack(hr), torch.stack(lr)
+    return torch.cat(hr), torch.cat(lr)
 
 
 class TrainLoader:
-    """Random aligned (HR, LR) crop batches; see the module docstring for the determinism contract.
+    """The pure-torch loader: `workers` processes cut the planned crops with `crop_pair`.
 
-    An epoch visits every sample `repeat` times (several crops per image per epoch pays off on small
-    sets). `len(loader)` is the number of batches each rank gets per epoch; it is 0 when the samples
-    make no full batch per rank, which the caller reports in its own terms (say, the recipe keys).
-
-    `cache_images` keeps decoded uint8 images in memory, per process (each worker fills its own, and
-    workers are not persistent): right for small sets such as `samples`. DIV2K (6.6 GB decoded, 40-55
-    ms per PNG) should instead use a decode-once cache on disk (a later issue), not this.
+    `cache_images` keeps decoded images in memory, per worker process (workers are not persistent):
+    right for small sets such as `samples`. For DIV2K (6.6 GB decoded, 40-55 ms per PNG) use the
+    decode-once cache (`fastsr prepare`, `data.cache`) instead, from which only crops are read.
     """
 
-    def __init__(self, samples: Sequence[Sample], scale: int, hr_crop: int, batch_size: int, *,
-                 repeat: int = 1, augment: bool = True, channel_shuffle: bool = False,
-                 method: str = "matlab", seed: int = 0, workers: int = 0, rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
-                 cache_images: bool = True):
-        if not samples:
-            raise ValueError("TrainLoader needs at least one sample")
+    name = "torch"
+
+    def __init__(self, images: TrainImages, plan: CropPlan, *, method: str = "matlab", workers: int = 0,
+                 device: str | torch.device = "cpu", cache_images: bool = True):
         if method not in METHODS:
             raise ValueError(f"unknown degradation method {method!r}; use one of {', '.join(METHODS)}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside world size {world_size}")
-        self.dataset = _CropDataset(samples, scale, hr_crop, seed, method, augment, channel_shuffle, cache_images)
-        self.batch_size, self.repeat, self.seed = batch_size, repeat, seed
-        self.workers, self.rank, self.world_size = workers, rank, world_size
-        self.device = torch.device(device)
+        self.plan = plan
+        self.dataset = _VisitDataset(images, plan, method, cache_images)
+        self.workers, self.device = workers, torch.device(device)
 
     def __len__(self) -> int:
-        return len(self.dataset) * self.repeat // (self.batch_size * self.world_size)
-
-    def plan(self, epoch: int) -> list[list[_Key]]:
-        """This rank's batches of `epoch`, as the items they will hold (cheap: nothing is decoded)."""
-        n = len(self.dataset)
-        order = np.random.default_rng([self.seed, epoch]).permutation(n * self.repeat) % n
-        bs, world = self.batch_size, self.world_size
-        batches = []
-        for k in range(len(self)):
-            first = (k * world + self.rank) * bs  # global batch k * world + rank
-            batches.append([(epoch, p, int(order[p])) for p in range(first, first + bs)])
-        return batches
+        return len(self.plan)
 
     def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield this rank's (hr, lr) float32 NCHW batches of `epoch` on the device, from batch `start`."""
+        """Yield this process's (hr, lr) float32 NCHW batches of `epoch` on the device, from batch `start`."""
         pin = self.device.type == "cuda"
-        loader = DataLoader(self.dataset, batch_sampler=self.plan(epoch)[start:], num_workers=self.workers,
+        visits = [visit for batch in self.plan.epoch(epoch)[start:] for visit in batch]
+        per_batch = self.plan.batch_size // self.plan.crops_per_image
+        loader = DataLoader(self.dataset, batch_size=per_batch, sampler=visits, num_workers=self.workers,
                             collate_fn=_collate, pin_memory=pin, persistent_workers=False)
         for batch in loader:
             if isinstance(batch, ImageError):
                 raise batch
             hr, lr = batch
             yield hr.to(self.device, non_blocking=pin), lr.to(self.device, non_blocking=pin)
+
+
+def make_train_loader(data, samples: Sequence[Sample], scale: int, batch_size: int, *, seed: int = 0,
+                      rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu"):
+    """(loader, note) for a recipe's `data` section (a `DataConfig`): the backend it names, or for
+    `auto` DALI where it is installed and can run here, else the torch loader; `note` says why
+    `auto` fell back (None otherwise)."""
+    images = TrainImages.from_samples(samples, data.cache, data.source)
+    plan = CropPlan(images.sizes, [str(f) for f in images.files], scale, data.hr_crop, batch_size,
+                    repeat=data.repeat, crops_per_image=data.crops_per_image, augment=data.augment,
+                    channel_shuffle=data.channel_shuffle, seed=seed, rank=rank, world_size=world_size)
+    note = None
+    if data.backend in ("auto", "dali"):
+        from fastsr.data.dali import DaliUnavailable, make_dali_loader
+
+        try:
+            return make_dali_loader(images, plan, method=data.degradation, threads=data.workers, device=device), None
+        except DaliUnavailable as err:
+            if data.backend == "dali":
+                raise
+            note = f"data.backend=auto uses the torch loader: {err}"
+    loader = TrainLoader(images, plan, method=data.degradation, workers=data.workers, device=device,
+                         cache_images=data.cache_images)
+    return loader, note
 
 
 def load_val_set(samples: Sequence[Sample], scale: int, method: str = "matlab",

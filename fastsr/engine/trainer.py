@@ -27,7 +27,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from fastsr.config import Recipe, RecipeError, save_recipe
-from fastsr.data import TrainLoader, load_val_set, resolve_source
+from fastsr.data import load_val_set, make_train_loader, resolve_source
 from fastsr.engine.checkpoint import (
     WeightsError, load_state, load_weights, read_config, resolve_resume, save_checkpoint, save_weights,
 )
@@ -164,13 +164,9 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
     val_samples = resolve_source(recipe.data.val_source or recipe.data.source, "val", scale)
     val_pairs = load_val_set(val_samples, scale, method=recipe.data.degradation,
                              max_images=recipe.data.val_images or None)
-    loader = TrainLoader(
-        train_samples, scale, recipe.data.hr_crop, t.batch_size, repeat=recipe.data.repeat,
-        augment=recipe.data.augment, channel_shuffle=recipe.data.channel_shuffle, method=recipe.data.degradation,
-        seed=t.seed, workers=recipe.data.workers,
-        rank=accelerator.process_index, world_size=accelerator.num_processes, device=accelerator.device,
-        cache_images=recipe.data.cache_images,
-    )
+    loader, loader_note = make_train_loader(
+        recipe.data, train_samples, scale, t.batch_size, seed=t.seed, rank=accelerator.process_index,
+        world_size=accelerator.num_processes, device=accelerator.device)
     if len(loader) == 0:
         raise RecipeError(
             f"data.source {recipe.data.source}: {len(train_samples)} images x repeat {recipe.data.repeat} make no full batch "
@@ -217,9 +213,10 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
         save_recipe(recipe, run_dir / "recipe.yaml")
     accelerator.wait_for_everyone()
     log = RunLog(run_dir / "log.jsonl", enabled=main)
-    if vgg_note and main:
-        console.print(f"[yellow]warning:[/] {vgg_note}")
-        log.write(kind="note", message=vgg_note)
+    for note in (loader_note, vgg_note):
+        if note and main:
+            console.print(f"[yellow]note:[/] {note}")
+            log.write(kind="note", message=note)
 
     g, opt_g = accelerator.prepare(g, opt_g)
     if gan:
@@ -259,10 +256,12 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
     total = steps_per_epoch * sum(n for _, n in phases)
     images_per_step = t.batch_size * accelerator.num_processes
     epoch_offsets = [sum(n for _, n in phases[:i]) for i in range(len(phases))]
+    log.write(kind="run", step=pos.step, loader=loader.name, processes=accelerator.num_processes,
+              device=str(accelerator.device), steps_per_epoch=steps_per_epoch)
     if main:
         console.print(f"[bold]{recipe.name}[/]: {', '.join(f'{p} {n} epochs' for p, n in phases)}; "
-                      f"{steps_per_epoch} steps/epoch of {images_per_step} crops; {accelerator.num_processes} "
-                      f"process(es) on {accelerator.device}; run dir {run_dir}")
+                      f"{steps_per_epoch} steps/epoch of {images_per_step} crops ({loader.name} loader); "
+                      f"{accelerator.num_processes} process(es) on {accelerator.device}; run dir {run_dir}")
     g.train()
     running: dict[str, torch.Tensor] = {}
     window = {"tic": time.perf_counter(), "step": pos.step}
