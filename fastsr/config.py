@@ -89,6 +89,16 @@ class TrainConfig:
 
 
 @dataclass
+class RuntimeConfig:
+    # `auto` picks by device, as measured (benchmarks/RESULTS.md): on a GPU compile + bf16 +
+    # channels_last; on a CPU eager fp32 + channels_last (compiling costs minutes there and bf16 is
+    # slower without AMX; channels_last made the GAN step 1.6x faster).
+    compile: Literal["auto", "off", "default", "max-autotune"] = "auto"  # torch.compile mode
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # autocast dtype (fp16 adds a grad scaler)
+    channels_last: Literal["auto", "on", "off"] = "auto"  # NHWC memory layout for the models and batches
+
+
+@dataclass
 class Recipe:
     name: str = "run"
     out_dir: str = "runs"  # the run directory is out_dir/name
@@ -97,6 +107,7 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     @property
     def run_dir(self) -> Path:
@@ -241,6 +252,8 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key, source)
     if origin is Literal:
+        if isinstance(value, bool):  # YAML reads unquoted on/off/yes/no as booleans
+            value = next((w for w in _BOOL_WORDS[value] if w in args), value)
         if value not in args:
             choices = ", ".join(map(str, args))
             raise RecipeError(f"{source}: {key}={value!r} is not one of: {choices}")
@@ -268,6 +281,8 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             return str(value)
     raise RecipeError(f"{source}: {key} must be {hint.__name__}, got {value!r}")
 
+
+_BOOL_WORDS = {True: ("on", "yes", "true"), False: ("off", "no", "false")}
 
 _POSITIVE = ("data.hr_crop", "data.repeat", "data.crops_per_image", "train.batch_size", "train.log_every", "train.keep_checkpoints",
              "model.res_blocks", "model.channels")

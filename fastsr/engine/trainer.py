@@ -6,10 +6,12 @@ discriminator on real and detached fake images, then the generator on
     pixel + w_vgg * perceptual + w_adv * adversarial + w_tv * total variation,
 each weight applied exactly once, here and nowhere else.
 
-Each step is a plain function of (models, batch, optimisers) so other loaders, compilation and
-mixed precision plug in around it. Accelerate places the models and runs them on one device, several
-or several machines; the loader shards by process and hands over batches already on the device.
-The position (phase, epoch, batch) is part of every checkpoint, and the loader's randomness is a
+Each step is a plain function of (models, batch, optimisers, precision); the recipe's `runtime`
+switches (runtime.py) lay out and compile the training copies of the models around it, while
+evaluation, EMA and checkpoints use the eager modules. The hot loop never waits for the device: losses
+are read back every `log_every` steps. Accelerate places the models and runs them on one device,
+several or several machines; the loader shards by process and hands over batches already on the
+device. The position (phase, epoch, batch) is part of every checkpoint, and the crop plan is a
 function of (seed, epoch, position), so a resumed run sees the batches the uninterrupted run would.
 """
 
@@ -32,11 +34,13 @@ from fastsr.engine.checkpoint import (
     WeightsError, load_state, load_weights, read_config, resolve_resume, save_checkpoint, save_weights,
 )
 from fastsr.engine.runlog import RunLog, plot_curves, progress_bar
+from fastsr.engine.runtime import Precision, allow_tf32, resolve_runtime
 from fastsr.evaluate import evaluate
 from fastsr.losses import PerceptualLoss, VGGWeightsUnavailable, d_loss, g_adv_loss, pixel_loss, tv_loss
 from fastsr.models import Bicubic, Discriminator, build_generator
 
 DISCRIMINATOR_CONFIG = {"in_channels": 3, "channels": 64}
+FP32 = Precision("no")
 
 
 @dataclass
@@ -66,46 +70,55 @@ def generator_kwargs(recipe: Recipe) -> dict:
 # The steps
 
 
-def pretrain_step(g, batch, opt_g, accelerator, pixel: str) -> dict[str, torch.Tensor]:
+def pretrain_step(g, batch, opt_g, accelerator, pixel: str, precision: Precision = FP32) -> dict[str, torch.Tensor]:
     hr, lr = batch
-    loss = pixel_loss(g(lr), hr, pixel)
+    with precision.autocast():
+        sr = g(lr)
+    loss = pixel_loss(sr.float(), hr, pixel)
     opt_g.zero_grad(set_to_none=True)
-    accelerator.backward(loss)
-    opt_g.step()
+    precision.backward(accelerator, loss)
+    precision.step(opt_g)
+    precision.update()
     return {"pixel": loss.detach()}
 
 
-def gan_step(g, d, batch, opt_g, opt_d, accelerator, recipe: Recipe, perceptual: nn.Module | None) -> dict[str, torch.Tensor]:
+def gan_step(g, d, batch, opt_g, opt_d, accelerator, recipe: Recipe, perceptual: nn.Module | None,
+             precision: Precision = FP32) -> dict[str, torch.Tensor]:
     hr, lr = batch
     w = recipe.loss
-    sr = g(lr)  # the one generator forward of this iteration, used by both updates
+    with precision.autocast():
+        sr = g(lr)  # the one generator forward of this iteration, used by both updates
 
     # Discriminator: real -> 1, detached fake -> 0. Each forward gets its own backward, because a
     # BatchNorm module run twice before one backward breaks under DDP (FACTS).
     d.requires_grad_(True)
     opt_d.zero_grad(set_to_none=True)
-    real_logits = d(hr)
-    loss_real = d_loss(real_logits, None)
-    accelerator.backward(loss_real)
-    fake_logits = d(sr.detach())
-    loss_fake = d_loss(None, fake_logits)
-    accelerator.backward(loss_fake)
-    opt_d.step()
+    with precision.autocast():
+        loss_real = d_loss(d(hr).float(), None)
+    precision.backward(accelerator, loss_real)
+    with precision.autocast():
+        loss_fake = d_loss(None, d(sr.detach()).float())
+    precision.backward(accelerator, loss_fake)
+    precision.step(opt_d)
 
-    # Generator, with D frozen so its update leaves D's gradients alone.
+    # Generator, with D frozen so its update leaves D's gradients alone. Losses in fp32.
     d.requires_grad_(False)
+    with precision.autocast():
+        fake_logits = d(sr).float()
+        loss_vgg = perceptual(sr, hr).float() if perceptual is not None else None
+    sr = sr.float()
     loss_pixel = pixel_loss(sr, hr, w.pixel)
-    loss_adv = g_adv_loss(d(sr))
+    loss_adv = g_adv_loss(fake_logits)
     loss_tv = tv_loss(sr)
     loss_g = loss_pixel + w.w_adv * loss_adv + w.w_tv * loss_tv
     out = {"pixel": loss_pixel.detach(), "adv": loss_adv.detach(), "tv": loss_tv.detach()}
-    if perceptual is not None:
-        loss_vgg = perceptual(sr, hr)
+    if loss_vgg is not None:
         loss_g = loss_g + w.w_vgg * loss_vgg
         out["vgg"] = loss_vgg.detach()
     opt_g.zero_grad(set_to_none=True)
-    accelerator.backward(loss_g)
-    opt_g.step()
+    precision.backward(accelerator, loss_g)
+    precision.step(opt_g)
+    precision.update()
     out["g"] = loss_g.detach()
     out["d"] = (loss_real + loss_fake).detach()
     return out
@@ -150,7 +163,12 @@ def validate(model: nn.Module, pairs, recipe: Recipe, device, step: int, log: Ru
 
 def train(recipe: Recipe, console: Console | None = None) -> Path:
     """Run every phase of `recipe`; return the run directory (weights in run_dir/generator.safetensors)."""
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    cuda = torch.cuda.is_available()
+    runtime = resolve_runtime(recipe.runtime, cuda)
+    accelerator = Accelerator(cpu=not cuda)
+    if cuda:
+        allow_tf32()
+    precision = Precision(runtime.mixed_precision, accelerator.device.type)
     main = accelerator.is_main_process
     console = console or Console()
     t = recipe.train
@@ -218,24 +236,27 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
             console.print(f"[yellow]note:[/] {note}")
             log.write(kind="note", message=note)
 
-    g, opt_g = accelerator.prepare(g, opt_g)
+    # g, d: the eager modules (evaluated, averaged and saved); g_train, d_train, vgg_train: the copies
+    # that train (laid out, maybe compiled, wrapped by Accelerate), sharing their parameters.
+    g_train, opt_g = accelerator.prepare(runtime.for_training(g), opt_g)
+    d_train = vgg_train = None
     if gan:
-        d, opt_d = accelerator.prepare(d, opt_d)
+        d_train, opt_d = accelerator.prepare(runtime.for_training(d), opt_d)
     if ema is not None:
         ema.to(accelerator.device)
     if perceptual is not None:
-        perceptual.to(accelerator.device)
+        vgg_train = runtime.for_training(perceptual.to(accelerator.device))
 
     def eval_model() -> nn.Module:
-        return ema.module if ema is not None else accelerator.unwrap_model(g)
+        return ema.module if ema is not None else g
 
     def checkpoint_now() -> None:
         if main:
-            models = {"generator": (accelerator.unwrap_model(g), g_config)}
+            models = {"generator": (g, g_config)}
             state = {"position": asdict(pos), "generator": g_config, "opt_g": opt_g.state_dict(),
                      "torch_rng": torch.get_rng_state()}
             if gan:
-                models["discriminator"] = (accelerator.unwrap_model(d), DISCRIMINATOR_CONFIG)
+                models["discriminator"] = (d, DISCRIMINATOR_CONFIG)
                 state["opt_d"] = opt_d.state_dict()
             if ema is not None:
                 models["ema"] = (ema.module, g_config)
@@ -257,12 +278,13 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
     images_per_step = t.batch_size * accelerator.num_processes
     epoch_offsets = [sum(n for _, n in phases[:i]) for i in range(len(phases))]
     log.write(kind="run", step=pos.step, loader=loader.name, processes=accelerator.num_processes,
-              device=str(accelerator.device), steps_per_epoch=steps_per_epoch)
+              device=str(accelerator.device), steps_per_epoch=steps_per_epoch, compile=runtime.compile,
+              mixed_precision=runtime.mixed_precision, channels_last=runtime.channels_last)
     if main:
         console.print(f"[bold]{recipe.name}[/]: {', '.join(f'{p} {n} epochs' for p, n in phases)}; "
                       f"{steps_per_epoch} steps/epoch of {images_per_step} crops ({loader.name} loader); "
-                      f"{accelerator.num_processes} process(es) on {accelerator.device}; run dir {run_dir}")
-    g.train()
+                      f"{accelerator.num_processes} process(es) on {accelerator.device} ({runtime.describe()}); run dir {run_dir}")
+    g_train.train()
     running: dict[str, torch.Tensor] = {}
     window = {"tic": time.perf_counter(), "step": pos.step}
 
@@ -299,12 +321,14 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
                                        epochs * steps_per_epoch)
                     for group in (group for opt in optimisers for group in opt.param_groups):
                         group["lr"] = lr
+                    batch = runtime.batch(*batch)
                     if phase == "pretrain":
-                        losses = pretrain_step(g, batch, opt_g, accelerator, recipe.loss.pixel)
+                        losses = pretrain_step(g_train, batch, opt_g, accelerator, recipe.loss.pixel, precision)
                     else:
-                        losses = gan_step(g, d, batch, opt_g, opt_d, accelerator, recipe, perceptual)
+                        losses = gan_step(g_train, d_train, batch, opt_g, opt_d, accelerator, recipe, vgg_train,
+                                          precision)
                     if ema is not None:
-                        ema.update_parameters(accelerator.unwrap_model(g))
+                        ema.update_parameters(g)
                     pos.step += 1
                     pos.batch += 1
                     for k, v in losses.items():
