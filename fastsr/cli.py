@@ -30,11 +30,17 @@ def user_errors() -> tuple[type[Exception], ...]:
 # train
 
 
-def cmd_train(args, console: Console) -> None:
+def cmd_train(args, console: Console) -> int:
+    """Train; exit 0 when done, EXIT_PREEMPTED (75) when a stop signal ended it after a checkpoint."""
     from fastsr.config import load_recipe
-    from fastsr.engine.trainer import train
+    from fastsr.engine.trainer import EXIT_PREEMPTED, Preempted, train
 
-    train(load_recipe(args.recipe, args.overrides), console)
+    try:
+        train(load_recipe(args.recipe, args.overrides), console)
+    except Preempted as stopped:
+        print(f"fastsr: {stopped}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -78,6 +78,9 @@ class TrainConfig:
     # BatchNorm statistics by the end of a short run); `constant` is the paper's schedule.
     lr_schedule: Literal["constant", "cosine"] = "constant"
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    # With N processes the global batch is N x batch_size; `linear` multiplies the learning rates by
+    # N (Goyal et al.), `sqrt` by sqrt(N) (gentler, often better for Adam), `none` keeps them.
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
     ema: float = 0.0  # decay of an exponential moving average of the generator (0: off)
     init_from: str | None = None  # generator weights (.safetensors) to start from, e.g. phase A's
     resume: str = "none"  # none | auto (newest complete checkpoint of this run) | a checkpoint dir

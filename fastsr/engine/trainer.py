@@ -18,7 +18,10 @@ function of (seed, epoch, position), so a resumed run sees the batches the unint
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,6 +44,34 @@ from fastsr.models import Bicubic, Discriminator, build_generator
 
 DISCRIMINATOR_CONFIG = {"in_channels": 3, "channels": 64}
 FP32 = Precision("no")
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later"; a job script requeues on it and resumes
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # what clusters send before killing a job
+
+
+class Preempted(Exception):
+    """The run stopped on SIGTERM/SIGUSR1 after finishing its step and writing a checkpoint."""
+
+    def __init__(self, step: int, checkpoint: Path):
+        super().__init__(f"stopped by a signal at step {step}; checkpoint {checkpoint}; "
+                         "rerun with train.resume=auto to continue exactly where it stopped")
+        self.step, self.checkpoint = step, checkpoint
+
+
+@contextmanager
+def stop_requests():
+    """A list that gets the signal number when SIGTERM or SIGUSR1 arrives (the step in flight
+    finishes; the loop then checkpoints and stops). Handlers are installed only in the main thread
+    and restored afterwards."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in STOP_SIGNALS}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclass
@@ -273,6 +304,7 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
         accelerator.wait_for_everyone()
 
     # The loop.
+    lr_factor = {"none": 1.0, "linear": accelerator.num_processes, "sqrt": math.sqrt(accelerator.num_processes)}[t.lr_scaling]
     steps_per_epoch = len(loader)
     total = steps_per_epoch * sum(n for _, n in phases)
     images_per_step = t.batch_size * accelerator.num_processes
@@ -302,18 +334,28 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
         shown = " ".join(f"{k[5:]} {v:.4g}" for k, v in means.items())
         progress.update(task, rate=rate, info=f"{shown} {last_val['info']}")
 
+    def stop_requested(requests: list[int]) -> bool:
+        """Whether any process got a stop signal. With several processes they must agree on the step
+        to stop at, which costs a collective: asked every `log_every` steps, where the loop syncs anyway."""
+        if accelerator.num_processes == 1:
+            return bool(requests)
+        if pos.step % t.log_every:
+            return False
+        flag = torch.tensor([float(bool(requests))], device=accelerator.device)
+        return accelerator.reduce(flag, reduction="sum").item() > 0
+
     def outside_rate(action) -> None:
         """Run a validation or a checkpoint without counting its time against images/sec."""
         tic = time.perf_counter()
         action()
         window["tic"] += time.perf_counter() - tic
 
-    with progress_bar(main) as progress:
+    with progress_bar(main) as progress, stop_requests() as requests:
         task = progress.add_task("", total=total, completed=pos.step, rate=0.0, info="")
         for phase_index in range(pos.phase, len(phases)):
             phase, epochs = phases[phase_index]
             progress.update(task, description=phase)
-            base_lr = t.lr if phase == "pretrain" else (t.lr_finetune or t.lr)
+            base_lr = (t.lr if phase == "pretrain" else (t.lr_finetune or t.lr)) * lr_factor
             optimisers = [opt_g] if phase == "pretrain" else [opt_g, opt_d]
             for epoch in range(pos.epoch, epochs):
                 for batch in loader.batches(epoch_offsets[phase_index] + epoch, start=pos.batch):
@@ -340,6 +382,13 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
                     if t.save_every and pos.step % t.save_every == 0:
                         outside_rate(checkpoint_now)
                     progress.update(task, completed=pos.step)
+                    if stop_requested(requests):
+                        flush_log(phase, epoch)
+                        checkpoint_now()
+                        checkpoint = run_dir / "checkpoints" / f"step_{pos.step:08d}"
+                        log.write(kind="preempted", step=pos.step, signal=int(requests[0]) if requests else None,
+                                  checkpoint=str(checkpoint))
+                        raise Preempted(pos.step, checkpoint)
                 pos.epoch, pos.batch = epoch + 1, 0
             flush_log(phase, epochs - 1)
             pos.phase, pos.epoch = phase_index + 1, 0

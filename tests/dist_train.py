@@ -1,0 +1,22 @@
+"""Run by the distributed tests under `accelerate launch`: train RECIPE (with overrides), then every
+rank writes the generator weights it ended with to OUT/rank{R}.safetensors, so a test can check that
+the ranks agree."""
+
+import sys
+from pathlib import Path
+
+from accelerate import PartialState
+from safetensors.torch import save_file
+
+import fastsr.engine.trainer as trainer
+from fastsr.config import load_recipe
+
+if __name__ == "__main__":
+    recipe_path, out, overrides = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
+    built = []
+    real_build = trainer.build_generator
+    trainer.build_generator = lambda **kw: built.append(real_build(**kw)) or built[-1]
+    trainer.train(load_recipe(recipe_path, overrides))
+    out.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().contiguous() for k, v in built[0].state_dict().items()}
+    save_file(weights, out / f"rank{PartialState().process_index}.safetensors")

@@ -1,0 +1,258 @@
+"""Several processes, several "machines" on loopback, and the way clusters stop jobs.
+
+Selected by `pytest -k "distributed or multinode or preempt or resume"`. On a machine without a GPU
+the processes form a gloo group (`accelerate launch --multi_gpu` with the trainer's `cpu=True`)."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import fastsr.engine.trainer as trainer_module
+from fastsr.engine.checkpoint import complete_checkpoints, load_state, resolve_resume
+from fastsr.engine.trainer import EXIT_PREEMPTED, Preempted, train
+
+from conftest import tiny_recipe_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _weights(path):
+    return load_file(path)
+
+
+def _parameters(weights):
+    """All but BatchNorm's running statistics: DDP broadcasts those from rank 0 at the start of each
+    forward, so after the last step each rank holds the statistics of its own last batch (rank 0's
+    are the ones exported)."""
+    return {k: v for k, v in weights.items() if not k.endswith(("running_mean", "running_var"))}
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------------------------------------
+# Preemption and resume (in-process: a real signal, delivered to this process mid-run)
+
+
+@pytest.mark.parametrize("sig, phase_step", [(signal.SIGTERM, 2), (signal.SIGUSR1, 5)])
+def test_preempt_by_signal_then_resume_equals_uninterrupted(tiny_recipe, monkeypatch, sig, phase_step):
+    """Stop mid-epoch (step 2, phase A; or step 5, phase B), resume=auto, end bitwise where an
+    uninterrupted run ends (CPU, torch loader)."""
+    sections = dict(data={"backend": "torch"}, train={"epochs_pretrain": 2, "epochs_finetune": 1})
+    full = train(tiny_recipe(name="full", **sections))
+
+    steps = {"n": 0}
+    real_pretrain, real_gan = trainer_module.pretrain_step, trainer_module.gan_step
+
+    def signal_at(real):
+        def step(*args, **kwargs):
+            out = real(*args, **kwargs)
+            steps["n"] += 1
+            if steps["n"] == phase_step:
+                os.kill(os.getpid(), sig)  # arrives mid-step in real life; the step still completes
+            return out
+        return step
+
+    monkeypatch.setattr(trainer_module, "pretrain_step", signal_at(real_pretrain))
+    monkeypatch.setattr(trainer_module, "gan_step", signal_at(real_gan))
+    before = signal.getsignal(sig)
+    with pytest.raises(Preempted) as stopped:
+        train(tiny_recipe(name="stopped", **sections))
+    assert signal.getsignal(sig) is before  # the trainer's handler is gone with the run
+    assert stopped.value.step == phase_step
+    run = stopped.value.checkpoint.parent.parent
+    assert complete_checkpoints(run)[-1] == stopped.value.checkpoint
+    assert load_state(stopped.value.checkpoint)["position"]["step"] == phase_step
+
+    monkeypatch.setattr(trainer_module, "pretrain_step", real_pretrain)
+    monkeypatch.setattr(trainer_module, "gan_step", real_gan)
+    sections["train"]["resume"] = "auto"
+    resumed = train(tiny_recipe(name="stopped", **sections))
+    for name in ("generator", "discriminator"):
+        last = f"step_{9:08d}"
+        assert _same(_weights(full / "checkpoints" / last / f"{name}.safetensors"),
+                     _weights(resumed / "checkpoints" / last / f"{name}.safetensors")), name
+    assert _same(_weights(full / "generator.safetensors"), _weights(resumed / "generator.safetensors"))
+
+
+def _recipe_file(photo_folder, tmp_path, **sections) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe_dict(photo_folder, tmp_path / "runs", **sections)))
+    return path
+
+
+def test_preempt_sigterm_exits_with_the_documented_code(photo_folder, tmp_path):
+    recipe = _recipe_file(photo_folder, tmp_path, train={"epochs_pretrain": 500, "epochs_finetune": 0})
+    proc = subprocess.Popen([sys.executable, str(ROOT / "fastsr" / "train.py"), str(recipe)], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "runs" / "tiny" / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.is_file() and '"kind": "train"' in log.read_text()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
+    assert "train.resume=auto" in err
+    checkpoint = resolve_resume("auto", tmp_path / "runs" / "tiny")
+    assert checkpoint is not None and load_state(checkpoint)["position"]["step"] > 0
+
+
+def test_resume_after_kill_9_during_a_checkpoint_write_picks_the_previous_one(tmp_path):
+    """A process killed (SIGKILL) while writing a checkpoint leaves the previous one loadable and chosen."""
+    marker = tmp_path / "writing"
+    script = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        import fastsr.engine.checkpoint as ck
+        from fastsr.models import SRCNN
+        run = Path({str(tmp_path / "run")!r})
+        model = SRCNN(4)
+        ck.save_checkpoint(run, 1, {{"generator": (model, model.config)}}, {{"position": {{"step": 1}}}}, keep=3)
+        real = ck.save_weights
+        def slow(module, path, config):
+            real(module, path, config)
+            Path({str(marker)!r}).write_text("x")
+            time.sleep(60)
+        ck.save_weights = slow
+        ck.save_checkpoint(run, 2, {{"generator": (model, model.config)}}, {{"position": {{"step": 2}}}}, keep=3)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], env=ENV)
+    deadline = time.time() + 60
+    while not marker.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(timeout=30)
+    assert marker.exists()
+    leftovers = list((tmp_path / "run" / "checkpoints").iterdir())
+    assert any(p.name.startswith(".step_00000002") for p in leftovers)  # the half-written one is there...
+    chosen = resolve_resume("auto", tmp_path / "run")
+    assert chosen.name == "step_00000001"  # ...and never picked
+    assert load_state(chosen)["position"]["step"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Several processes (gloo on CPU)
+
+
+def _launch(recipe, out, *accelerate_args, overrides=()):
+    cmd = ["accelerate", "launch", "--multi_gpu", *accelerate_args, str(ROOT / "tests" / "dist_train.py"),
+           str(recipe), str(out), *overrides]
+    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_distributed_two_processes_train_identical_weights(photo_folder, tmp_path):
+    recipe = _recipe_file(photo_folder, tmp_path, data={"repeat": 4, "backend": "torch"},
+                          train={"epochs_pretrain": 1, "epochs_finetune": 1, "batch_size": 2, "log_every": 1,
+                                 "lr_scaling": "linear"})
+    proc = _launch(recipe, tmp_path / "w", "--num_processes", "2", "--main_process_port", str(_free_port()))
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    rank0, rank1 = _weights(tmp_path / "w" / "rank0.safetensors"), _weights(tmp_path / "w" / "rank1.safetensors")
+    assert _same(_parameters(rank0), _parameters(rank1))
+    run = tmp_path / "runs" / "tiny"
+    assert _same(rank0, _weights(run / "generator.safetensors"))  # rank 0 exported what both hold
+    records = [yaml.safe_load(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    start = next(r for r in records if r["kind"] == "run")
+    assert start["processes"] == 2 and start["steps_per_epoch"] == 6 * 4 // (2 * 2)
+    assert {r["lr"] for r in records if r["kind"] == "train"} == {2e-3}  # lr 1e-3 x 2 processes (linear rule)
+
+
+@pytest.mark.slow
+def test_multinode_two_machines_on_loopback_train_and_checkpoint(photo_folder, tmp_path):
+    recipe = _recipe_file(photo_folder, tmp_path, data={"repeat": 4, "backend": "torch"},
+                          train={"epochs_pretrain": 1, "epochs_finetune": 0, "batch_size": 2, "save_every": 2})
+    port = str(_free_port())
+    common = ["--num_machines", "2", "--num_processes", "2", "--main_process_ip", "127.0.0.1",
+              "--main_process_port", port]
+    procs = [_launch(recipe, tmp_path / "w", *common, "--machine_rank", str(rank)) for rank in (0, 1)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    ranks = [_parameters(_weights(tmp_path / "w" / f"rank{r}.safetensors")) for r in (0, 1)]
+    assert _same(*ranks)
+    checkpoints = complete_checkpoints(tmp_path / "runs" / "tiny")
+    assert [p.name for p in checkpoints][-1] == "step_00000006" and load_state(checkpoints[-1])["position"]["step"] == 6
+
+
+# ---------------------------------------------------------------------------------------------
+# launch.sh
+
+
+@pytest.mark.parametrize("nodelist, hosts", [
+    ("gpu[07-09,12]", ["gpu07", "gpu08", "gpu09", "gpu12"]),
+    ("a1,b2", ["a1", "b2"]),
+    ("rack1-[1-2]-x,login", ["rack1-1-x", "rack1-2-x", "login"]),
+    ("node[001-002],gpu[7]", ["node001", "node002", "gpu7"]),
+])
+def test_multinode_slurm_nodelist_expansion(nodelist, hosts):
+    from fastsr.cluster import expand_nodelist
+
+    assert expand_nodelist(nodelist) == hosts
+
+
+def _dry_run(env_extra, *args):
+    env = {k: v for k, v in ENV.items() if not k.startswith(("SLURM_", "NNODES", "NODE_RANK", "MASTER_"))}
+    done = subprocess.run(["bash", str(ROOT / "launch.sh"), "--dry-run", *args], env={**env, **env_extra},
+                          capture_output=True, text=True, timeout=120)
+    return done
+
+
+def test_multinode_launch_dry_run_under_fake_slurm():
+    slurm = {"SLURM_JOB_ID": "42", "SLURM_JOB_NUM_NODES": "4", "SLURM_NODEID": "2",
+             "SLURM_JOB_NODELIST": "gpu[07-09,12]", "SLURM_GPUS_ON_NODE": "8"}
+    done = _dry_run(slurm, "recipes/srgan_x4.yaml", "train.batch_size=32")
+    assert done.returncode == 0, done.stderr
+    line = done.stdout.strip().splitlines()[-1]
+    assert line.startswith("launch.sh (node 2): accelerate launch --multi_gpu")
+    for expected in ("--num_machines 4", "--machine_rank 2", "--main_process_ip gpu07", "--num_processes 32",
+                     "recipes/srgan_x4.yaml train.batch_size=32"):
+        assert expected in line, expected
+    explicit = _dry_run({}, "--nodes", "2", "--node-rank", "1", "--head", "10.1.1.1", "--port", "1234",
+                        "--procs-per-node", "2", "r.yaml")
+    assert "--num_machines 2 --machine_rank 1 --main_process_ip 10.1.1.1 --main_process_port 1234 " \
+           "--num_processes 4" in explicit.stdout
+    bad = _dry_run({}, "--nodes", "2", "--node-rank", "2", "r.yaml")
+    assert bad.returncode != 0 and "node rank 2 is outside 2 node(s)" in bad.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("procs", [1, 2])
+def test_preempt_launch_sh_passes_sigterm_on_and_exits_75(photo_folder, tmp_path, procs):
+    """With 2 processes (gloo) they must also agree on the step to stop at."""
+    recipe = _recipe_file(photo_folder, tmp_path, data={"backend": "torch"},
+                          train={"epochs_pretrain": 500, "epochs_finetune": 0, "batch_size": 2, "log_every": 2})
+    env = {k: v for k, v in ENV.items() if not k.startswith("SLURM_")}
+    env["MASTER_PORT"] = str(_free_port())
+    proc = subprocess.Popen(["bash", str(ROOT / "launch.sh"), "--procs-per-node", str(procs), str(recipe)], env=env,
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "runs" / "tiny" / "log.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline and not (log.is_file() and '"kind": "train"' in log.read_text()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 75, err[-2000:]
+    assert ("--num_processes 1 --cpu" if procs == 1 else "--multi_gpu") in out
+    assert '"kind": "preempted"' in log.read_text()
+    checkpoint = resolve_resume("auto", tmp_path / "runs" / "tiny")
+    step = load_state(checkpoint)["position"]["step"]
+    assert step > 0 and (procs == 1 or step % 2 == 0)  # several processes stop at a log_every boundary
