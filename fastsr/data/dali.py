@@ -85,18 +85,17 @@ class _Feeder:
 
     def __call__(self):
         batch = next(self.pending)  # StopIteration ends DALI's epoch
+        margin = 2 * self.plan.scale  # images and regions are mirror-padded by this much
         if self.images.cached is None:
             groups = batch  # one sample per visit: decode once, cut k crops
             data = [np.fromfile(self.images.files[visit[0].index], dtype=np.uint8) for visit in batch]
-            # each crop's anchor, then the image's size cut to a multiple of the scale (as the protocol
-            # crops HR images), so the resize never reads the rows and columns beyond it
-            margin = 2 * self.plan.scale  # the decoded image is mirror-padded by this much (see _pipeline)
+            # each crop's anchor in the padded image, then the image's size cut to a multiple of the
+            # scale (as the protocol crops HR images), so the resize never reads beyond it
             anchors = [np.array([[c.top + margin, c.left + margin] for c in visit] + [self._scaled_size(visit[0].index)],
                                 np.float32) for visit in batch]
         else:
             groups = [[crop] for visit in batch for crop in visit]  # one sample per crop
             data = [self._region(group[0]) for group in groups]
-            margin = 2 * self.plan.scale
             anchors = [np.full((1, 2), margin, np.float32)] * len(groups)
         self.recent.append([self.images.files[g[0].index] for g in groups])
         outputs = [data, anchors]
