@@ -184,3 +184,25 @@ def test_load_val_set(samples, tmp_path):
         assert lr.shape[-2:] == (hr.shape[-2] // 4, hr.shape[-1] // 4)
     assert torch.equal(val[0][2], torch.from_numpy(np.array(Image.open(lr_file))).permute(2, 0, 1)[None] / 255)
 
+
+
+def test_cache_maps_stay_open_bounded_and_are_not_pickled(samples, tmp_path, monkeypatch):
+    import pickle
+
+    import fastsr.data.loader as loader_module
+    from fastsr.data.cache import prepare_cache
+
+    folder = tmp_path / "src"
+    (folder / "train").mkdir(parents=True)
+    (folder / "val").mkdir()
+    for s in samples[:4]:
+        (folder / "train" / s.hr.name).write_bytes(s.hr.read_bytes())
+    (folder / "val" / "v.png").write_bytes(samples[4].hr.read_bytes())
+    prepare_cache(str(folder), tmp_path / "cache", workers=1, progress=False)
+    train = [Sample(folder / "train" / s.hr.name) for s in samples[:4]]
+    images = TrainImages.from_samples(train, tmp_path / "cache")
+    monkeypatch.setattr(loader_module, "_max_open_maps", lambda: 2)
+    for i in (0, 1, 2, 1):
+        assert np.array_equal(images.read(i), np.asarray(Image.open(train[i].hr).convert("RGB")))
+    assert sorted(images.maps) == [1, 2]  # the oldest (0) was closed
+    assert pickle.loads(pickle.dumps(images)).maps == {}  # spawned workers open their own

@@ -16,7 +16,8 @@ LR files), which keeps HR and LR crops aligned for free; paired LR files are use
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import resource
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,12 @@ class TrainImages:
     sizes: list[tuple[int, int]]
     modes: list[str]  # Pillow modes of the source files ("cached" when read from a cache)
     cached: list[Path] | None = None
+    # Open memory maps of cache files, by index: opening one (np.load parses the header) costs about
+    # twice as much as reading a crop from it. Bounded, as each holds a file descriptor.
+    maps: dict[int, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    def __getstate__(self) -> dict:  # worker processes open their own maps
+        return {**self.__dict__, "maps": {}}
 
     @classmethod
     def from_samples(cls, samples: Sequence[Sample], cache: str | Path | None = None, source: str = "SRC") -> TrainImages:
@@ -56,7 +63,16 @@ class TrainImages:
         """Image `index` as uint8 HxWx3: a memory map of its cache file (nothing read until sliced), or decoded."""
         if self.cached is None:
             return load_image(self.files[index])
-        return np.load(self.cached[index], mmap_mode="r")
+        if index not in self.maps:
+            if len(self.maps) >= _max_open_maps():
+                self.maps.pop(next(iter(self.maps)))  # the oldest
+            self.maps[index] = np.load(self.cached[index], mmap_mode="r")
+        return self.maps[index]
+
+
+def _max_open_maps() -> int:
+    """A quarter of the process's file-descriptor limit, between 16 and 4096."""
+    return min(4096, max(16, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4))
 
 
 class _VisitDataset(Dataset):
