@@ -150,3 +150,16 @@ def test_auto_falls_back_for_what_dali_cannot_do(photos, tmp_path):
     assert loader.name == "torch" and str(palette) in note and "fastsr prepare" in note
     with pytest.raises(DaliUnavailable, match="palette.png"):
         make_dali_loader(TrainImages.from_samples([Sample(palette)]), CropPlan([(150, 130)], ["p"], 4, 32, 1))
+
+
+def test_a_pipeline_that_fails_when_run_is_unavailable_not_a_crash(photos, monkeypatch):
+    """`auto` must fall back when DALI builds but cannot run (a GPU operator, a CUDA library)."""
+    samples, _ = photos
+
+    def broken(self):
+        raise RuntimeError("Critical error in pipeline:\nError in GPU operator `nvidia.dali.fn.resize`\n"
+                           "encountered:\nCUDA error: no kernel image is available")
+
+    monkeypatch.setattr("nvidia.dali.Pipeline.run", broken)
+    loader, note = make_train_loader(_config(backend="auto"), samples, 4, 4)
+    assert loader.name == "torch" and "failed its first batch" in note and "no kernel image" in note

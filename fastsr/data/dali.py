@@ -46,8 +46,8 @@ class DaliUnavailable(RuntimeError):
 
 def make_dali_loader(images: TrainImages, plan: CropPlan, *, method: str = "matlab", threads: int = 2,
                      device: str | torch.device = "cpu") -> DaliLoader:
-    """A DaliLoader, or DaliUnavailable with a one-line reason (not installed, an option DALI can't
-    do, files it would decode differently, or a pipeline that fails to build here)."""
+    """A DaliLoader that has run one batch, or DaliUnavailable with a one-line reason (not installed,
+    an option DALI can't do, files it would decode differently, a pipeline that fails here)."""
     try:
         import nvidia.dali  # noqa: F401
     except ImportError:
@@ -64,10 +64,16 @@ def make_dali_loader(images: TrainImages, plan: CropPlan, *, method: str = "matl
                     f"{path}: a {mode} {path.suffix} file, which DALI would not decode as fastsr does; "
                     "make a cache with `fastsr prepare` and set data.cache, or use data.backend=torch")
     try:
-        return DaliLoader(images, plan, threads=threads, device=device)
+        loader = DaliLoader(images, plan, threads=threads, device=device)
     except (RuntimeError, ValueError) as err:
         first = next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
         raise DaliUnavailable(f"DALI could not build its pipeline on {device}: {first}") from None
+    if len(plan):
+        try:  # some failures (a GPU operator, a CUDA library) show only when the pipeline runs
+            next(iter(loader.batches(0)))
+        except ImageError as err:
+            raise DaliUnavailable(f"DALI failed its first batch on {device}: {err}") from None
+    return loader
 
 
 class _Feeder:
