@@ -5,9 +5,11 @@
 For phase A (SRResNet-16, MSE), phase B (SRGAN: SRResNet-16, the discriminator, VGG19 to conv5_4)
 and SRCNN 9-5-5, each at HR 96 and 128 (x4) and a few batch sizes:
 - the seed step: written the way the one-file script did it, eager fp32; in phase B the generator runs
-  twice (once for D's update, again for G's), D is left trainable during G's update (its weight
-  gradients computed for nothing), one backward through both D forwards, and every loss read back
-  to the host every step (`.item()`, in every phase);
+  twice (once for D's update, again for G's), D is left trainable during G's update and the VGG19
+  as torchvision hands it over (weights trainable), so autograd records the HR features too and
+  computes D and VGG weight gradients nobody uses; one backward through both D forwards; every loss
+  read back to the host every step (`.item()`, in every phase). The issue's lean-step list (one G
+  forward, HR features under no_grad, D frozen, no per-step sync) is this list inverted;
 - fastsr's step (engine/trainer.py) in eager fp32, and under the runtime settings `auto` picks on
   this device (on a CPU: eager fp32 + channels_last; on a GPU: compile + bf16 + channels_last), and
   on a GPU also compile + bf16 without channels_last.
@@ -65,6 +67,8 @@ class Bench:
         self.vgg = PerceptualLoss("conv5_4", weights=None).to(device) if task == "B" else None  # random: same cost
         self.accelerator = Accelerator(cpu=device.type == "cpu")
         if runtime is None:  # the seed step
+            if self.vgg is not None:
+                self.vgg.vgg.requires_grad_(True)  # as torchvision hands it over: weights trainable
             self.step = self._seed_step
             return
         self.precision = Precision(runtime.mixed_precision, device.type)
@@ -96,9 +100,9 @@ class Bench:
         self.opt_d.step()
         sr = g(lr)  # the generator again
         self.opt_g.zero_grad()
-        loss_g = (F.mse_loss(sr, hr) + w.w_vgg * self.vgg(sr, hr) + w.w_adv * g_adv_loss(d(sr))
-                  + w.w_tv * tv_loss(sr))
-        loss_g.backward()  # D still trainable: its weight gradients are computed too
+        content = F.mse_loss(self.vgg.vgg(sr), self.vgg.vgg(hr))  # HR features with autograd on
+        loss_g = F.mse_loss(sr, hr) + w.w_vgg * content + w.w_adv * g_adv_loss(d(sr)) + w.w_tv * tv_loss(sr)
+        loss_g.backward()  # D and the VGG still trainable: their weight gradients are computed too
         self.opt_g.step()
         return {"d": loss_d.item(), "g": loss_g.item()}  # a host round trip every step
 
@@ -162,8 +166,8 @@ def machine(device: torch.device) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="a few minutes on a 2-core CPU: HR 96, one batch size")
-    ap.add_argument("--batch-sizes", type=int, nargs="+", help="default: 16 (quick: 8) on a CPU, 16 32 64 on a GPU")
+    ap.add_argument("--quick", action="store_true", help="a few minutes on a 2-core CPU: HR 96, batch 16, 3 steps")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", help="default: 8 16 on a CPU (quick: 16), 16 32 64 on a GPU")
     ap.add_argument("--crops", type=int, nargs="+", help="HR crop sizes (default 96 128; quick: 96)")
     ap.add_argument("--steps", type=int, help="timed steps per row (default 3 on a CPU, 20 on a GPU)")
     ap.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
@@ -178,8 +182,8 @@ def main(argv: list[str] | None = None) -> None:
     elif cuda:
         batch_sizes = [16, 32, 64]
     else:
-        batch_sizes = [8] if args.quick else [16]
-    steps = args.steps or (20 if cuda else 4)
+        batch_sizes = [16] if args.quick else [8, 16]  # 16: the recipes' (and the seed's) batch size
+    steps = args.steps or (20 if cuda else 3 if args.quick else 4)
     # The first steps compile (when compiling) and, on a CPU, let oneDNN settle its channels_last
     # kernels (measured: the first step after that still runs ~1.4x slower).
     warmup = 3 if cuda else 2
