@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -32,8 +31,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from fastsr.data import CropPlan, Sample, TrainImages, TrainLoader, resolve_source
 from fastsr.data.cache import prepare_cache
+from report import machine, publish  # benchmarks/report.py: this folder is on sys.path when a script runs
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 SCALE, BATCH = 4, 16
 
 
@@ -106,16 +105,6 @@ def seed_batches(files, hr_crop, workers, device):
                         num_workers=workers, persistent_workers=workers > 0)
     for hr, lr in loader:
         yield hr.to(device), lr.to(device)
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
-    return f"{platform.node()}: {os.cpu_count()} CPU cores ({cpu}){gpu}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -196,11 +185,7 @@ def main(argv: list[str] | None = None) -> None:
               f"Data: {data_name}, {len(samples)} images, {png_mb:.1f} MB per PNG, {decode_ms:.0f} ms to decode one "
               f"with PIL (median of 4); batch {BATCH}, x{SCALE}, {workers} workers/threads, {seconds:.0f} s per row.\n"
               f"Command: `{command}`\n\n{table}\n")
-    print(record)
-    if not args.no_record:
-        with RESULTS.open("a") as f:
-            f.write(record)
-        print(f"appended to {RESULTS}")
+    publish(record, save=not args.no_record)
     print(f"DALI from the cache vs the seed approach, HR 96, {device}:")
     print(f"{speedup:.1f}x")
 

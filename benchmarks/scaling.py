@@ -17,16 +17,14 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
-
+from report import machine, publish  # benchmarks/report.py: this folder is on sys.path when a script runs
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def run(procs: int, recipe: str, steps: int, out: Path) -> float:
@@ -60,15 +58,11 @@ def main(argv: list[str] | None = None) -> None:
     base = rates[args.procs[0]] / args.procs[0]
     lines = ["| processes | images/s (all processes) | vs the first row | scaling efficiency |", "|---|---|---|---|"]
     lines += [f"| {n} | {r:.1f} | {r / rates[args.procs[0]]:.2f}x | {100 * r / (n * base):.0f}% |" for n, r in rates.items()]
-    device = f"GPU {torch.cuda.get_device_name()} x{gpus}" if gpus else "no GPU (gloo, the cores shared)"
     record = (f"\n## Data-parallel scaling, {datetime.datetime.now():%Y-%m-%d %H:%M}\n\n"
-              f"Machine: {platform.node()}: {os.cpu_count()} CPU cores, {device}; torch {torch.__version__}. "
+              f"Machine: {machine()}{'' if gpus else ' (gloo, the cores shared)'}; torch {torch.__version__}. "
               f"Recipe {Path(args.recipe).name}, phase A, batch 16 per process, ~{args.steps} steps.\n"
               f"Command: `python benchmarks/scaling.py --procs {' '.join(map(str, args.procs))}`\n\n" + "\n".join(lines) + "\n")
-    print(record)
-    if not args.no_record:
-        with RESULTS.open("a") as f:
-            f.write(record)
+    publish(record, save=not args.no_record)
 
 
 if __name__ == "__main__":

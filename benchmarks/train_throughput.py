@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -49,8 +48,8 @@ from fastsr.engine.runtime import Precision, Runtime, allow_tf32, resolve_runtim
 from fastsr.engine.trainer import gan_step, pretrain_step
 from fastsr.losses import PerceptualLoss, g_adv_loss, tv_loss
 from fastsr.models import SRCNN, Discriminator, SRResNet
+from report import machine, publish  # benchmarks/report.py: this folder is on sys.path when a script runs
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 RECIPE = from_dict({})  # the seed's loss weights: w_adv 1e-3, w_vgg 6e-3, w_tv 1e-6
 
 
@@ -154,16 +153,6 @@ def peak_tflops(device: torch.device, dtype: torch.dtype) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - tic) / 1e12
 
 
-def machine(device: torch.device) -> str:
-    cpu = platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = f", GPU {torch.cuda.get_device_name()}" if device.type == "cuda" else ", no GPU"
-    return f"{platform.node()}: {os.cpu_count()} CPU cores ({cpu}){gpu}"
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a few minutes on a 2-core CPU: HR 96, batch 16, 3 steps")
@@ -245,16 +234,12 @@ def main(argv: list[str] | None = None) -> None:
                 and r[3] == batch_sizes[-1] and r[4] == "synthetic")
     when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     command = "python benchmarks/train_throughput.py" + (" --quick" if args.quick else "")
-    record = (f"\n## Training throughput, {when}\n\nMachine: {machine(device)}; torch {torch.__version__}. "
+    record = (f"\n## Training throughput, {when}\n\nMachine: {machine()}; torch {torch.__version__}. "
               f"Measured peak: {peaks[torch.float32]:.2f} TFLOP/s fp32{' (TF32)' if cuda else ''}, "
               f"{peaks[torch.bfloat16]:.2f} TFLOP/s bf16. {steps} timed steps per row after {warmup} warm-up.\n"
               f"Command: `{command}`\n\n{table}\n\nPhase B, HR {crops[0]}, batch {batch_sizes[-1]}: fastsr auto "
               f"{ours[5]:.1f} img/s vs the seed step {seed[5]:.1f} img/s = {ours[5] / seed[5]:.2f}x.\n")
-    print(record)
-    if not args.no_record:
-        with RESULTS.open("a") as f:
-            f.write(record)
-        print(f"appended to {RESULTS}")
+    publish(record, save=not args.no_record)
     print(f"fastsr's phase-B step vs the seed's, HR {crops[0]}, batch {batch_sizes[-1]}, {device}:")
     print(f"{ours[5] / seed[5]:.1f}x")
 

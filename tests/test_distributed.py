@@ -99,16 +99,21 @@ def _recipe_file(photo_folder, tmp_path, **sections) -> Path:
     return path
 
 
+def _sigterm_once_training(proc: subprocess.Popen, log: Path, timeout: float = 180) -> tuple[str, str]:
+    """SIGTERM `proc` once its run has logged a training step; its (stdout, stderr) when it exits."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and not (log.is_file() and '"kind": "train"' in log.read_text()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    return proc.communicate(timeout=timeout)
+
+
 def test_preempt_sigterm_exits_with_the_documented_code(photo_folder, tmp_path):
     recipe = _recipe_file(photo_folder, tmp_path, train={"epochs_pretrain": 500, "epochs_finetune": 0})
     proc = subprocess.Popen([sys.executable, str(ROOT / "fastsr" / "train.py"), str(recipe)], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = tmp_path / "runs" / "tiny" / "log.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (log.is_file() and '"kind": "train"' in log.read_text()):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    _, err = _sigterm_once_training(proc, log)
     assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
     assert "train.resume=auto" in err
     checkpoint = resolve_resume("auto", tmp_path / "runs" / "tiny")
@@ -245,11 +250,7 @@ def test_preempt_launch_sh_passes_sigterm_on_and_exits_75(photo_folder, tmp_path
     proc = subprocess.Popen(["bash", str(ROOT / "launch.sh"), "--procs-per-node", str(procs), str(recipe)], env=env,
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = tmp_path / "runs" / "tiny" / "log.jsonl"
-    deadline = time.time() + 180
-    while time.time() < deadline and not (log.is_file() and '"kind": "train"' in log.read_text()):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=180)
+    out, err = _sigterm_once_training(proc, log)
     assert proc.returncode == 75, err[-2000:]
     assert ("--num_processes 1 --cpu" if procs == 1 else "--multi_gpu") in out
     assert '"kind": "preempted"' in log.read_text()

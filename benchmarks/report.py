@@ -1,0 +1,32 @@
+"""What every benchmark script shares: naming the machine, and appending a run to RESULTS.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def machine() -> str:
+    """Host, CPU cores and model, and the GPU if torch sees one (RESULTS.md compares runs by this)."""
+    cpu = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()} x{torch.cuda.device_count()}" if torch.cuda.is_available() else ", no GPU"
+    return f"{platform.node()}: {os.cpu_count()} CPU cores ({cpu}){gpu}"
+
+
+def publish(record: str, save: bool) -> None:
+    """Print a run's markdown record and, if `save`, append it to RESULTS.md."""
+    print(record)
+    if save:
+        with RESULTS.open("a") as f:
+            f.write(record)
+        print(f"appended to {RESULTS}")
