@@ -32,7 +32,7 @@ import torch
 
 from fastsr.data.images import ImageError
 from fastsr.data.loader import TrainImages
-from fastsr.data.plan import Crop, CropPlan, crop_region
+from fastsr.data.plan import Crop, CropPlan, crop_region, scaled_size
 
 # Source files DALI decodes exactly as `load_image` does (checked against Pillow on the bundled
 # samples); other modes (palette, RGBA, CMYK, 16-bit) go through `fastsr prepare`.
@@ -97,8 +97,9 @@ class _Feeder:
             data = [np.fromfile(self.images.files[visit[0].index], dtype=np.uint8) for visit in batch]
             # each crop's anchor in the padded image, then the image's size cut to a multiple of the
             # scale (as the protocol crops HR images), so the resize never reads beyond it
-            anchors = [np.array([[c.top + margin, c.left + margin] for c in visit] + [self._scaled_size(visit[0].index)],
-                                np.float32) for visit in batch]
+            anchors = [np.array([[c.top + margin, c.left + margin] for c in visit]
+                                + [scaled_size(*self.images.sizes[visit[0].index], self.plan.scale)], np.float32)
+                       for visit in batch]
         else:
             groups = [[crop] for visit in batch for crop in visit]  # one sample per crop
             data = [self._region(group[0]) for group in groups]
@@ -110,10 +111,6 @@ class _Feeder:
         if self.plan.channel_shuffle:
             outputs.append([np.stack([np.eye(3, dtype=np.float32)[list(c.channels)] for c in g]) for g in groups])
         return outputs
-
-    def _scaled_size(self, index: int) -> tuple[int, int]:
-        h, w = self.images.sizes[index]
-        return h - h % self.plan.scale, w - w % self.plan.scale
 
     def _region(self, crop: Crop) -> np.ndarray:
         """The crop plus a full 2*scale margin from the cache file, mirror-padded (edge pixel repeated,

@@ -39,13 +39,18 @@ class Crop:
     channels: tuple[int, int, int] = (0, 1, 2)  # output channel c is input channel channels[c]
 
 
+def scaled_size(height: int, width: int, scale: int) -> tuple[int, int]:
+    """An image's size once cropped to a multiple of the scale, as the protocol crops HR images."""
+    return height - height % scale, width - width % scale
+
+
 def draw_crop(rng: np.random.Generator, index: int, height: int, width: int, scale: int, hr_crop: int,
               augment: bool, channel_shuffle: bool) -> Crop:
     """A random crop of an image of `height` x `width` (cropped to a multiple of `scale` first, as
     the protocol does): anchor, then horizontal flip, vertical flip and transpose with probability
     1/2 each when `augment` (the 8 symmetries of the square), then a random RGB order when
     `channel_shuffle`."""
-    h, w = height - height % scale, width - width % scale
+    h, w = scaled_size(height, width, scale)
     top = int(rng.integers(0, (h - hr_crop) // scale + 1)) * scale
     left = int(rng.integers(0, (w - hr_crop) // scale + 1)) * scale
     flips = rng.random(3) < 0.5 if augment else (False, False, False)
@@ -75,10 +80,11 @@ class CropPlan:
             raise ValueError(f"crops_per_image {k} must divide both repeat ({repeat}) and batch_size ({batch_size})")
         if hr_crop <= 0 or hr_crop % scale:
             raise ValueError(f"HR crop {hr_crop} must be a positive multiple of scale {scale}")
-        for (h, w), name in zip(sizes, names):
-            if hr_crop > min(h - h % scale, w - w % scale):
+        for (height, width), name in zip(sizes, names):
+            h, w = scaled_size(height, width, scale)
+            if hr_crop > min(h, w):
                 raise ImageError(f"{name}: HR crop {hr_crop} does not fit: it must be at most the image size "
-                                 f"{h - h % scale}x{w - w % scale} (after cropping to a multiple of the scale); "
+                                 f"{h}x{w} (after cropping to a multiple of the scale); "
                                  "lower data.hr_crop or remove the image")
         self.sizes, self.scale, self.hr_crop, self.batch_size = list(sizes), scale, hr_crop, batch_size
         self.repeat, self.crops_per_image, self.augment, self.channel_shuffle = repeat, k, augment, channel_shuffle
@@ -110,6 +116,6 @@ def crop_region(height: int, width: int, crop: Crop, scale: int, hr_crop: int) -
     the image cropped to a multiple of the scale. The LR of exactly this region, cut down to the
     crop, is the LR of the whole image at the crop's place."""
     margin = 2 * scale  # half the support of MATLAB's widened cubic kernel, in HR pixels
-    h, w = height - height % scale, width - width % scale
+    h, w = scaled_size(height, width, scale)
     return (max(crop.top - margin, 0), min(crop.top + hr_crop + margin, h),
             max(crop.left - margin, 0), min(crop.left + hr_crop + margin, w))

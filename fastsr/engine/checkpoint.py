@@ -98,10 +98,15 @@ def load_generator(path: Path, device: str | torch.device = "cpu") -> nn.Module:
 # Resumable checkpoints
 
 
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    """Where the checkpoint of `step` lives (complete once it holds the COMPLETE marker)."""
+    return Path(run_dir) / "checkpoints" / f"step_{step:08d}"
+
+
 def save_checkpoint(run_dir: Path, step: int, models: dict[str, tuple[nn.Module, dict]], state: dict, keep: int) -> Path:
     """Write models (name -> (module, config)) and `state` as one checkpoint; keep the newest `keep`."""
-    root = Path(run_dir) / "checkpoints"
-    final = root / f"step_{step:08d}"
+    final = checkpoint_dir(run_dir, step)
+    root = final.parent
     tmp = root / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

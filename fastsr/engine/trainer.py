@@ -34,7 +34,8 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from fastsr.config import Recipe, RecipeError, save_recipe
 from fastsr.data import load_val_set, make_train_loader, resolve_source
 from fastsr.engine.checkpoint import (
-    WeightsError, load_state, load_weights, read_config, resolve_resume, save_checkpoint, save_weights,
+    WeightsError, checkpoint_dir, load_state, load_weights, read_config, resolve_resume, save_checkpoint,
+    save_weights,
 )
 from fastsr.engine.runlog import RunLog, plot_curves, progress_bar
 from fastsr.engine.runtime import Precision, allow_tf32, resolve_runtime
@@ -385,7 +386,7 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
                     if stop_requested(requests):
                         flush_log(phase, epoch)
                         checkpoint_now()
-                        checkpoint = run_dir / "checkpoints" / f"step_{pos.step:08d}"
+                        checkpoint = checkpoint_dir(run_dir, pos.step)
                         log.write(kind="preempted", step=pos.step, signal=int(requests[0]) if requests else None,
                                   checkpoint=str(checkpoint))
                         raise Preempted(pos.step, checkpoint)
