@@ -7,6 +7,7 @@ stderr and exit code 2; `--debug` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import time
@@ -20,10 +21,17 @@ RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 def user_errors() -> tuple[type[Exception], ...]:
     from fastsr.config import RecipeError
     from fastsr.data import DownloadError, ImageError
-    from fastsr.engine.checkpoint import WeightsError
+    from fastsr.engine.checkpoint import CheckpointWriteError, WeightsError
+    from fastsr.engine.lossguard import NonFiniteLoss
+    from fastsr.engine.trainer import OutOfMemory
     from fastsr.losses import VGGWeightsUnavailable
 
-    return RecipeError, ImageError, WeightsError, VGGWeightsUnavailable, DownloadError, FileNotFoundError
+    return (RecipeError, ImageError, WeightsError, VGGWeightsUnavailable, DownloadError, FileNotFoundError,
+            PermissionError, CheckpointWriteError, NonFiniteLoss, OutOfMemory)
+
+
+# errno values of a write that failed for want of space: no space, quota exceeded, file too large
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,22 +102,55 @@ def cmd_eval(args, console: Console) -> None:
 # upscale
 
 
-def cmd_upscale(args, console: Console) -> None:
-    from fastsr.data import image_to_tensor, list_images, load_image, save_image
+def cmd_upscale(args, console: Console) -> int:
+    """Upscale an image or a folder; a folder's unreadable images are reported, the rest written, exit 2."""
+    from fastsr.data import list_images, save_image
+    from fastsr.data.images import ImageError, load_image_with_alpha, output_format
     from fastsr.engine.checkpoint import load_generator
-    from fastsr.infer import upscale
+    from fastsr.infer import check_tiling, upscale_image
 
+    try:
+        check_tiling(args.tile, args.overlap)
+    except ValueError as err:
+        print(f"fastsr: error: --tile/--overlap: {err}", file=sys.stderr)
+        return 2
+    src = Path(args.input)
+    out = Path(args.output)
+    from_folder = src.is_dir()
+    to_folder = from_folder or out.suffix == ""
+    if not to_folder:
+        output_format(out)  # an unknown suffix fails before any work
     device = resolve_device(args.device)
     model = load_generator(args.weights, device)
-    src = Path(args.input)
-    files = list_images(src) if src.is_dir() else [src]
-    out = Path(args.output)
+    files = list_images(src) if from_folder else [src]
+    stems = [p.stem for p in files]
+    clash = next((p for p in files if stems.count(p.stem) > 1), None)
+    if clash is not None:  # a.png and a.jpg would both become a.png
+        raise ImageError(f"{src}: several images are named {clash.stem}.*, and each would be written to "
+                         f"{out / clash.stem}.png; rename all but one")
+    failed = 0
     for path in files:
-        lr = image_to_tensor(load_image(path))
-        sr = upscale(model, lr.to(device), model.scale, tile=args.tile, overlap=args.overlap)
-        target = out / f"{path.stem}.png" if (src.is_dir() or out.suffix == "") else out
-        save_image(target, sr.cpu())  # rounded to 8 bits (and clamped) on the way
-        console.print(f"{path} -> {target} ({lr.shape[-1]}x{lr.shape[-2]} -> {sr.shape[-1]}x{sr.shape[-2]})")
+        target = out / f"{path.stem}.png" if to_folder else out
+        try:
+            lr = load_image_with_alpha(path)
+            h, w, channels = lr.shape
+            # before the work: JPEG cannot hold the alpha, WebP not more than 16383 pixels a side
+            output_format(target, (h * model.scale, w * model.scale, channels), source=path)
+        except ImageError as err:
+            if not from_folder:
+                raise
+            print(err, file=sys.stderr)
+            failed += 1
+            continue
+        sr = upscale_image(model, lr, model.scale, device, tile=args.tile, overlap=args.overlap)
+        save_image(target, sr)
+        alpha = " with alpha" if channels == 4 else ""
+        console.print(f"{path} -> {target} ({w}x{h} -> {sr.shape[1]}x{sr.shape[0]}{alpha})")
+    if failed:
+        print(f"fastsr: {failed} of {len(files)} images could not be upscaled; fix or remove them and rerun",
+              file=sys.stderr)
+        return 2
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,6 +200,8 @@ def cmd_prepare(args, console: Console) -> int:
     total = result.written + result.skipped + len(result.failed)
     print(f"prepared {result.written + result.skipped} images into {args.dest} (written {result.written}, "
           f"skipped {result.skipped}) in {time.perf_counter() - start:.1f} s")
+    for src in result.repaired:
+        print(f"{src}: its cached copy failed its checksum and was rewritten")
     if not result.failed:
         return 0
     for _, error in result.failed:
@@ -200,7 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("upscale", help="upscale whole images (tiled, so large images fit in memory)")
     p.add_argument("input", help="an image or a folder of images")
     p.add_argument("--weights", type=Path, required=True)
-    p.add_argument("-o", "--output", required=True, help="output file, or folder for several images")
+    p.add_argument("-o", "--output", required=True,
+                   help="output file (.png, .jpg/.jpeg, .webp, .bmp, .tif/.tiff), or a folder (no suffix; "
+                        "always for a folder input) that gets <name>.png files")
     p.add_argument("--tile", type=int, default=256, help="LR tile size (0: whole image at once)")
     p.add_argument("--overlap", type=int, default=32, help="LR pixels shared by neighbouring tiles")
     p.add_argument("--device", default="auto")
@@ -233,6 +278,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args, console) or 0
     except user_errors() as err:
         print(f"fastsr: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        print(f"fastsr: error: {err.filename or 'a file'}: {err.strerror}; free space there and retry", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fastsr: interrupted", file=sys.stderr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -50,6 +51,10 @@ class DataConfig:
     workers: int = 2  # torch: loader worker processes (0: in the main process); DALI: CPU threads
     cache_images: bool = True  # torch loader: keep decoded training images in memory (small data sets)
     val_images: int = 0  # validate on the first N held-out images (0: all)
+    # Images a run cannot use (unreadable, truncated, transparent, smaller than the crop or too small to
+    # score), found before the first step: `error` refuses the run naming them, `skip` leaves them out
+    # and names each in the console and the log.
+    bad_images: Literal["error", "skip"] = "error"
 
 
 @dataclass
@@ -59,7 +64,8 @@ class LossConfig:
     w_adv: float = 1e-3
     w_tv: float = 1e-6
     vgg_layer: str = "conv5_4"
-    # `imagenet` (torchvision's weights), a path to vgg19-dcbb9e9d.pth, or `random` (untrained: a
+    # `imagenet` (torchvision's weights), a path to vgg19-dcbb9e9d.pth (checked by its hash: fastsr
+    # unpickles no other file) or to a .safetensors copy of it, or `random` (untrained: a
     # meaningless loss that costs the same, for throughput benchmarks and tests only)
     vgg_weights: str = "imagenet"
     # What phase B does when the VGG19 weights can't be had: stop (`error`), or train without the
@@ -89,6 +95,11 @@ class TrainConfig:
     val_every: int = 500  # steps between validations (0: only at the end of each phase)
     save_every: int = 500  # steps between checkpoints (0: only at the end of each phase)
     keep_checkpoints: int = 2
+    # A NaN or infinite loss: `stop` ends the run naming the step, writing no checkpoint after it (the
+    # last good one stays); `skip` drops that step's update (which costs a host sync per step) and
+    # stops only after more than `max_skipped_steps` of them.
+    nonfinite: Literal["stop", "skip"] = "stop"
+    max_skipped_steps: int = 10
 
 
 @dataclass
@@ -161,6 +172,9 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict:
         line = f" line {mark.line + 1}" if mark else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise RecipeError(f"{path}:{line}: malformed YAML: {problem}") from None
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError) as err:
+        # PyYAML parsed the text but could not build a value from it (e.g. the date 2021-02-30)
+        raise RecipeError(f"{path}: a value cannot be read ({err}); quote it if it is meant as text") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of keys to values, got {type(data).__name__}")
     base = data.pop("base", None)
@@ -186,8 +200,8 @@ def _parse_override(item: str) -> tuple[str, Any]:
         raise RecipeError(f"override {item!r}: expected key=value, e.g. train.batch_size=32")
     try:
         value = yaml.safe_load(text) if text else ""
-    except yaml.YAMLError:
-        value = text  # not YAML: take it as a string and let the type check decide
+    except Exception:  # noqa: BLE001 - malformed YAML, or a value PyYAML cannot build (2021-02-30, 0x_)
+        value = text  # take it as a string and let the type check decide
     return key.strip(), value
 
 
@@ -272,13 +286,15 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads `1e-4` (no dot) as a string
+        # PyYAML reads `1e-4` (no dot) as a string; NaN, infinity and ints past float range are refused
+        if isinstance(value, (int, float, str)) and not isinstance(value, bool):
             try:
-                return float(value)
-            except ValueError:
-                pass
+                number = float(value)
+            except (ValueError, OverflowError):
+                number = math.nan
+            if math.isfinite(number):
+                return number
+            raise RecipeError(f"{source}: {key} must be a finite number, got {value!r}")
     elif hint is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -290,7 +306,7 @@ _BOOL_WORDS = {True: ("on", "yes", "true"), False: ("off", "no", "false")}
 _POSITIVE = ("data.hr_crop", "data.repeat", "data.crops_per_image", "train.batch_size", "train.log_every", "train.keep_checkpoints",
              "model.res_blocks", "model.channels")
 _NON_NEGATIVE = ("train.epochs_pretrain", "train.epochs_finetune", "train.val_every", "train.save_every",
-                 "data.workers", "data.val_images", "loss.w_vgg", "loss.w_adv", "loss.w_tv")
+                 "data.workers", "data.val_images", "train.max_skipped_steps", "loss.w_vgg", "loss.w_adv", "loss.w_tv")
 
 
 def _get_dotted(recipe: Recipe, key: str) -> Any:
@@ -308,9 +324,9 @@ def _check_values(r: Recipe, source: str) -> None:
         fail("scale", f"must be 2, 4 or 8 (got {r.scale})")
     for key in _POSITIVE + _NON_NEGATIVE:
         value = _get_dotted(r, key)
-        if key in _POSITIVE and value <= 0:
+        if key in _POSITIVE and not value > 0:
             fail(key, f"must be positive (got {value})")
-        if value < 0:
+        if not value >= 0:
             fail(key, f"must not be negative (got {value})")
     if r.train.lr <= 0 or (r.train.lr_finetune is not None and r.train.lr_finetune <= 0):
         fail("train.lr", "and train.lr_finetune must be positive")
@@ -328,5 +344,11 @@ def _check_values(r: Recipe, source: str) -> None:
         fail("model.srcnn_kernels", f"must be three odd sizes such as [9, 5, 5] (got {r.model.srcnn_kernels})")
     if not 0 <= r.train.ema < 1:
         fail("train.ema", f"must be in [0, 1) (got {r.train.ema})")
-    if len(r.train.betas) != 2:
-        fail("train.betas", f"must be two numbers (got {r.train.betas})")
+    if len(r.train.betas) != 2 or not all(0 <= b < 1 for b in r.train.betas):
+        fail("train.betas", f"must be two numbers in [0, 1) (got {r.train.betas})")
+    from fastsr.losses import VGG19_LAYERS  # here, not at the top: it imports torch and kornia
+
+    if r.loss.vgg_layer not in VGG19_LAYERS:
+        close = difflib.get_close_matches(r.loss.vgg_layer, VGG19_LAYERS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f"; one of {', '.join(VGG19_LAYERS)}"
+        fail("loss.vgg_layer", f"{r.loss.vgg_layer!r} is not a VGG19 layer{hint}")

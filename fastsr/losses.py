@@ -7,6 +7,7 @@ All image inputs are float tensors in [0, 1], NCHW, RGB.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 from pathlib import Path
@@ -14,6 +15,7 @@ from pathlib import Path
 import kornia
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
 # VGG19's convolution stack (torchvision's cfg "E"): ints are conv output channels, "M" a max-pool.
@@ -89,7 +91,7 @@ def _unavailable(tried: str, cause: BaseException) -> VGGWeightsUnavailable:
     return VGGWeightsUnavailable(
         f"VGG19 ImageNet weights unavailable: {tried} ({type(cause).__name__}: {reason}). "
         f"Download {VGG19_Weights.IMAGENET1K_V1.url} and either put it at "
-        f"{_hub_checkpoint_path()} or pass loss.vgg_weights=/path/to/vgg19-dcbb9e9d.pth"
+        f"{_hub_checkpoint_path()} or pass loss.vgg_weights=/path/to/vgg19-dcbb9e9d.pth (or a .safetensors copy)"
     )
 
 
@@ -113,12 +115,33 @@ def _load_imagenet_state_dict() -> dict[str, torch.Tensor]:
         socket.setdefaulttimeout(previous)
 
 
+# torchvision names its files by the first hex digits of their SHA-256: vgg19-dcbb9e9d.pth.
+VGG19_SHA256_PREFIX = "dcbb9e9d"
+
+
 def _load_file_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A user-supplied vgg19 state dict, loaded without unpickling arbitrary objects."""
+    """A user-supplied vgg19 state dict. Nothing a user hands in is unpickled: a `.safetensors` file is
+    read as such; a `.pth` only if it is torchvision's own file (its SHA-256 says so), and then still
+    with `weights_only=True`."""
+    path = Path(path)
     try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        digest = _sha256(path)
+        if not digest.startswith(VGG19_SHA256_PREFIX):
+            raise ValueError(f"not torchvision's vgg19-{VGG19_SHA256_PREFIX}.pth (its SHA-256 is {digest[:16]}...), "
+                             "and fastsr unpickles no other file: convert it to .safetensors")
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # missing file, not a tensor pickle, ...
+    except Exception as e:  # missing file, not safetensors, another .pth...
         raise _unavailable(f"tried to load {path}", e) from e
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class VGGFeatures(nn.Module):

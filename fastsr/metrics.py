@@ -29,12 +29,17 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 from fastsr.ops import quantize, rgb_to_y
 
-__all__ = ["psnr", "quantize", "ssim"]
+__all__ = ["min_image_size", "psnr", "quantize", "ssim"]
 
 _PEAK = 255.0
 _SSIM_SIGMA = 1.5  # torchmetrics derives an 11x11 window from this sigma: int(3.5*1.5 + 0.5)*2 + 1
 _SSIM_RADIUS = 5  # half the 11x11 window: how far the valid region lies inside the image
 _SSIM_K1, _SSIM_K2 = 0.01, 0.03
+
+
+def min_image_size(crop_border: int) -> int:
+    """The smallest height and width SSIM can score once `crop_border` pixels are shaved from each side."""
+    return 2 * crop_border + 2 * _SSIM_RADIUS + 1
 
 
 def _prepare(

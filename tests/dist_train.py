@@ -1,7 +1,8 @@
 """Run by the distributed tests under `accelerate launch`: train RECIPE (with overrides), then every
 rank writes the generator weights it ended with to OUT/rank{R}.safetensors, so a test can check that
-the ranks agree."""
+the ranks agree. NAN_AT="RANK:CALL" makes that rank's pixel loss NaN on that call (1-based)."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +17,16 @@ if __name__ == "__main__":
     built = []
     real_build = trainer.build_generator
     trainer.build_generator = lambda **kw: built.append(real_build(**kw)) or built[-1]
+    if "NAN_AT" in os.environ:
+        rank, call = map(int, os.environ["NAN_AT"].split(":"))
+        real_loss, calls = trainer.pixel_loss, []
+
+        def pixel_loss(*args, **kwargs):
+            calls.append(1)
+            loss = real_loss(*args, **kwargs)
+            return loss * float("nan") if (PartialState().process_index, len(calls)) == (rank, call) else loss
+
+        trainer.pixel_loss = pixel_loss
     trainer.train(load_recipe(recipe_path, overrides))
     out.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().contiguous() for k, v in built[0].state_dict().items()}

@@ -123,6 +123,7 @@ def test_verify_rewrites_a_damaged_copy_that_the_cheap_check_misses(src, tmp_pat
     assert prepare(src, dst).written == 0
     result = prepare(src, dst, verify=True)
     assert (result.written, result.skipped) == (1, 4)
+    assert result.repaired == [str((src / "train" / "a0.png").resolve())]
     np.testing.assert_array_equal(np.load(npy), load_image(src / "train" / "a0.png"))
 
 
@@ -246,5 +247,11 @@ def test_cli_reports_unreadable_files_and_exits_2(src, tmp_path, capsys):
     (src / "train" / "bad.png").unlink()
     assert main(["prepare", str(src), str(dst), "--workers", "1"]) == 0
     assert "(written 0, skipped 5)" in capsys.readouterr().out
+    npy = dst / "a1.png.npy"
+    damaged = bytearray(npy.read_bytes())
+    damaged[-1] ^= 0xFF  # same size, wrong checksum
+    npy.write_bytes(damaged)
+    assert main(["prepare", str(src), str(dst), "--workers", "1", "--verify"]) == 0
+    assert f"{(src / 'train' / 'a1.png').resolve()}: its cached copy failed its checksum" in capsys.readouterr().out
     assert main(["prepare", str(tmp_path / "nowhere"), str(dst)]) == 2
     assert "nowhere: data source path not found" in capsys.readouterr().err

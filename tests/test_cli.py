@@ -13,9 +13,10 @@ from PIL import Image
 from conftest import tiny_recipe_dict
 from fastsr.cli import main
 from fastsr.data import image_to_tensor, load_image
+from fastsr.data.images import load_image_with_alpha
 from fastsr.engine.checkpoint import save_weights
 from fastsr.metrics import psnr, ssim
-from fastsr.models import SRCNN, SRResNet
+from fastsr.models import SRCNN, Bicubic, SRResNet
 from fastsr.ops import imresize, quantize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +98,109 @@ def test_upscale_tiled_equals_untiled(tmp_path):
     assert tiled.shape == (67 * 4, 85 * 4, 3)
     assert np.abs(tiled - whole).max() <= 1
     assert load_image(tmp_path / "tiled" / "b.png").shape == (33 * 4, 41 * 4, 3)
+
+
+@pytest.fixture
+def bicubic_weights(tmp_path) -> Path:
+    model = Bicubic(4)
+    save_weights(model, tmp_path / "bicubic.safetensors", model.config)
+    return tmp_path / "bicubic.safetensors"
+
+
+def _as_uint8(x: torch.Tensor) -> np.ndarray:
+    return quantize(x)[0].mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def _transparent(mode: str) -> Image.Image:
+    rng = np.random.default_rng(5)
+    alpha = np.zeros((9, 13), np.uint8)
+    alpha[:, 6:] = 255  # a hard edge, where bicubic overshoots and the clamp matters
+    alpha[4] = 100
+    rgba = Image.fromarray(np.dstack([rng.integers(0, 256, (9, 13, 3), dtype=np.uint8), alpha]), "RGBA")
+    if mode == "P":
+        img = rgba.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=8)
+        img.info["transparency"] = 2
+        return img
+    return rgba.convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_upscale_keeps_transparency(mode, bicubic_weights, tmp_path):
+    src = tmp_path / "in.png"
+    _transparent(mode).save(src)
+    pixels = load_image_with_alpha(src)
+    assert pixels.shape[2] == 4
+    assert main(["upscale", str(src), "--weights", str(bicubic_weights), "-o", str(tmp_path / "out.png"),
+                 "--tile", "8", "--overlap", "6"]) == 0
+    with Image.open(tmp_path / "out.png") as im:
+        assert im.mode == "RGBA"
+        out = np.asarray(im)
+    # the bicubic model on the colour and bicubic on the alpha: imresize of all four channels, rounded
+    np.testing.assert_array_equal(out, _as_uint8(imresize(image_to_tensor(pixels), scale=4)))
+
+
+def test_upscale_opaque_alpha_writes_rgb_and_jpeg_refuses_transparency(bicubic_weights, tmp_path, capsys):
+    opaque = _transparent("RGBA")
+    opaque.putalpha(255)
+    opaque.save(tmp_path / "opaque.png")
+    assert main(["upscale", str(tmp_path / "opaque.png"), "--weights", str(bicubic_weights),
+                 "-o", str(tmp_path / "opaque.jpg")]) == 0
+    with Image.open(tmp_path / "opaque.jpg") as im:
+        assert im.format == "JPEG" and im.mode == "RGB" and im.size == (52, 36)
+    capsys.readouterr()
+    _transparent("RGBA").save(tmp_path / "t.png")
+    assert main(["upscale", str(tmp_path / "t.png"), "--weights", str(bicubic_weights),
+                 "-o", str(tmp_path / "t.jpg")]) == 2
+    err = one_line_error(capsys)
+    assert f"{tmp_path / 't.png'} -> {tmp_path / 't.jpg'}" in err and "transparency" in err and ".png" in err
+    assert not (tmp_path / "t.jpg").exists()
+
+
+@pytest.mark.parametrize("suffix, fmt", [(".jpeg", "JPEG"), (".webp", "WEBP"), (".bmp", "BMP"), (".tiff", "TIFF")])
+def test_upscale_writes_the_format_of_the_suffix(suffix, fmt, bicubic_weights, tmp_path):
+    Image.fromarray(np.full((5, 3, 3), 90, np.uint8)).save(tmp_path / "in.png")
+    assert main(["upscale", str(tmp_path / "in.png"), "--weights", str(bicubic_weights),
+                 "-o", str(tmp_path / f"out{suffix}")]) == 0
+    with Image.open(tmp_path / f"out{suffix}") as im:
+        assert im.format == fmt and im.size == (12, 20)
+
+
+def test_upscale_unknown_suffix_fails_before_any_work(tmp_path, capsys):
+    # neither the input nor the weights exist: the suffix is checked first
+    assert main(["upscale", str(tmp_path / "in.png"), "--weights", str(tmp_path / "g.safetensors"),
+                 "-o", str(tmp_path / "out.gif")]) == 2
+    assert "out.gif: unknown image suffix .gif" in one_line_error(capsys)
+
+
+def test_upscale_bad_tiling_is_one_line(bicubic_weights, tmp_path, capsys):
+    assert main(["upscale", str(tmp_path), "--weights", str(bicubic_weights), "-o", str(tmp_path / "out"),
+                 "--tile", "16", "--overlap", "16"]) == 2
+    assert "overlap < tile" in one_line_error(capsys)
+
+
+def test_upscale_folder_writes_the_good_images_and_names_the_bad(bicubic_weights, tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(np.full((1, 1, 3), 200, np.uint8)).save(folder / "a.png")  # 1x1 works too
+    (folder / "b.png").write_text("not an image")
+    Image.fromarray(np.full((40, 40, 3), 7, np.uint8)).save(folder / "c.png")
+    (folder / "c.png").write_bytes((folder / "c.png").read_bytes()[:60])  # truncated
+    _transparent("RGBA").save(folder / "d.png")
+    assert main(["upscale", str(folder), "--weights", str(bicubic_weights), "-o", str(tmp_path / "out")]) == 2
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "d.png"]
+    assert load_image(tmp_path / "out" / "a.png").shape == (4, 4, 3)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and "Traceback" not in "".join(err)
+    assert str(folder / "b.png") in err[0] and str(folder / "c.png") in err[1]
+    assert "2 of 4 images could not be upscaled" in err[2]
+    # a single unreadable file: one line, exit 2
+    assert main(["upscale", str(folder / "b.png"), "--weights", str(bicubic_weights),
+                 "-o", str(tmp_path / "b_x4.png")]) == 2
+    assert str(folder / "b.png") in one_line_error(capsys)
+    # two images that would both be written to a.png: refused before any work
+    Image.fromarray(np.full((8, 8, 3), 9, np.uint8)).save(folder / "a.jpg")
+    assert main(["upscale", str(folder), "--weights", str(bicubic_weights), "-o", str(tmp_path / "out2")]) == 2
+    assert "several images are named a.*" in one_line_error(capsys) and not (tmp_path / "out2").exists()
 
 
 @pytest.mark.slow

@@ -70,6 +70,11 @@ def test_resolved_recipe_round_trips(tmp_path):
         ("loss.w_tv=-1", "loss.w_tv must not be negative"),
         ("train=5", "'train' must be a section"),
         ("nonsense", "expected key=value"),
+        ("train.betas=[0.9,1.5]", "train.betas must be two numbers in [0, 1)"),
+        ("loss.vgg_layer=conv5_5", "loss.vgg_layer 'conv5_5' is not a VGG19 layer (did you mean 'conv5_4'?)"),
+        ("data.bad_images=ignore", "data.bad_images='ignore' is not one of: error, skip"),
+        ("train.nonfinite=continue", "train.nonfinite='continue' is not one of: stop, skip"),
+        ("train.max_skipped_steps=-1", "train.max_skipped_steps must not be negative"),
     ],
 )
 def test_bad_overrides_name_the_key(override, message):

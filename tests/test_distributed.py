@@ -4,6 +4,7 @@ Selected by `pytest -k "distributed or multinode or preempt or resume"`. On a ma
 the processes form a gloo group (`accelerate launch --multi_gpu` with the trainer's `cpu=True`)."""
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -157,10 +158,40 @@ def test_resume_after_kill_9_during_a_checkpoint_write_picks_the_previous_one(tm
 # Several processes (gloo on CPU)
 
 
-def _launch(recipe, out, *accelerate_args, overrides=()):
+def _launch(recipe, out, *accelerate_args, overrides=(), env=None):
     cmd = ["accelerate", "launch", "--multi_gpu", *accelerate_args, str(ROOT / "tests" / "dist_train.py"),
            str(recipe), str(out), *overrides]
-    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, env={**ENV, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("nonfinite", ["skip", "stop"])
+def test_distributed_processes_agree_on_bad_images_and_a_nan_on_one_rank(photo_folder, tmp_path, nonfinite):
+    """Bad files are found by the processes' shares of the decoding, then skipped by all; a NaN on rank 1
+    alone is skipped by both (else DDP would hang) or stops both, naming the step."""
+    data = tmp_path / "data"
+    shutil.copytree(photo_folder, data)
+    (data / "train" / "zero.png").write_bytes(b"")
+    (data / "train" / "text.png").write_text("not an image")
+    recipe = _recipe_file(data, tmp_path, data={"repeat": 4, "backend": "torch", "bad_images": "skip"},
+                          train={"epochs_pretrain": 1, "epochs_finetune": 0, "batch_size": 2, "log_every": 2,
+                                 "nonfinite": nonfinite})
+    proc = _launch(recipe, tmp_path / "w", "--num_processes", "2", "--main_process_port", str(_free_port()),
+                   env={"NAN_AT": "1:3"})
+    out, err = proc.communicate(timeout=600)
+    log = [yaml.safe_load(line) for line in (tmp_path / "runs" / "tiny" / "log.jsonl").read_text().splitlines()]
+    notes = [r["message"] for r in log if r["kind"] == "note"]
+    assert sum("zero.png" in n for n in notes) == 1 and sum("text.png" in n for n in notes) == 1
+    assert next(r for r in log if r["kind"] == "run")["steps_per_epoch"] == 6 * 4 // (2 * 2)
+    if nonfinite == "skip":
+        assert proc.returncode == 0, err[-3000:]
+        assert [r["step"] for r in log if r["kind"] == "skipped"] == [3]
+        ranks = [_parameters(_weights(tmp_path / "w" / f"rank{r}.safetensors")) for r in (0, 1)]
+        assert _same(*ranks) and all(torch.isfinite(v).all() for v in ranks[0].values())
+    else:
+        assert proc.returncode != 0
+        assert "became NaN or infinite at step 3" in err
+        assert next(r for r in log if r["kind"] == "nonfinite")["step"] == 4
 
 
 @pytest.mark.slow

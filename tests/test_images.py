@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fastsr.data import ImageError, image_to_tensor, list_images, load_image, save_image
+from fastsr.data import ImageError, image_to_tensor, list_images, load_image, read_header, save_image
+from fastsr.data.images import load_image_with_alpha, output_format
 
 RNG = np.random.default_rng(0)
 
@@ -166,3 +167,102 @@ def test_list_images_errors(tmp_path):
     with pytest.raises(ImageError, match="no images") as e:
         list_images(tmp_path)
     _one_line_naming(e, tmp_path)
+
+
+def test_decompression_bomb_is_one_line(tmp_path, monkeypatch):
+    path = tmp_path / "huge.png"
+    Image.fromarray(_rgb(20, 30)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow refuses above twice this: 200 pixels
+    for read in (load_image, load_image_with_alpha, read_header):
+        with pytest.raises(ImageError) as e:
+            read(path)
+        msg = _one_line_naming(e, path)
+        assert "600 pixels" in msg and "200 pixels" in msg and "cut it into smaller images" in msg
+
+
+def _rgba(alpha):
+    return np.concatenate([_rgb(*alpha.shape), alpha[:, :, None]], axis=2)
+
+
+def test_with_alpha_keeps_real_transparency(tmp_path):
+    alpha = RNG.integers(0, 256, (20, 30), dtype=np.uint8)
+    rgba = _rgba(alpha)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "t.png")
+    out = load_image_with_alpha(tmp_path / "t.png")
+    assert out.flags.c_contiguous and out.flags.writeable
+    np.testing.assert_array_equal(out, rgba)
+
+    la = np.stack([RNG.integers(0, 256, (8, 9), dtype=np.uint8), np.full((8, 9), 7, np.uint8)], axis=2)
+    Image.fromarray(la, "LA").save(tmp_path / "la.png")
+    np.testing.assert_array_equal(load_image_with_alpha(tmp_path / "la.png"),
+                                  np.stack([la[:, :, 0]] * 3 + [la[:, :, 1]], axis=2))
+
+    palette = Image.fromarray(_rgb()).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    palette.info["transparency"] = 3  # one palette entry is fully transparent
+    palette.save(tmp_path / "p.png")
+    expected = np.asarray(Image.open(tmp_path / "p.png").convert("RGBA"))
+    assert expected[:, :, 3].min() == 0
+    np.testing.assert_array_equal(load_image_with_alpha(tmp_path / "p.png"), expected)
+
+
+def test_with_alpha_drops_an_opaque_alpha(tmp_path):
+    rgba = _rgba(np.full((20, 30), 255, np.uint8))
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    np.testing.assert_array_equal(load_image_with_alpha(tmp_path / "a.png"), rgba[:, :, :3])  # HxWx3
+
+
+# suffix -> (Pillow format read back, whether the pixels come back exactly)
+FORMATS = {".png": ("PNG", True), ".jpg": ("JPEG", False), ".JPEG": ("JPEG", False), ".webp": ("WEBP", True),
+           ".bmp": ("BMP", True), ".tif": ("TIFF", True), ".tiff": ("TIFF", True)}
+
+
+@pytest.mark.parametrize("suffix", list(FORMATS))
+def test_save_picks_the_format_from_the_suffix(tmp_path, suffix):
+    fmt, exact = FORMATS[suffix]
+    smooth = np.kron(_rgb(4, 6), np.ones((16, 16, 1), np.uint8))  # JPEG-friendly: flat 16x16 blocks
+    path = tmp_path / f"out{suffix}"
+    save_image(path, smooth)
+    with Image.open(path) as im:
+        assert im.format == fmt
+    back = load_image(path)
+    if exact:
+        np.testing.assert_array_equal(back, smooth)
+    else:
+        assert np.abs(back.astype(int) - smooth).mean() < 8  # lossy, but the same picture
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # written atomically, no temporary left
+
+
+def test_jpeg_is_written_at_quality_95(tmp_path):
+    img = _rgb(32, 32)
+    save_image(tmp_path / "a.jpg", img)
+    Image.fromarray(img).save(tmp_path / "b.jpg", quality=95)
+    assert (tmp_path / "a.jpg").read_bytes() == (tmp_path / "b.jpg").read_bytes()
+
+
+@pytest.mark.parametrize("suffix", [".png", ".webp", ".tif"])
+def test_save_rgba_keeps_alpha(tmp_path, suffix):
+    rgba = _rgba(RNG.integers(0, 256, (20, 30), dtype=np.uint8))
+    rgba[0, 0, 3] = 0  # WebP would drop the colour of a fully transparent pixel unless told otherwise
+    save_image(tmp_path / f"t{suffix}", rgba)
+    np.testing.assert_array_equal(load_image_with_alpha(tmp_path / f"t{suffix}"), rgba)
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".bmp"])
+def test_save_rgba_where_alpha_cannot_go_is_refused(tmp_path, suffix):
+    path = tmp_path / f"t{suffix}"
+    with pytest.raises(ImageError, match="transparency.*png or .webp") as e:
+        save_image(path, _rgba(np.zeros((4, 5), np.uint8)))
+    _one_line_naming(e, path)
+    assert not list(tmp_path.iterdir())
+
+
+def test_unknown_suffix_and_oversize_are_refused(tmp_path):
+    for name in ("out.gif", "out"):
+        with pytest.raises(ImageError, match="unknown image suffix") as e:
+            save_image(tmp_path / name, _rgb())
+        _one_line_naming(e, tmp_path / name)
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(ImageError, match="16383 pixels a side") as e:
+        output_format(tmp_path / "big.webp", (100, 16384, 3), source="in.png")
+    assert "in.png -> " in _one_line_naming(e, tmp_path / "big.webp")
+    assert output_format(tmp_path / "big.png", (100, 16384, 4)).format == "PNG"

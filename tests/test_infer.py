@@ -1,11 +1,20 @@
-"""Tiled upscaling equals the untiled pass."""
+"""Tiled upscaling equals the untiled pass; the uint8 path (`upscale_image`, what `fastsr upscale` runs)
+equals the float path rounded, keeps alpha, handles any size >= 1x1 and keeps its memory bounded."""
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from fastsr.infer import _tiles, upscale
+from fastsr.data import image_to_tensor
+from fastsr.infer import _tiles, upscale, upscale_image
 from fastsr.models import SRCNN, Bicubic, SRResNet
+from fastsr.ops import imresize
 
 
 def _perturb_batchnorm(model, gen):
@@ -116,3 +125,87 @@ def test_runs_in_eval_mode_and_restores_train_mode(lr):
 def test_rejects_bad_overlap():
     with pytest.raises(ValueError, match="overlap"):
         upscale(MODELS["bicubic"], torch.rand(1, 3, 8, 8), scale=2, tile=16, overlap=16)
+
+
+def _rounded(x: torch.Tensor) -> np.ndarray:
+    """1xCxHxW float -> HxWxC uint8 the way an 8-bit file stores it, written independently of fastsr."""
+    return np.floor(np.clip(x[0].permute(1, 2, 0).numpy(), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _uint8(lr: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray((lr[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy())
+
+
+def test_upscale_image_is_the_float_path_rounded(lr):
+    model = MODELS["srcnn"]
+    pixels = _uint8(lr[:, :, :37, :45])
+    expected = _rounded(upscale(model, image_to_tensor(pixels), scale=4, tile=24, overlap=8))
+    out = upscale_image(model, pixels, 4, "cpu", tile=24, overlap=8)
+    assert out.dtype == np.uint8 and out.shape == (148, 180, 3)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_upscale_image_enlarges_alpha_with_bicubic(lr):
+    pixels = _uint8(lr[:, :, :37, :45])
+    alpha = np.zeros(pixels.shape[:2], np.uint8)
+    alpha[:, 20:] = 255  # a hard edge: bicubic overshoots past 0 and 1 there, so the clamp matters
+    alpha[10:16] = 128
+    out = upscale_image(MODELS["srcnn"], np.dstack([pixels, alpha]), 4, "cpu", tile=24, overlap=8)
+    assert out.shape == (148, 180, 4)
+    np.testing.assert_array_equal(out[:, :, :3], upscale_image(MODELS["srcnn"], pixels, 4, "cpu", tile=24, overlap=8))
+    whole = imresize(torch.from_numpy(alpha).double().div(255)[None, None], scale=4)
+    assert whole.min() < 0 and whole.max() > 1
+    np.testing.assert_array_equal(out[:, :, 3], _rounded(whole)[:, :, 0])
+
+
+SIZES = [(1, 1), (1, 7), (5, 3), (2, 9)]
+
+
+@pytest.mark.parametrize("name", ["srresnet2", "srcnn", "bicubic"])
+def test_any_size_from_1x1(name):
+    model = MODELS[name].eval()
+    rng = np.random.default_rng(3)
+    for h, w in SIZES:
+        pixels = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        with torch.no_grad():
+            whole = _rounded(model(image_to_tensor(pixels)))
+        assert whole.shape == (4 * h, 4 * w, 3)
+        np.testing.assert_array_equal(upscale_image(model, pixels, 4, "cpu", tile=0), whole)
+        for tile, overlap in [(4, 2), (2, 1), (1, 0)]:  # tiles smaller than the image, down to 1x1
+            assert upscale_image(model, pixels, 4, "cpu", tile=tile, overlap=overlap).shape == whole.shape
+
+
+def test_tiny_tiles_of_bicubic_are_exact():
+    """Bicubic reads 2 LR pixels either side, so overlap 4 (2 pixels of context kept) is exact at any size."""
+    pixels = np.random.default_rng(4).integers(0, 256, (6, 11, 3), dtype=np.uint8)
+    whole = upscale_image(MODELS["bicubic"], pixels, 4, "cpu", tile=0)
+    np.testing.assert_array_equal(upscale_image(MODELS["bicubic"], pixels, 4, "cpu", tile=5, overlap=4), whole)
+
+
+_PEAK_RSS = """
+import json, os
+import numpy as np
+from torch import nn
+from fastsr.infer import upscale_image
+
+model = nn.Upsample(scale_factor=4)  # cheap: what is measured is the stitching, not the model
+lr = np.random.default_rng(0).integers(0, 256, (750, 1000, 3), dtype=np.uint8)
+upscale_image(model, lr[:40, :40], 4, "cpu", tile=32, overlap=16)  # warm up torch's one-off allocations
+before = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+out = upscale_image(model, lr, 4, "cpu", tile=128, overlap=16)
+# VmHWM, this process's own peak: ru_maxrss would carry over the peak of the (large) pytest process it forked from
+peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"grown": peak - before, "out_bytes": out.nbytes}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads the resident size from /proc")
+def test_upscale_image_memory_is_the_uint8_output_not_a_float_one():
+    done = subprocess.run([sys.executable, "-c", _PEAK_RSS], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    float_output = result["out_bytes"] * 4  # 137 MiB for this 4000x3000 output
+    # uint8 output (34 MiB) plus a few tile-sized buffers; any full-size float output would alone be 137 MiB
+    # (the float path measured 415 MiB here).
+    assert result["grown"] < 0.75 * float_output, result

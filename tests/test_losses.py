@@ -1,13 +1,16 @@
 """Loss functions against hand computations; VGG layer mapping, freezing and weight loading."""
 
+import hashlib
 import math
 import time
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
+from fastsr import losses
 from fastsr.losses import (
     VGG19_LAYERS,
     PerceptualLoss,
@@ -77,18 +80,39 @@ def _features_state(layer):
 @pytest.mark.parametrize("prefix", ["features.", ""], ids=["full-model", "features-only"])
 def test_vgg_loads_state_dict_file(tmp_path, prefix):
     state = _features_state("conv2_1")
-    path = tmp_path / "vgg19.pth"
-    torch.save({prefix + k: v for k, v in state.items()}, path)
+    path = tmp_path / "vgg19.safetensors"
+    save_file({prefix + k: v.contiguous() for k, v in state.items()}, str(path))
     vgg = VGGFeatures("relu1_2", weights=str(path))  # a shorter cut takes a prefix of the keys
     for k, v in vgg.features.state_dict().items():
         assert torch.equal(v, state[k])
 
 
 def test_vgg_rejects_file_without_the_keys(tmp_path):
-    path = tmp_path / "other.pth"
-    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, path)
+    path = tmp_path / "other.safetensors"
+    save_file({"features.0.weight": torch.zeros(64, 3, 3, 3)}, str(path))
     with pytest.raises(VGGWeightsUnavailable, match=RECIPE_KEY):
         VGGFeatures("conv2_1", weights=path)
+
+
+class _Exploit:
+    """Unpickling this would run code: a .pth a user hands in must never get that far."""
+
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+def test_vgg_pth_is_unpickled_only_if_it_is_torchvisions_file(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "vgg19-dcbb9e9d.pth"  # the right name is not enough
+    torch.save({"features.0.weight": _Exploit()}, path)
+    with pytest.raises(VGGWeightsUnavailable, match="not torchvision's vgg19-dcbb9e9d.pth .*convert it to .safetensors"):
+        VGGFeatures("conv2_1", weights=path)
+    assert "unpickled!" not in capsys.readouterr().out
+    # The official file (as its hash identifies it) is loaded, with weights_only.
+    state = _features_state("conv2_1")
+    torch.save({f"features.{k}": v for k, v in state.items()}, path)
+    monkeypatch.setattr(losses, "VGG19_SHA256_PREFIX", hashlib.sha256(path.read_bytes()).hexdigest()[:8])
+    vgg = VGGFeatures("conv2_1", weights=path)
+    assert all(torch.equal(v, state[k]) for k, v in vgg.features.state_dict().items())
 
 
 def test_vgg_missing_file_message():

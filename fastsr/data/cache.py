@@ -23,7 +23,7 @@ import multiprocessing
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,7 @@ class PrepareResult:
     skipped: int
     failed: list[tuple[str, str]]  # (source path, one-line error), in source order
     manifest: Path
+    repaired: list[str] = field(default_factory=list)  # sources whose cached copy failed its checksum (verify)
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,8 @@ def prepare_cache(source: str, dst: str | os.PathLike, workers: int | None = Non
         if stray_tmp or (path.suffix == ".npy" and path.name not in names):  # or of a source file now gone
             path.unlink()
 
+    verifying = {src for src, _, sha in jobs if sha is not None}
+    repaired: list[str] = []
     written = done = 0
     saved_at = time.monotonic()
     start = time.perf_counter()
@@ -100,6 +103,8 @@ def prepare_cache(source: str, dst: str | os.PathLike, workers: int | None = Non
                 elif entry is not None:
                     entries[src] = entry
                     written += 1
+                    if src in verifying:
+                        repaired.append(src)
                 done += 1
                 bar.update(task, completed=done, rate=done / max(time.perf_counter() - start, 1e-9))
                 if time.monotonic() - saved_at > _SAVE_EVERY_S:
@@ -108,7 +113,15 @@ def prepare_cache(source: str, dst: str | os.PathLike, workers: int | None = Non
     finally:
         _write_manifest(dst, spec, order, entries, failed)  # also on Ctrl-C, so the work done is kept
     return PrepareResult(written=written, skipped=len(samples) - written - len(failed),
-                         failed=[(s, failed[s]) for s in order if s in failed], manifest=dst / MANIFEST)
+                         failed=[(s, failed[s]) for s in order if s in failed], manifest=dst / MANIFEST,
+                         repaired=sorted(repaired, key=order.index))
+
+
+def cache_failures(dst: str | os.PathLike) -> dict[str, str]:
+    """Source path -> one-line error, for each image `fastsr prepare` could not decode into `dst`
+    (empty when `dst` is no cache: `read_cache` then says so)."""
+    manifest = _load_manifest(Path(dst))
+    return {f["source"]: f["error"] for f in manifest["failed"]} if manifest else {}
 
 
 def read_cache(dst: str | os.PathLike, samples: list[Sample], source: str = "SRC") -> list[CachedImage]:

@@ -1,9 +1,10 @@
 """Reading and writing image files, with one-line errors that say which file and what to do.
 
-Everything that reads pixels from disk goes through `load_image`, so every part of fastsr sees the same
-8-bit RGB data and fails with the same clear messages. Nothing here invents data: an image with real
-transparency is refused rather than composited onto a made-up background, and 16-bit colour PNGs are
-refused rather than truncated (Pillow can only read their high byte).
+Everything that reads pixels from disk goes through `load_image` (or, for `fastsr upscale`, which keeps
+transparency, `load_image_with_alpha`), so every part of fastsr sees the same 8-bit data and fails with
+the same clear messages. Nothing here invents data: an image with real transparency is refused rather
+than composited onto a made-up background, and 16-bit colour PNGs are refused rather than truncated
+(Pillow can only read their high byte).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -24,6 +26,29 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
+class _Writer(NamedTuple):
+    format: str  # Pillow's name
+    options: dict
+    alpha: bool  # an RGBA image written this way reads back with its alpha
+    max_side: int | None  # the format's largest width or height
+
+
+# How `save_image` writes each suffix. JPEG at quality 95, the top of the range Pillow recommends (above
+# it files grow with hardly any gain); WebP lossless, with `exact` so colours under fully transparent pixels survive as PNG keeps
+# them. Pillow writes RGBA BMPs but reads them back as RGB, so BMP counts as holding no alpha.
+_JPEG = _Writer("JPEG", {"quality": 95}, alpha=False, max_side=65500)
+_TIFF = _Writer("TIFF", {}, alpha=True, max_side=None)
+_WRITERS = {
+    ".png": _Writer("PNG", {}, alpha=True, max_side=None),
+    ".jpg": _JPEG,
+    ".jpeg": _JPEG,
+    ".webp": _Writer("WEBP", {"lossless": True, "exact": True}, alpha=True, max_side=16383),
+    ".bmp": _Writer("BMP", {}, alpha=False, max_side=None),
+    ".tif": _TIFF,
+    ".tiff": _TIFF,
+}
+
+
 class ImageError(ValueError):
     """A file or folder that cannot serve as image data; the message is one line naming it."""
 
@@ -34,18 +59,31 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     Gray, palette, CMYK and opaque RGBA/LA images become RGB; 16-bit gray is scaled by
     round(v * 255 / 65535). The pixels are decoded here (not lazily), so truncated files fail here.
     """
+    pixels = load_image_with_alpha(path)
+    if pixels.shape[2] == 4:
+        raise ImageError(f"{path}: image has transparency; flatten it onto the background you "
+                         "intend (SR data has none) and retry")
+    return pixels
+
+
+def load_image_with_alpha(path: str | os.PathLike) -> np.ndarray:
+    """Like `load_image`, but an image with real transparency (an alpha band, or a palette or gray
+    image with a transparent entry, with some pixel below 255) becomes a C-contiguous uint8 HxWx4
+    RGBA array instead of an error. Fully opaque images still come back as HxWx3 RGB."""
     path = Path(path)
     try:
         with Image.open(path) as im:
             _refuse_wide_colour(im, path)
             im.load()
-            return np.ascontiguousarray(_to_rgb(im, path))
+            return np.ascontiguousarray(_to_pixels(im, path))
     except ImageError:
         raise
     except FileNotFoundError:
         raise ImageError(f"{path}: file not found; check the path") from None
     except IsADirectoryError:
         raise ImageError(f"{path}: is a folder, not an image file") from None
+    except Image.DecompressionBombError as e:
+        raise _too_large(path, e) from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not a readable image (empty, corrupt or not an image); "
                          "replace or remove it") from None
@@ -66,9 +104,17 @@ def read_header(path: str | os.PathLike) -> tuple[int, int, str]:
         raise
     except FileNotFoundError:
         raise ImageError(f"{path}: file not found; check the path") from None
+    except Image.DecompressionBombError as e:
+        raise _too_large(path, e) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise ImageError(f"{path}: not a readable image (empty, corrupt or not an image); "
                          "replace or remove it") from None
+
+
+def _too_large(path: Path, e: Image.DecompressionBombError) -> ImageError:
+    # Pillow refuses (rather than warns) above 2 * MAX_IMAGE_PIXELS; its message gives both counts.
+    return ImageError(f"{path}: too large to decode safely ({_one_line(e).rstrip('.')}); if the file is "
+                      "genuine, cut it into smaller images and retry")
 
 
 def _refuse_wide_colour(im: Image.Image, path: Path) -> None:
@@ -79,8 +125,9 @@ def _refuse_wide_colour(im: Image.Image, path: Path) -> None:
                          "high byte; save it as 8-bit RGB and retry")
 
 
-def _to_rgb(im: Image.Image, path: Path) -> np.ndarray:
-    """Convert a decoded Pillow image of any supported mode into uint8 HxWx3."""
+def _to_pixels(im: Image.Image, path: Path) -> np.ndarray:
+    """Convert a decoded Pillow image of any supported mode into uint8 HxWx3, or HxWx4 (RGBA) when it
+    has transparency that some pixel uses."""
     if im.mode in _WIDE_GRAY_MODES:
         gray = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
         gray8 = ((gray * 255 + 32767) // 65535).astype(np.uint8)  # round(v*255/65535), never a tie
@@ -89,11 +136,8 @@ def _to_rgb(im: Image.Image, path: Path) -> np.ndarray:
         raise ImageError(f"{path}: floating-point image (mode F) has no defined 0..255 range; "
                          "save it as 8-bit RGB and retry")
     if "A" in im.getbands() or "transparency" in im.info:
-        rgba = np.asarray(im.convert("RGBA"))
-        if rgba[:, :, 3].min() < 255:
-            raise ImageError(f"{path}: image has transparency; flatten it onto the background you "
-                             "intend (SR data has none) and retry")
-        return rgba[:, :, :3]
+        rgba = np.array(im.convert("RGBA"))  # writable, like the RGB copy below
+        return rgba if rgba[:, :, 3].min() < 255 else rgba[:, :, :3]
     return np.array(im.convert("RGB"))  # a writable copy: torch.from_numpy warns on read-only arrays
 
 
@@ -102,41 +146,74 @@ def _one_line(e: BaseException) -> str:
 
 
 def image_to_tensor(img: np.ndarray) -> torch.Tensor:
-    """uint8 HxWx3 array -> float32 1x3xHxW tensor in [0, 1] (the layout images cross modules in)."""
+    """uint8 HxWxC array -> float32 1xCxHxW tensor in [0, 1] (the layout images cross modules in)."""
     return torch.from_numpy(img).permute(2, 0, 1).unsqueeze(0).float().div_(255)
 
 
 def save_image(path: str | os.PathLike, x: torch.Tensor | np.ndarray) -> None:
-    """Write `x` as a PNG at `path`, atomically (a reader never sees a half-written file).
+    """Write `x` at `path` in the format its suffix names (see `output_format`), atomically (a reader
+    never sees a half-written file).
 
-    `x` is a float tensor in [0, 1] shaped 3xHxW or 1x3xHxW (rounded to uint8) or a uint8 HxWx3 array.
-    Parent folders are created.
+    `x` is a float tensor in [0, 1] shaped CxHxW or 1xCxHxW (rounded by `tensor_to_uint8`) or a uint8
+    HxWxC array, with C = 3 (RGB) or 4 (RGBA). Parent folders are created.
     """
     path = Path(path)
     pixels = _to_uint8_hwc(x)
+    writer = output_format(path, pixels.shape)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            Image.fromarray(pixels, "RGB").save(f, format="PNG")
+            Image.fromarray(pixels, "RGBA" if pixels.shape[2] == 4 else "RGB").save(
+                f, format=writer.format, **writer.options)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
 
 
+def output_format(path: str | os.PathLike, shape: tuple[int, ...] | None = None,
+                  source: str | os.PathLike | None = None) -> _Writer:
+    """How `save_image` writes `path` (chosen by its suffix), checked against an image of `shape`
+    (HxWxC) when given; otherwise a one-line ImageError naming `path` (and `source`, the image it
+    comes from, when given). Cheap, so callers can check before long work rather than fail after it."""
+    path = Path(path)
+    writer = _WRITERS.get(path.suffix.lower())
+    if writer is None:
+        raise ImageError(f"{path}: unknown image suffix {path.suffix or '(none)'}; name the output "
+                         f"{', '.join(_WRITERS)}")
+    if shape is None:
+        return writer
+    where = f"{source} -> {path}" if source else str(path)
+    height, width, channels = shape
+    if channels == 4 and not writer.alpha:
+        raise ImageError(f"{where}: the image has transparency, which {writer.format} cannot hold; "
+                         "write a .png or .webp to keep it")
+    if writer.max_side is not None and max(height, width) > writer.max_side:
+        raise ImageError(f"{where}: {width}x{height} is larger than {writer.format} allows "
+                         f"({writer.max_side} pixels a side); write a .png")
+    return writer
+
+
+def tensor_to_uint8(t: torch.Tensor) -> np.ndarray:
+    """Float CxHxW tensor in [0, 1], on any device -> uint8 HxWxC array on the host, clamped and rounded
+    as `quantize` does (what an 8-bit file stores). Quantised where `t` lives, so only uint8 is copied."""
+    t = quantize(t.float()).mul(255).round().to(torch.uint8)
+    return t.permute(1, 2, 0).contiguous().cpu().numpy()
+
+
 def _to_uint8_hwc(x: torch.Tensor | np.ndarray) -> np.ndarray:
     if isinstance(x, np.ndarray):
-        if x.dtype != np.uint8 or x.ndim != 3 or x.shape[2] != 3:
-            raise ValueError(f"save_image wants a uint8 HxWx3 array, got {x.dtype} {x.shape}")
+        if x.dtype != np.uint8 or x.ndim != 3 or x.shape[2] not in (3, 4):
+            raise ValueError(f"save_image wants a uint8 HxWx3 or HxWx4 array, got {x.dtype} {x.shape}")
         return np.ascontiguousarray(x)
     t = x.detach()
     if t.ndim == 4 and t.shape[0] == 1:
         t = t[0]
-    if t.ndim != 3 or t.shape[0] != 3 or not t.is_floating_point():
-        raise ValueError(f"save_image wants a float 3xHxW or 1x3xHxW tensor, got {t.dtype} {tuple(x.shape)}")
-    t = quantize(t.float()).mul(255).round().to(torch.uint8)
-    return t.permute(1, 2, 0).contiguous().cpu().numpy()
+    if t.ndim != 3 or t.shape[0] not in (3, 4) or not t.is_floating_point():
+        raise ValueError(f"save_image wants a float CxHxW or 1xCxHxW tensor (C = 3 or 4), "
+                         f"got {t.dtype} {tuple(x.shape)}")
+    return tensor_to_uint8(t)
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:

@@ -44,6 +44,14 @@ def scaled_size(height: int, width: int, scale: int) -> tuple[int, int]:
     return height - height % scale, width - width % scale
 
 
+def check_crop_fits(name: str, height: int, width: int, scale: int, hr_crop: int) -> None:
+    """Raise a one-line ImageError naming `name` when an HR crop does not fit in the image."""
+    h, w = scaled_size(height, width, scale)
+    if hr_crop > min(h, w):
+        raise ImageError(f"{name}: HR crop {hr_crop} does not fit: it must be at most the image size {h}x{w} "
+                         "(after cropping to a multiple of the scale); lower data.hr_crop or remove the image")
+
+
 def draw_crop(rng: np.random.Generator, index: int, height: int, width: int, scale: int, hr_crop: int,
               augment: bool, channel_shuffle: bool) -> Crop:
     """A random crop of an image of `height` x `width` (cropped to a multiple of `scale` first, as
@@ -81,11 +89,7 @@ class CropPlan:
         if hr_crop <= 0 or hr_crop % scale:
             raise ValueError(f"HR crop {hr_crop} must be a positive multiple of scale {scale}")
         for (height, width), name in zip(sizes, names):
-            h, w = scaled_size(height, width, scale)
-            if hr_crop > min(h, w):
-                raise ImageError(f"{name}: HR crop {hr_crop} does not fit: it must be at most the image size "
-                                 f"{h}x{w} (after cropping to a multiple of the scale); "
-                                 "lower data.hr_crop or remove the image")
+            check_crop_fits(name, height, width, scale, hr_crop)
         self.sizes, self.scale, self.hr_crop, self.batch_size = list(sizes), scale, hr_crop, batch_size
         self.repeat, self.crops_per_image, self.augment, self.channel_shuffle = repeat, k, augment, channel_shuffle
         self.seed, self.rank, self.world_size = seed, rank, world_size

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as serialize
 from torch import nn
 
 from fastsr.models import build_generator
@@ -32,6 +33,10 @@ class WeightsError(ValueError):
     """A weights file or checkpoint cannot be used; the message names it and says why."""
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (e.g. the disk is full); the message names the one left intact."""
+
+
 def config_path(weights: Path) -> Path:
     return Path(weights).with_suffix(".json")
 
@@ -42,7 +47,10 @@ def save_weights(model: nn.Module, path: Path, config: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # clone(): safetensors refuses tensors that share storage, and this detaches from the device.
     tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
-    _atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    # Serialised here and written by Python, so a failed write (a full disk) raises OSError with its
+    # errno; safetensors' own file writer reports it as a SafetensorError.
+    data = serialize(tensors, metadata={"format": "pt"})
+    _atomic(path, lambda tmp: tmp.write_bytes(data))
     _atomic(config_path(path), lambda tmp: tmp.write_text(json.dumps(config, indent=2)))
 
 
@@ -108,13 +116,20 @@ def save_checkpoint(run_dir: Path, step: int, models: dict[str, tuple[nn.Module,
     final = checkpoint_dir(run_dir, step)
     root = final.parent
     tmp = root / f".{final.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, (module, config) in models.items():
-        save_weights(module, tmp / f"{name}.safetensors", config)
-    torch.save(state, tmp / STATE_FILE)
-    (tmp / COMPLETE).write_text(str(step))
-    _fsync_dir(tmp)
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name, (module, config) in models.items():
+            save_weights(module, tmp / f"{name}.safetensors", config)
+        torch.save(state, tmp / STATE_FILE)
+        (tmp / COMPLETE).write_text(str(step))
+        _fsync_dir(tmp)
+    except OSError as err:  # a full disk, a quota, a vanished mount: the older checkpoints are untouched
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = complete_checkpoints(run_dir)
+        kept = f"the last complete checkpoint {previous[-1]} is intact" if previous else "no earlier checkpoint exists"
+        raise CheckpointWriteError(f"{final}: could not write the checkpoint ({err.strerror or err}); {kept}. "
+                                   f"Free space under {root} and rerun with train.resume=auto") from None
     if final.exists():  # the same step saved again (e.g. end of phase right after a periodic save)
         shutil.rmtree(final)
     os.replace(tmp, final)

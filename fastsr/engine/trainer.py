@@ -21,22 +21,25 @@ import math
 import signal
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import gather_object
 from rich.console import Console
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from fastsr.config import Recipe, RecipeError, save_recipe
-from fastsr.data import load_val_set, make_train_loader, resolve_source
+from fastsr.data import ImageError, make_train_loader, resolve_source
+from fastsr.data.screen import apply_policy, screen_train, screen_val, without
 from fastsr.engine.checkpoint import (
-    WeightsError, checkpoint_dir, load_state, load_weights, read_config, resolve_resume, save_checkpoint,
-    save_weights,
+    WeightsError, checkpoint_dir, complete_checkpoints, load_state, load_weights, read_config, resolve_resume,
+    save_checkpoint, save_weights,
 )
+from fastsr.engine.lossguard import LossGuard, NonFiniteLoss
 from fastsr.engine.runlog import RunLog, plot_curves, progress_bar
 from fastsr.engine.runtime import Precision, allow_tf32, resolve_runtime
 from fastsr.evaluate import evaluate
@@ -102,20 +105,28 @@ def generator_kwargs(recipe: Recipe) -> dict:
 # The steps
 
 
-def pretrain_step(g, batch, opt_g, accelerator, pixel: str, precision: Precision = FP32) -> dict[str, torch.Tensor]:
+def _always(loss: torch.Tensor) -> bool:
+    """The steps' `apply(loss)`, asked after each backward pass whether to apply the update; the trainer
+    passes LossGuard.apply, which drops a non-finite loss's update when train.nonfinite=skip."""
+    return True
+
+
+def pretrain_step(g, batch, opt_g, accelerator, pixel: str, precision: Precision = FP32,
+                  apply=_always) -> dict[str, torch.Tensor]:
     hr, lr = batch
     with precision.autocast():
         sr = g(lr)
     loss = pixel_loss(sr.float(), hr, pixel)
     opt_g.zero_grad(set_to_none=True)
     precision.backward(accelerator, loss)
-    precision.step(opt_g)
-    precision.update()
+    if apply(loss):
+        precision.step(opt_g)
+        precision.update()
     return {"pixel": loss.detach()}
 
 
 def gan_step(g, d, batch, opt_g, opt_d, accelerator, recipe: Recipe, perceptual: nn.Module | None,
-             precision: Precision = FP32) -> dict[str, torch.Tensor]:
+             precision: Precision = FP32, apply=_always) -> dict[str, torch.Tensor]:
     hr, lr = batch
     w = recipe.loss
     with precision.autocast():
@@ -131,7 +142,9 @@ def gan_step(g, d, batch, opt_g, opt_d, accelerator, recipe: Recipe, perceptual:
     with precision.autocast():
         loss_fake = d_loss(None, d(sr.detach()).float())
     precision.backward(accelerator, loss_fake)
-    precision.step(opt_d)
+    stepped = apply(loss_real + loss_fake)
+    if stepped:
+        precision.step(opt_d)
 
     # Generator, with D frozen so its update leaves D's gradients alone. Losses in fp32.
     d.requires_grad_(False)
@@ -149,8 +162,10 @@ def gan_step(g, d, batch, opt_g, opt_d, accelerator, recipe: Recipe, perceptual:
         out["vgg"] = loss_vgg.detach()
     opt_g.zero_grad(set_to_none=True)
     precision.backward(accelerator, loss_g)
-    precision.step(opt_g)
-    precision.update()
+    if stepped and apply(loss_g):  # a dropped D update drops the G update too: one step, kept or not
+        precision.step(opt_g)
+    if stepped:
+        precision.update()
     out["g"] = loss_g.detach()
     out["d"] = (loss_real + loss_fake).detach()
     return out
@@ -178,6 +193,51 @@ def check_init_from(path: str, config: dict) -> None:
     found = read_config(Path(path))
     if found != config:
         raise WeightsError(f"{path}: weights are for {found}, but the recipe builds {config}; match model.* and scale")
+
+
+def screened_data(recipe: Recipe, accelerator, console: Console):
+    """(usable training samples, validation pairs, one note per skipped image), with the recipe's
+    `data.bad_images` policy applied to every image the run cannot use."""
+    data, scale = recipe.data, recipe.scale
+    train_samples = resolve_source(data.source, "train", scale)
+    val_samples = resolve_source(data.val_source or data.source, "val", scale)
+    checking = f"checking {len(train_samples)} training images" + ("" if data.cache else " (decoding each once)")
+    with console.status(checking) if accelerator.is_main_process else nullcontext():
+        problems = screen_train(train_samples, data, scale, rank=accelerator.process_index,
+                                world_size=accelerator.num_processes)
+    if accelerator.num_processes > 1:
+        problems = gather_object(problems)
+    problems = sorted(set(problems))
+    notes = apply_policy(problems, data.bad_images, "training")
+    train_samples = without(train_samples, problems)
+    val_pairs, val_problems = screen_val(val_samples, scale, data.degradation, data.val_images or None)
+    notes += apply_policy(val_problems, data.bad_images, "validation")
+    for what, found in (("training", train_samples), ("validation", val_pairs)):
+        if not found:
+            raise ImageError(f"data.source {data.source}: no usable {what} images left after skipping the bad ones")
+    return train_samples, val_pairs, notes
+
+
+class OutOfMemory(RuntimeError):
+    """The device ran out of memory; the message says which knobs lower the need."""
+
+
+@contextmanager
+def failures_explained(log: RunLog, pos: Position, recipe: Recipe):
+    """Log why a run stops on a non-finite loss; turn an out-of-memory error into advice."""
+    try:
+        yield
+    except NonFiniteLoss as err:
+        log.write(kind="nonfinite", step=pos.step, message=str(err))
+        raise
+    except torch.OutOfMemoryError:
+        b = recipe.train.batch_size
+        err = OutOfMemory(
+            f"out of memory at step {pos.step + 1} with train.batch_size={b} per process and data.hr_crop="
+            f"{recipe.data.hr_crop}; lower train.batch_size (e.g. train.batch_size={max(1, b // 2)}) or data.hr_crop, "
+            "or use runtime.mixed_precision=bf16; resume with train.resume=auto")
+        log.write(kind="oom", step=pos.step, message=str(err))
+        raise err from None
 
 
 def validate(model: nn.Module, pairs, recipe: Recipe, device, step: int, log: RunLog) -> tuple[float, float]:
@@ -210,10 +270,7 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
     # Data, models, losses and the checkpoint to resume: everything that can fail on a user's input
     # is checked before the run directory is touched.
     scale = recipe.scale
-    train_samples = resolve_source(recipe.data.source, "train", scale)
-    val_samples = resolve_source(recipe.data.val_source or recipe.data.source, "val", scale)
-    val_pairs = load_val_set(val_samples, scale, method=recipe.data.degradation,
-                             max_images=recipe.data.val_images or None)
+    train_samples, val_pairs, skip_notes = screened_data(recipe, accelerator, console)
     loader, loader_note = make_train_loader(
         recipe.data, train_samples, scale, t.batch_size, seed=t.seed, rank=accelerator.process_index,
         world_size=accelerator.num_processes, device=accelerator.device)
@@ -263,7 +320,7 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
         save_recipe(recipe, run_dir / "recipe.yaml")
     accelerator.wait_for_everyone()
     log = RunLog(run_dir / "log.jsonl", enabled=main)
-    for note in (loader_note, vgg_note):
+    for note in (*skip_notes, loader_note, vgg_note):
         if note and main:
             console.print(f"[yellow]note:[/] {note}")
             log.write(kind="note", message=note)
@@ -283,6 +340,7 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
         return ema.module if ema is not None else g
 
     def checkpoint_now() -> None:
+        check_losses()
         if main:
             models = {"generator": (g, g_config)}
             state = {"position": asdict(pos), "generator": g_config, "opt_g": opt_g.state_dict(),
@@ -299,6 +357,7 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
     last_val = {"step": -1, "info": ""}
 
     def validate_now() -> None:
+        check_losses()
         if main and last_val["step"] != pos.step:
             psnr, bic = validate(eval_model(), val_pairs, recipe, accelerator.device, pos.step, log)
             last_val.update(step=pos.step, info=f"val {psnr:.2f} dB (bicubic {bic:.2f})")
@@ -318,20 +377,30 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
                       f"{steps_per_epoch} steps/epoch of {images_per_step} crops ({loader.name} loader); "
                       f"{accelerator.num_processes} process(es) on {accelerator.device} ({runtime.describe()}); run dir {run_dir}")
     g_train.train()
-    running: dict[str, torch.Tensor] = {}
-    window = {"tic": time.perf_counter(), "step": pos.step}
+    running: dict[str, torch.Tensor] = {}  # loss sums over the steps that counted since the last flush
+    window = {"tic": time.perf_counter(), "step": pos.step, "counted": 0}
+    guard = LossGuard(t.nonfinite, t.max_skipped_steps, accelerator)
+
+    def last_checkpoint() -> Path | None:
+        found = complete_checkpoints(run_dir)
+        return found[-1] if found else None
+
+    def check_losses() -> None:
+        """Stop before logging, validating or saving anything computed after a non-finite loss."""
+        guard.check(last_checkpoint)
 
     def flush_log(phase: str, epoch: int) -> None:
         """Read the losses back (the only host synchronisation of the loop) and log their means."""
+        check_losses()
         steps = pos.step - window["step"]
         if not running or not steps:
             return
         rate = steps * images_per_step / (time.perf_counter() - window["tic"])
-        means = {f"loss_{k}": (v / steps).item() for k, v in running.items()}
+        means = {f"loss_{k}": (v / window["counted"]).item() for k, v in running.items()}
         log.write(kind="train", step=pos.step, phase=phase, epoch=epoch, lr=opt_g.param_groups[0]["lr"],
                   images_per_sec=rate, **means)
         running.clear()
-        window.update(tic=time.perf_counter(), step=pos.step)
+        window.update(tic=time.perf_counter(), step=pos.step, counted=0)
         shown = " ".join(f"{k[5:]} {v:.4g}" for k, v in means.items())
         progress.update(task, rate=rate, info=f"{shown} {last_val['info']}")
 
@@ -351,7 +420,7 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
         action()
         window["tic"] += time.perf_counter() - tic
 
-    with progress_bar(main) as progress, stop_requests() as requests:
+    with progress_bar(main) as progress, stop_requests() as requests, failures_explained(log, pos, recipe):
         task = progress.add_task("", total=total, completed=pos.step, rate=0.0, info="")
         for phase_index in range(pos.phase, len(phases)):
             phase, epochs = phases[phase_index]
@@ -365,17 +434,24 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
                     for group in (group for opt in optimisers for group in opt.param_groups):
                         group["lr"] = lr
                     batch = runtime.batch(*batch)
+                    guard.begin(pos.step + 1, [g] if phase == "pretrain" else [g, d])
                     if phase == "pretrain":
-                        losses = pretrain_step(g_train, batch, opt_g, accelerator, recipe.loss.pixel, precision)
+                        losses = pretrain_step(g_train, batch, opt_g, accelerator, recipe.loss.pixel, precision,
+                                               guard.apply)
                     else:
                         losses = gan_step(g_train, d_train, batch, opt_g, opt_d, accelerator, recipe, vgg_train,
-                                          precision)
+                                          precision, guard.apply)
+                    counted = guard.end(losses)
                     if ema is not None:
                         ema.update_parameters(g)
                     pos.step += 1
                     pos.batch += 1
-                    for k, v in losses.items():
-                        running[k] = running.get(k, 0) + v
+                    if counted:
+                        window["counted"] += 1
+                        for k, v in losses.items():
+                            running[k] = running.get(k, 0) + v
+                    else:
+                        log.write(kind="skipped", step=pos.step, reason="non-finite loss (train.nonfinite=skip)")
                     if pos.step % t.log_every == 0:
                         flush_log(phase, epoch)
                     if t.val_every and pos.step % t.val_every == 0:

@@ -1,0 +1,89 @@
+"""Finding the images a run cannot use before it starts, and the recipe's policy for them.
+
+A training run visits each image many times over hours; an image that cannot serve (unreadable,
+truncated, transparent, 16-bit colour, smaller than the crop, too small to score) must be found
+before the first step, not when the loader first reaches it at 3 a.m. `data.bad_images` says what
+then happens: `error` refuses the run naming the files, `skip` leaves them out and names each.
+
+Training images read from files are decoded in full here (a truncated PNG has an intact header), in
+threads (Pillow decodes without holding the GIL), each process checking its share; a decode-once
+cache (`fastsr prepare`) already decoded everything, so its manifest is enough.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from fastsr.data.cache import cache_failures, read_cache
+from fastsr.data.images import ImageError, load_image
+from fastsr.data.loader import load_val_pair
+from fastsr.data.plan import check_crop_fits
+from fastsr.data.sources import Sample
+
+NAMED = 5  # problems named in a refusal; `skip` names every one
+
+
+def screen_train(samples: Sequence[Sample], data, scale: int, *, rank: int = 0,
+                 world_size: int = 1) -> list[tuple[str, str]]:
+    """(file, one-line problem) for each training image a recipe's `data` section cannot use.
+
+    With several processes each decodes every `world_size`-th file from `rank`, so the problems of all
+    processes must be gathered (and de-duplicated) before deciding, for every process to drop the same files."""
+    if data.cache is not None:
+        failed = cache_failures(data.cache)  # images `fastsr prepare` could not decode
+        problems = [(str(s.hr), failed[str(s.hr.resolve())]) for s in samples if str(s.hr.resolve()) in failed]
+        kept = [s for s in samples if str(s.hr.resolve()) not in failed]
+        for s, entry in zip(kept, read_cache(data.cache, kept, data.source)):  # refuses a stale cache
+            problems += _problem(s, check_crop_fits, str(s.hr), entry.height, entry.width, scale, data.hr_crop)
+        return problems
+
+    def decode(sample: Sample) -> None:
+        img = load_image(sample.hr)
+        check_crop_fits(str(sample.hr), img.shape[0], img.shape[1], scale, data.hr_crop)
+
+    mine = list(samples)[rank::world_size]
+    with ThreadPoolExecutor(max(1, min(len(mine), os.cpu_count() or 1))) as pool:
+        return [p for found in pool.map(lambda s: _problem(s, decode, s), mine) for p in found]
+
+
+def without(samples: Sequence[Sample], problems: list[tuple[str, str]]) -> list[Sample]:
+    bad = {path for path, _ in problems}
+    return [s for s in samples if str(s.hr) not in bad]
+
+
+def screen_val(samples: Sequence[Sample], scale: int, method: str, max_images: int | None
+               ) -> tuple[list[tuple], list[tuple[str, str]]]:
+    """(the first `max_images` usable validation pairs, (file, problem) for each unusable image met on the way)."""
+    pairs, problems = [], []
+    for s in samples:
+        if max_images is not None and len(pairs) == max_images:
+            break
+        try:
+            pairs.append(load_val_pair(s, scale, method))
+        except ImageError as e:
+            problems.append((str(s.hr), str(e)))
+    return pairs, problems
+
+
+def apply_policy(problems: list[tuple[str, str]], policy: str, what: str) -> list[str]:
+    """Refuse (`error`) with one line naming the first few problems, or return one warning per skipped
+    image (`skip`)."""
+    if not problems:
+        return []
+    lines = [message for _, message in problems]
+    if policy == "error":
+        more = f"; and {len(lines) - NAMED} more" if len(lines) > NAMED else ""
+        raise ImageError(f"{len(lines)} unusable {what} image(s): {'; '.join(lines[:NAMED])}{more}. "
+                         "Fix or remove them, or set data.bad_images=skip to run without them")
+    return [f"skipped {what} image {line}" for line in lines]
+
+
+def _problem(sample: Sample, check, *args) -> list[tuple[str, str]]:
+    """[] when `check(*args)` passes, else [(the sample's file, its one-line message)]."""
+    try:
+        check(*args)
+    except ImageError as e:
+        return [(str(sample.hr), str(e))]
+    return []

@@ -1,0 +1,106 @@
+"""Watching the losses for NaN and infinity (`train.nonfinite`), without slowing the hot loop.
+
+One non-finite loss poisons the weights for good: its gradients turn every parameter and Adam moment
+they touch into NaN, and BatchNorm's running statistics follow. Two policies:
+- `stop` (default): each step records, on the device, whether its losses were finite; the trainer
+  reads the record back where it synchronises anyway (every `log_every` steps) and before every
+  checkpoint and validation, so a checkpoint never holds weights from after a bad step. The run then
+  stops naming the first bad step and the last good checkpoint.
+- `skip`: the step reads its loss back before applying the update (a host sync per step, agreed by
+  all processes), drops the update and restores the BatchNorm statistics the forward pass changed;
+  more than `max_skipped_steps` such steps stop the run, since by then something is wrong for good.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class NonFiniteLoss(RuntimeError):
+    """A loss became NaN or infinite and the run stopped; the message names the step and what to do."""
+
+
+class LossGuard:
+    def __init__(self, mode: str, max_skipped: int, accelerator):
+        self.mode, self.max_skipped, self.accelerator = mode, max_skipped, accelerator
+        self.window: list[tuple[int, list[str], torch.Tensor]] = []  # stop: (step, loss names, finite flags)
+        self.skipped: list[int] = []  # skip: the steps whose update was dropped
+        self.step = 0  # the step being taken (1-based, as logged)
+        self._rejected = False
+
+    # -- skip ---------------------------------------------------------------------------------
+
+    def begin(self, step: int, models: list[nn.Module]) -> None:
+        """Before step `step`'s forward: in skip mode, keep the models' buffers (BatchNorm statistics)."""
+        self.step, self._rejected = step, False
+        self._buffers = [b.detach().clone() for m in models for b in m.buffers()] if self.mode == "skip" else []
+        self._models = models
+
+    def apply(self, loss: torch.Tensor) -> bool:
+        """Whether to apply the update this `loss` led to: always in stop mode (checked later, without a
+        sync); in skip mode only if it is finite on every process."""
+        if self.mode == "stop":
+            return True
+        bad = (~torch.isfinite(loss.detach())).any().float().reshape(1)
+        if self.accelerator.num_processes > 1:
+            bad = self.accelerator.reduce(bad, reduction="sum")
+        if bad.item() == 0:
+            return True
+        self._rejected = True
+        return False
+
+    def end(self, losses: dict[str, torch.Tensor]) -> bool:
+        """After the step: True if it counts (its losses may be logged). In stop mode, record whether its
+        losses were finite; in skip mode, undo a rejected step's buffer updates and enforce the limit."""
+        if self.mode == "stop":
+            names = list(losses)
+            self.window.append((self.step, names, torch.stack([torch.isfinite(v).all() for v in losses.values()])))
+            return True
+        if not self._rejected:
+            return True
+        with torch.no_grad():
+            for saved, b in zip(self._buffers, (b for m in self._models for b in m.buffers())):
+                b.copy_(saved)
+        self.skipped.append(self.step)
+        if len(self.skipped) > self.max_skipped:
+            raise NonFiniteLoss(
+                f"{len(self.skipped)} steps had a NaN or infinite loss (steps {_steps(self.skipped)}), more than "
+                f"train.max_skipped_steps={self.max_skipped}; lower train.lr, or try runtime.mixed_precision=no, "
+                "then resume with train.resume=auto")
+        return False
+
+    # -- stop ---------------------------------------------------------------------------------
+
+    def check(self, last_good: Callable[[], Path | None]) -> None:
+        """Stop mode: raise NonFiniteLoss if a step since the last check had a non-finite loss (a host
+        sync, and a collective with several processes; call it at the same steps on every process)."""
+        if self.mode != "stop" or not self.window:
+            return
+        flags = torch.stack([f.all() for _, _, f in self.window])
+        first = int((~flags).nonzero()[0, 0]) if not bool(flags.all()) else len(self.window)
+        step = self.window[first][0] if first < len(self.window) else 0
+        if self.accelerator.num_processes > 1:  # agree on the earliest bad step of any process
+            big = torch.iinfo(torch.int64).max
+            found = torch.tensor([step or big], device=flags.device)
+            step = int(self.accelerator.gather(found).min())
+            step = 0 if step == big else step
+        window = self.window
+        self.window = []
+        if not step:
+            return
+        names = next(([n for n, ok in zip(names, f.tolist()) if not ok] for s, names, f in window if s == step),
+                     ["on another process"])
+        good = last_good()
+        kept = f"the last good checkpoint is {good}" if good else "no checkpoint had been written yet"
+        raise NonFiniteLoss(
+            f"loss {', '.join(names)} became NaN or infinite at step {step}; nothing after it was saved and "
+            f"{kept}. Lower train.lr, try runtime.mixed_precision=no or train.nonfinite=skip, then resume with "
+            "train.resume=auto")
+
+
+def _steps(steps: list[int]) -> str:
+    return ", ".join(map(str, steps[:10])) + (", ..." if len(steps) > 10 else "")
