@@ -74,3 +74,22 @@ def test_checkpoints_are_complete_or_invisible(tmp_path):
     assert resolve_resume("auto", tmp_path / "elsewhere") is None
     with pytest.raises(WeightsError, match="not a complete fastsr checkpoint"):
         resolve_resume(str(tmp_path / "checkpoints" / "step_00000050"), tmp_path)
+
+
+def test_a_damaged_training_state_is_one_line_and_never_unpickled(tmp_path, capsys):
+    model = small()
+    found = save_checkpoint(tmp_path, 1, {"generator": (model, model.config)}, {"step": 1}, keep=2)
+    state = found / "state.pt"
+    state.write_bytes(state.read_bytes()[:50])  # truncated
+    with pytest.raises(WeightsError, match=r"state.pt: cannot read the training state") as e:
+        load_state(found)
+    assert "\n" not in str(e.value)
+
+    class Exploit:
+        def __reduce__(self):
+            return (print, ("unpickled!",))
+
+    torch.save({"step": Exploit()}, state)  # a state file that would run code if fully unpickled
+    with pytest.raises(WeightsError, match="cannot read the training state"):
+        load_state(found)
+    assert "unpickled!" not in capsys.readouterr().out
