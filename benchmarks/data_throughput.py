@@ -18,7 +18,6 @@ the cached DALI path's speed-up over the seed approach at HR 96, as `N.Nx`.
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import tempfile
 import time
@@ -31,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fastsr.data import CropPlan, Sample, TrainImages, TrainLoader, resolve_source
 from fastsr.data.cache import prepare_cache
-from report import machine, publish  # benchmarks/report.py: this folder is on sys.path when a script runs
+from report import publish  # benchmarks/report.py: this folder is on sys.path when a script runs
 
 SCALE, BATCH = 4, 16
 
@@ -179,13 +178,11 @@ def main(argv: list[str] | None = None) -> None:
                      f"{' | '.join(f'{r[c] / seed[c]:.1f}x' for c in crops)} |")
     table = "\n".join(lines)
     speedup = results["DALI, cache"][96] / seed[96]
-    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     command = "python benchmarks/data_throughput.py" + (" --quick" if args.quick else "") + (f" --data {args.data}" if args.data else "")
-    record = (f"\n## Data throughput, {when}\n\nMachine: {machine()}; device {device}; torch {torch.__version__}.\n"
-              f"Data: {data_name}, {len(samples)} images, {png_mb:.1f} MB per PNG, {decode_ms:.0f} ms to decode one "
-              f"with PIL (median of 4); batch {BATCH}, x{SCALE}, {workers} workers/threads, {seconds:.0f} s per row.\n"
-              f"Command: `{command}`\n\n{table}\n")
-    publish(record, save=not args.no_record)
+    details = (f"Device {device}. Data: {data_name}, {len(samples)} images, {png_mb:.1f} MB per PNG, {decode_ms:.0f} ms "
+               f"to decode one with PIL (median of 4); batch {BATCH}, x{SCALE}, {workers} workers/threads, "
+               f"{seconds:.0f} s per row.")
+    publish("Data throughput", details, command, table, save=not args.no_record)
     print(f"DALI from the cache vs the seed approach, HR 96, {device}:")
     print(f"{speedup:.1f}x")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import platform
 from pathlib import Path
@@ -23,8 +24,11 @@ def machine() -> str:
     return f"{platform.node()}: {os.cpu_count()} CPU cores ({cpu}){gpu}"
 
 
-def publish(record: str, save: bool) -> None:
-    """Print a run's markdown record and, if `save`, append it to RESULTS.md."""
+def publish(title: str, details: str, command: str, body: str, save: bool) -> None:
+    """Print a run's markdown record (a dated heading, the machine, `details`, the command that reproduces
+    it, then `body`) and, if `save`, append it to RESULTS.md."""
+    record = (f"\n## {title}, {datetime.datetime.now():%Y-%m-%d %H:%M}\n\nMachine: {machine()}; torch "
+              f"{torch.__version__}. {details}\nCommand: `{command}`\n\n{body}\n")
     print(record)
     if save:
         with RESULTS.open("a") as f:

@@ -14,7 +14,6 @@ Appends the table, machine named, to benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import subprocess
@@ -23,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from report import machine, publish  # benchmarks/report.py: this folder is on sys.path when a script runs
+from report import publish  # benchmarks/report.py: this folder is on sys.path when a script runs
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -58,11 +57,10 @@ def main(argv: list[str] | None = None) -> None:
     base = rates[args.procs[0]] / args.procs[0]
     lines = ["| processes | images/s (all processes) | vs the first row | scaling efficiency |", "|---|---|---|---|"]
     lines += [f"| {n} | {r:.1f} | {r / rates[args.procs[0]]:.2f}x | {100 * r / (n * base):.0f}% |" for n, r in rates.items()]
-    record = (f"\n## Data-parallel scaling, {datetime.datetime.now():%Y-%m-%d %H:%M}\n\n"
-              f"Machine: {machine()}{'' if gpus else ' (gloo, the cores shared)'}; torch {torch.__version__}. "
-              f"Recipe {Path(args.recipe).name}, phase A, batch 16 per process, ~{args.steps} steps.\n"
-              f"Command: `python benchmarks/scaling.py --procs {' '.join(map(str, args.procs))}`\n\n" + "\n".join(lines) + "\n")
-    publish(record, save=not args.no_record)
+    details = (f"{'' if gpus else 'CPU processes in a gloo group, sharing the cores. '}Recipe {Path(args.recipe).name}, "
+               f"phase A, batch 16 per process, ~{args.steps} steps.")
+    publish("Data-parallel scaling", details, f"python benchmarks/scaling.py --procs {' '.join(map(str, args.procs))}",
+            "\n".join(lines), save=not args.no_record)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ fastsr's phase-B speed-up over the seed step at HR 96 (the largest batch measure
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import tempfile
 import time
@@ -48,7 +47,7 @@ from fastsr.engine.runtime import Precision, Runtime, allow_tf32, resolve_runtim
 from fastsr.engine.trainer import gan_step, pretrain_step
 from fastsr.losses import PerceptualLoss, g_adv_loss, tv_loss
 from fastsr.models import SRCNN, Discriminator, SRResNet
-from report import machine, publish  # benchmarks/report.py: this folder is on sys.path when a script runs
+from report import publish  # benchmarks/report.py: this folder is on sys.path when a script runs
 
 RECIPE = from_dict({})  # the seed's loss weights: w_adv 1e-3, w_vgg 6e-3, w_tv 1e-6
 
@@ -232,14 +231,12 @@ def main(argv: list[str] | None = None) -> None:
     seed = next(r for r in rows if r[0] == "B" and r[1].startswith("seed") and r[2] == crops[0] and r[3] == batch_sizes[-1])
     ours = next(r for r in rows if r[0] == "B" and r[1].startswith("fastsr auto") and r[2] == crops[0]
                 and r[3] == batch_sizes[-1] and r[4] == "synthetic")
-    when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     command = "python benchmarks/train_throughput.py" + (" --quick" if args.quick else "")
-    record = (f"\n## Training throughput, {when}\n\nMachine: {machine()}; torch {torch.__version__}. "
-              f"Measured peak: {peaks[torch.float32]:.2f} TFLOP/s fp32{' (TF32)' if cuda else ''}, "
-              f"{peaks[torch.bfloat16]:.2f} TFLOP/s bf16. {steps} timed steps per row after {warmup} warm-up.\n"
-              f"Command: `{command}`\n\n{table}\n\nPhase B, HR {crops[0]}, batch {batch_sizes[-1]}: fastsr auto "
-              f"{ours[5]:.1f} img/s vs the seed step {seed[5]:.1f} img/s = {ours[5] / seed[5]:.2f}x.\n")
-    publish(record, save=not args.no_record)
+    details = (f"Measured peak: {peaks[torch.float32]:.2f} TFLOP/s fp32{' (TF32)' if cuda else ''}, "
+               f"{peaks[torch.bfloat16]:.2f} TFLOP/s bf16. {steps} timed steps per row after {warmup} warm-up.")
+    body = (f"{table}\n\nPhase B, HR {crops[0]}, batch {batch_sizes[-1]}: fastsr auto {ours[5]:.1f} img/s vs the "
+            f"seed step {seed[5]:.1f} img/s = {ours[5] / seed[5]:.2f}x.")
+    publish("Training throughput", details, command, body, save=not args.no_record)
     print(f"fastsr's phase-B step vs the seed's, HR {crops[0]}, batch {batch_sizes[-1]}, {device}:")
     print(f"{ours[5] / seed[5]:.1f}x")
 

@@ -7,7 +7,6 @@ All image inputs are float tensors in [0, 1], NCHW, RGB.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
 from pathlib import Path
@@ -17,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
+
+from fastsr.data.cache import file_sha256
 
 # VGG19's convolution stack (torchvision's cfg "E"): ints are conv output channels, "M" a max-pool.
 _VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
@@ -127,21 +128,13 @@ def _load_file_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))
-        digest = _sha256(path)
+        digest = file_sha256(path)
         if not digest.startswith(VGG19_SHA256_PREFIX):
             raise ValueError(f"not torchvision's vgg19-{VGG19_SHA256_PREFIX}.pth (its SHA-256 is {digest[:16]}...), "
                              "and fastsr unpickles no other file: convert it to .safetensors")
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # missing file, not safetensors, another .pth...
         raise _unavailable(f"tried to load {path}", e) from e
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class VGGFeatures(nn.Module):

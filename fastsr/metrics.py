@@ -86,9 +86,10 @@ def ssim(sr: torch.Tensor, hr: torch.Tensor, crop_border: int, y_channel: bool =
     image), so the shaved image must be at least 11x11.
     """
     sr_img, hr_img = _prepare(sr, hr, crop_border, y_channel)
-    if min(sr_img.shape[-2:]) < 2 * _SSIM_RADIUS + 1:
+    window = min_image_size(crop_border=0)
+    if min(sr_img.shape[-2:]) < window:
         raise ValueError(
-            f"SSIM needs at least {2 * _SSIM_RADIUS + 1}x{2 * _SSIM_RADIUS + 1} pixels after shaving "
+            f"SSIM needs at least {window}x{window} pixels after shaving "
             f"crop_border={crop_border}, got {tuple(sr_img.shape[-2:])}."
         )
     _, ssim_map = structural_similarity_index_measure(

@@ -215,7 +215,7 @@ def _prepare_one(job: tuple[str, str, str | None]) -> tuple[str, dict | None, st
     """
     src, target, verify_sha = job
     target = Path(target)
-    if verify_sha is not None and _sha256(target) == verify_sha:
+    if verify_sha is not None and _sha256_or_none(target) == verify_sha:
         return src, None, None
     try:
         st = os.stat(src)  # before decoding: if the file changes meanwhile, the next run sees it as stale
@@ -272,12 +272,17 @@ def _npy_intact(path: Path, shape: list[int]) -> bool:
     return header_shape == tuple(shape) and not fortran_order and dtype == np.uint8 and size == expected_size
 
 
-def _sha256(path: Path) -> str | None:
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks (cached images are megabytes, VGG19 half a gigabyte)."""
     digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _sha256_or_none(path: Path) -> str | None:
     try:
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
+        return file_sha256(path)
     except OSError:
         return None
-    return digest.hexdigest()

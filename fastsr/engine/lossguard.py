@@ -2,10 +2,10 @@
 
 One non-finite loss poisons the weights for good: its gradients turn every parameter and Adam moment
 they touch into NaN, and BatchNorm's running statistics follow. Two policies:
-- `stop` (default): each step records, on the device, whether its losses were finite; the trainer
-  reads the record back where it synchronises anyway (every `log_every` steps) and before every
-  checkpoint and validation, so a checkpoint never holds weights from after a bad step. The run then
-  stops naming the first bad step and the last good checkpoint.
+- `stop` (default): nothing is added to a step. The trainer keeps each step's losses (on the device)
+  for its log anyway; they are checked where it reads them back (every `log_every` steps) and before
+  every checkpoint and validation, so a checkpoint never holds weights from after a bad step. The run
+  then stops naming the first bad step and the last good checkpoint.
 - `skip`: the step reads its loss back before applying the update (a host sync per step, agreed by
   all processes), drops the update and restores the BatchNorm statistics the forward pass changed;
   more than `max_skipped_steps` such steps stop the run, since by then something is wrong for good.
@@ -27,7 +27,6 @@ class NonFiniteLoss(RuntimeError):
 class LossGuard:
     def __init__(self, mode: str, max_skipped: int, accelerator):
         self.mode, self.max_skipped, self.accelerator = mode, max_skipped, accelerator
-        self.window: list[tuple[int, list[str], torch.Tensor]] = []  # stop: (step, loss names, finite flags)
         self.skipped: list[int] = []  # skip: the steps whose update was dropped
         self.step = 0  # the step being taken (1-based, as logged)
         self._rejected = False
@@ -53,13 +52,9 @@ class LossGuard:
         self._rejected = True
         return False
 
-    def end(self, losses: dict[str, torch.Tensor]) -> bool:
-        """After the step: True if it counts (its losses may be logged). In stop mode, record whether its
-        losses were finite; in skip mode, undo a rejected step's buffer updates and enforce the limit."""
-        if self.mode == "stop":
-            names = list(losses)
-            self.window.append((self.step, names, torch.stack([torch.isfinite(v).all() for v in losses.values()])))
-            return True
+    def end(self) -> bool:
+        """After the step: True if it counts (its losses may be logged); a rejected step's buffer updates
+        are undone and the limit enforced."""
         if not self._rejected:
             return True
         with torch.no_grad():
@@ -75,24 +70,23 @@ class LossGuard:
 
     # -- stop ---------------------------------------------------------------------------------
 
-    def check(self, last_good: Callable[[], Path | None]) -> None:
-        """Stop mode: raise NonFiniteLoss if a step since the last check had a non-finite loss (a host
-        sync, and a collective with several processes; call it at the same steps on every process)."""
-        if self.mode != "stop" or not self.window:
+    def check(self, window: list[tuple[int, dict[str, torch.Tensor]]], last_good: Callable[[], Path | None]) -> None:
+        """Stop mode: raise NonFiniteLoss if a step of `window` ((step, losses) of the steps since the last
+        log) had a non-finite loss. A host sync, and a collective with several processes: call it at the
+        same steps on every process."""
+        if self.mode != "stop" or not window:
             return
-        flags = torch.stack([f.all() for _, _, f in self.window])
-        first = int((~flags).nonzero()[0, 0]) if not bool(flags.all()) else len(self.window)
-        step = self.window[first][0] if first < len(self.window) else 0
+        finite = torch.stack([torch.stack([torch.isfinite(v) for v in losses.values()]) for _, losses in window])
+        bad_rows = (~finite.all(dim=1)).nonzero()
+        step = window[int(bad_rows[0, 0])][0] if len(bad_rows) else 0
         if self.accelerator.num_processes > 1:  # agree on the earliest bad step of any process
             big = torch.iinfo(torch.int64).max
-            found = torch.tensor([step or big], device=flags.device)
+            found = torch.tensor([step or big], device=finite.device)
             step = int(self.accelerator.gather(found).min())
             step = 0 if step == big else step
-        window = self.window
-        self.window = []
         if not step:
             return
-        names = next(([n for n, ok in zip(names, f.tolist()) if not ok] for s, names, f in window if s == step),
+        names = next(([k for k, v in losses.items() if not torch.isfinite(v)] for s, losses in window if s == step),
                      ["on another process"])
         good = last_good()
         kept = f"the last good checkpoint is {good}" if good else "no checkpoint had been written yet"

@@ -377,8 +377,8 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
                       f"{steps_per_epoch} steps/epoch of {images_per_step} crops ({loader.name} loader); "
                       f"{accelerator.num_processes} process(es) on {accelerator.device} ({runtime.describe()}); run dir {run_dir}")
     g_train.train()
-    running: dict[str, torch.Tensor] = {}  # loss sums over the steps that counted since the last flush
-    window = {"tic": time.perf_counter(), "step": pos.step, "counted": 0}
+    logged: list[tuple[int, dict[str, torch.Tensor]]] = []  # (step, losses) of the steps that counted since the last flush
+    window = {"tic": time.perf_counter(), "step": pos.step}
     guard = LossGuard(t.nonfinite, t.max_skipped_steps, accelerator)
 
     def last_checkpoint() -> Path | None:
@@ -387,20 +387,22 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
 
     def check_losses() -> None:
         """Stop before logging, validating or saving anything computed after a non-finite loss."""
-        guard.check(last_checkpoint)
+        guard.check(logged, last_checkpoint)
 
     def flush_log(phase: str, epoch: int) -> None:
         """Read the losses back (the only host synchronisation of the loop) and log their means."""
         check_losses()
         steps = pos.step - window["step"]
-        if not running or not steps:
+        if not logged or not steps:
             return
         rate = steps * images_per_step / (time.perf_counter() - window["tic"])
-        means = {f"loss_{k}": (v / window["counted"]).item() for k, v in running.items()}
+        keys = list(logged[0][1])  # a window never spans two phases, so every step has the same losses
+        values = torch.stack([torch.stack([losses[k] for k in keys]) for _, losses in logged]).mean(dim=0).tolist()
+        means = {f"loss_{k}": v for k, v in zip(keys, values)}
         log.write(kind="train", step=pos.step, phase=phase, epoch=epoch, lr=opt_g.param_groups[0]["lr"],
                   images_per_sec=rate, **means)
-        running.clear()
-        window.update(tic=time.perf_counter(), step=pos.step, counted=0)
+        logged.clear()
+        window.update(tic=time.perf_counter(), step=pos.step)
         shown = " ".join(f"{k[5:]} {v:.4g}" for k, v in means.items())
         progress.update(task, rate=rate, info=f"{shown} {last_val['info']}")
 
@@ -441,15 +443,13 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
                     else:
                         losses = gan_step(g_train, d_train, batch, opt_g, opt_d, accelerator, recipe, vgg_train,
                                           precision, guard.apply)
-                    counted = guard.end(losses)
+                    counted = guard.end()
                     if ema is not None:
                         ema.update_parameters(g)
                     pos.step += 1
                     pos.batch += 1
                     if counted:
-                        window["counted"] += 1
-                        for k, v in losses.items():
-                            running[k] = running.get(k, 0) + v
+                        logged.append((pos.step, losses))
                     else:
                         log.write(kind="skipped", step=pos.step, reason="non-finite loss (train.nonfinite=skip)")
                     if pos.step % t.log_every == 0:
