@@ -1,10 +1,16 @@
-"""Recipes: YAML files turned into a typed, validated `Recipe`.
+"""The recipe machinery: YAML files with `base:` inheritance and `key=value` overrides, turned into typed,
+validated dataclasses; and the run's own sections (data, train, runtime).
 
 A recipe may name a `base:` recipe (a path relative to itself) whose values it overrides; after the
 recipe path the command line may override any key with dotted `key=value` pairs
-(`train.batch_size=32`). Every error is one line naming the file and the key, and an unknown key
-comes with the closest valid one, because a typo that silently falls back to a default wastes a
-training run.
+(`train.batch_size=32`). A section with a `name:` (a registered part: `model`, `discriminator`, each loss
+term) that a derived recipe or an override gives another name is replaced, not merged, since another part
+has other keys. Every error is one line naming the file and the key, and an unknown key comes with the
+closest valid one, because a typo that silently falls back to a default wastes a training run.
+
+This module is a foundation: it knows nothing of the parts. A dataclass field holding a part carries its
+registry in the field's metadata (`metadata={"registry": GENERATORS}`), which builds and checks it; the
+`Recipe` that puts the sections together lives in `fastsr.recipe`.
 """
 
 from __future__ import annotations
@@ -23,15 +29,6 @@ import yaml
 
 class RecipeError(ValueError):
     """A recipe or an override is wrong; the message says where and what to do."""
-
-
-@dataclass
-class ModelConfig:
-    name: Literal["srresnet", "srcnn"] = "srresnet"
-    res_blocks: int = 16  # SRResNet residual blocks (the seed's knob)
-    channels: int = 64  # SRResNet feature channels
-    srcnn_kernels: list[int] = field(default_factory=lambda: [9, 5, 5])  # [9, 1, 5] is the paper's base
-    srcnn_residual: bool = True  # add the bicubic image to SRCNN's output (false: the paper's form)
 
 
 @dataclass
@@ -56,21 +53,9 @@ class DataConfig:
     # and names each in the console and the log.
     bad_images: Literal["error", "skip"] = "error"
 
-
-@dataclass
-class LossConfig:
-    pixel: Literal["mse", "l1"] = "mse"
-    w_vgg: float = 6e-3
-    w_adv: float = 1e-3
-    w_tv: float = 1e-6
-    vgg_layer: str = "conv5_4"
-    # `imagenet` (torchvision's weights), a path to vgg19-dcbb9e9d.pth (checked by its hash: fastsr
-    # unpickles no other file) or to a .safetensors copy of it, or `random` (untrained: a
-    # meaningless loss that costs the same, for throughput benchmarks and tests only)
-    vgg_weights: str = "imagenet"
-    # What phase B does when the VGG19 weights can't be had: stop (`error`), or train without the
-    # perceptual term and say so (`skip`, used by the quick start on machines with no network).
-    vgg_missing: Literal["error", "skip"] = "error"
+    def check(self) -> None:
+        positive(self, "hr_crop", "repeat", "crops_per_image")
+        non_negative(self, "workers", "val_images")
 
 
 @dataclass
@@ -101,6 +86,18 @@ class TrainConfig:
     nonfinite: Literal["stop", "skip"] = "stop"
     max_skipped_steps: int = 10
 
+    def check(self) -> None:
+        positive(self, "batch_size", "log_every", "keep_checkpoints")
+        non_negative(self, "epochs_pretrain", "epochs_finetune", "val_every", "save_every", "max_skipped_steps")
+        if self.lr <= 0 or (self.lr_finetune is not None and self.lr_finetune <= 0):
+            raise Invalid("lr", "and train.lr_finetune must be positive")
+        if self.epochs_pretrain + self.epochs_finetune == 0:
+            raise Invalid("epochs_pretrain", "and train.epochs_finetune are both 0: nothing to train")
+        if not 0 <= self.ema < 1:
+            raise Invalid("ema", f"must be in [0, 1) (got {self.ema})")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise Invalid("betas", f"must be two numbers in [0, 1) (got {self.betas})")
+
 
 @dataclass
 class RuntimeConfig:
@@ -112,49 +109,25 @@ class RuntimeConfig:
     channels_last: Literal["auto", "on", "off"] = "auto"  # NHWC memory layout for the models and batches
 
 
-@dataclass
-class Recipe:
-    name: str = "run"
-    out_dir: str = "runs"  # the run directory is out_dir/name
-    scale: int = 4
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+class Invalid(ValueError):
+    """Raised by a section's `check()`: `key` (a field of that section) cannot take its value, `why` says so."""
 
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.out_dir) / self.name
+    def __init__(self, key: str, why: str):
+        super().__init__(f"{key} {why}")
+        self.key, self.why = key, why
 
 
 # ---------------------------------------------------------------------------------------------
-# Loading
+# Reading: bases and overrides
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
-    """Read a recipe file (following `base:`), apply `key=value` overrides, validate."""
-    path = Path(path)
-    raw = _read_with_bases(path, chain=())
+def read_raw(path: str | Path, overrides: list[str] = ()) -> dict:
+    """The untyped mapping of a recipe file, its `base:` chain merged in and `key=value` overrides applied."""
+    raw = _read_with_bases(Path(path), chain=())
     for item in overrides:
         key, value = _parse_override(item)
-        _set_dotted(raw, key, value)
-    return from_dict(raw, source=str(path))
-
-
-def from_dict(raw: dict, source: str = "recipe") -> Recipe:
-    recipe = _build(Recipe, raw, prefix="", source=source)
-    _check_values(recipe, source)
-    return recipe
-
-
-def to_dict(recipe: Recipe) -> dict:
-    return dataclasses.asdict(recipe)
-
-
-def save_recipe(recipe: Recipe, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+        raw = merge(raw, _nested(key, value))
+    return raw
 
 
 def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict:
@@ -181,14 +154,16 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict:
     if base is None:
         return data
     parent = _read_with_bases(path.parent / base, chain + (resolved,))
-    return _merge(parent, data)
+    return merge(parent, data)
 
 
-def _merge(base: dict, top: dict) -> dict:
+def merge(base: dict, top: dict) -> dict:
+    """`top` over `base`, section by section; a section naming another part (`name:`) replaces the base's."""
     out = dict(base)
     for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+        below = out.get(key)
+        if isinstance(value, dict) and isinstance(below, dict) and value.get("name", below.get("name")) == below.get("name"):
+            out[key] = merge(below, value)
         else:
             out[key] = value
     return out
@@ -205,34 +180,41 @@ def _parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def _set_dotted(raw: dict, key: str, value: Any) -> None:
-    node = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise RecipeError(f"override {key}: {part} is not a section")
-    node[parts[-1]] = value
+def _nested(key: str, value: Any) -> dict:
+    """`a.b.c`, v -> {"a": {"b": {"c": v}}}."""
+    out: Any = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
 # Typed construction
 
 
-def all_keys(cls=Recipe, prefix: str = "") -> list[str]:
-    """Every valid dotted key, for suggestions and docs."""
+def section_keys(cls, prefix: str = "") -> list[str]:
+    """Every dotted key of the dataclass `cls`; a part field lists the keys of every registered part."""
     keys = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            keys += all_keys(hints[f.name], f"{prefix}{f.name}.")
+        registry = f.metadata.get("registry")
+        if registry is not None:
+            keys.append(prefix + f.name if _is_list(hints[f.name]) else f"{prefix}{f.name}.name")
+            if not _is_list(hints[f.name]):
+                keys += sorted({f"{prefix}{f.name}.{k}" for part_keys in registry.keys().values() for k in part_keys
+                                if k != "name"})
+        elif dataclasses.is_dataclass(hints[f.name]):
+            keys += section_keys(hints[f.name], f"{prefix}{f.name}.")
         else:
             keys.append(prefix + f.name)
     return keys
 
 
-def _suggest(key: str) -> str:
-    keys = all_keys()
+def _is_list(hint: Any) -> bool:
+    return any(typing.get_origin(a) is list for a in (hint, *typing.get_args(hint)))
+
+
+def _suggest(key: str, keys: list[str]) -> str:
     leaf = key.rsplit(".", 1)[-1]
     # A bare seed knob (`batch_size=32`) should point to its section (`train.batch_size`).
     by_leaf = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
@@ -240,23 +222,49 @@ def _suggest(key: str) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _build(cls, raw: Any, prefix: str, source: str):
+def build_section(cls, raw: Any, prefix: str, source: str, *, owner: str | None = None,
+                  suggest_from: list[str] | None = None):
+    """An instance of the dataclass `cls` from the mapping `raw` (the section at `prefix`), every value
+    checked against its type; `owner` names the part whose section this is, for unknown keys."""
     if not isinstance(raw, dict):
         raise RecipeError(f"{source}: '{prefix.rstrip('.')}' must be a section (a mapping), got {raw!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    suggest_from = suggest_from if suggest_from is not None else section_keys(cls, prefix)
     for key in raw:
-        if key not in names:
+        if key not in fields:
             full = prefix + str(key)
-            raise RecipeError(f"{source}: unknown key '{full}'{_suggest(full)}")
+            part = f" for {owner}" if owner else ""
+            raise RecipeError(f"{source}: unknown key '{full}'{part}{_suggest(full, suggest_from)}")
     kwargs = {}
     for name, value in raw.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, value, f"{prefix}{name}.", source)
+        hint, registry = hints[name], fields[name].metadata.get("registry")
+        key = prefix + name
+        if registry is not None:
+            kwargs[name] = _build_parts(registry, value, hint, key, source)
+        elif dataclasses.is_dataclass(hint):
+            kwargs[name] = build_section(hint, value, f"{key}.", source, suggest_from=suggest_from)
         else:
-            kwargs[name] = _coerce(value, hint, prefix + name, source)
-    return cls(**kwargs)
+            kwargs[name] = _coerce(value, hint, key, source)
+    section = cls(**kwargs)
+    if hasattr(section, "check") and owner is None:  # a part's registry runs its own check
+        try:
+            section.check()
+        except Invalid as bad:
+            raise RecipeError(f"{source}: {prefix}{bad.key} {bad.why}") from None
+    return section
+
+
+def _build_parts(registry, value: Any, hint: Any, key: str, source: str):
+    """A part (`model: {name: ...}`), or a list of parts (`loss.terms`), through its registry."""
+    if not _is_list(hint):
+        return registry.config_from(value, key, source)
+    if value is None or (isinstance(value, str) and value.lower() in ("null", "none")):
+        if type(None) in typing.get_args(hint):
+            return None
+    if not isinstance(value, (list, tuple)):
+        raise RecipeError(f"{source}: {key} must be a list of sections with a `name:`, got {value!r}")
+    return [registry.config_from(item, f"{key}[{i}]", source) for i, item in enumerate(value)]
 
 
 def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
@@ -303,52 +311,18 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
 
 _BOOL_WORDS = {True: ("on", "yes", "true"), False: ("off", "no", "false")}
 
-_POSITIVE = ("data.hr_crop", "data.repeat", "data.crops_per_image", "train.batch_size", "train.log_every", "train.keep_checkpoints",
-             "model.res_blocks", "model.channels")
-_NON_NEGATIVE = ("train.epochs_pretrain", "train.epochs_finetune", "train.val_every", "train.save_every",
-                 "data.workers", "data.val_images", "train.max_skipped_steps", "loss.w_vgg", "loss.w_adv", "loss.w_tv")
+
+def positive(config, *names: str) -> None:
+    """`Invalid` for the first of `names` (fields of `config`) that is not > 0."""
+    for name in names:
+        value = getattr(config, name)
+        if not value > 0:
+            raise Invalid(name, f"must be positive (got {value})")
 
 
-def _get_dotted(recipe: Recipe, key: str) -> Any:
-    value = recipe
-    for part in key.split("."):
-        value = getattr(value, part)
-    return value
-
-
-def _check_values(r: Recipe, source: str) -> None:
-    def fail(key: str, why: str):
-        raise RecipeError(f"{source}: {key} {why}")
-
-    if r.scale not in (2, 4, 8):
-        fail("scale", f"must be 2, 4 or 8 (got {r.scale})")
-    for key in _POSITIVE + _NON_NEGATIVE:
-        value = _get_dotted(r, key)
-        if key in _POSITIVE and not value > 0:
-            fail(key, f"must be positive (got {value})")
+def non_negative(config, *names: str) -> None:
+    """`Invalid` for the first of `names` (fields of `config`) that is < 0 (or NaN)."""
+    for name in names:
+        value = getattr(config, name)
         if not value >= 0:
-            fail(key, f"must not be negative (got {value})")
-    if r.train.lr <= 0 or (r.train.lr_finetune is not None and r.train.lr_finetune <= 0):
-        fail("train.lr", "and train.lr_finetune must be positive")
-    if r.data.hr_crop % r.scale:
-        fail("data.hr_crop", f"must be a multiple of scale {r.scale} (got {r.data.hr_crop})")
-    if r.data.hr_crop < 32 and r.train.epochs_finetune:
-        fail("data.hr_crop", f"must be at least 32 for the discriminator (got {r.data.hr_crop})")
-    k = r.data.crops_per_image
-    if r.data.repeat % k or r.train.batch_size % k:
-        fail("data.crops_per_image", f"({k}) must divide data.repeat ({r.data.repeat}) and train.batch_size "
-             f"({r.train.batch_size})")
-    if r.train.epochs_pretrain + r.train.epochs_finetune == 0:
-        fail("train.epochs_pretrain", "and train.epochs_finetune are both 0: nothing to train")
-    if len(r.model.srcnn_kernels) != 3 or any(k <= 0 or k % 2 == 0 for k in r.model.srcnn_kernels):
-        fail("model.srcnn_kernels", f"must be three odd sizes such as [9, 5, 5] (got {r.model.srcnn_kernels})")
-    if not 0 <= r.train.ema < 1:
-        fail("train.ema", f"must be in [0, 1) (got {r.train.ema})")
-    if len(r.train.betas) != 2 or not all(0 <= b < 1 for b in r.train.betas):
-        fail("train.betas", f"must be two numbers in [0, 1) (got {r.train.betas})")
-    from fastsr.losses import VGG19_LAYERS  # here, not at the top: it imports torch and kornia
-
-    if r.loss.vgg_layer not in VGG19_LAYERS:
-        close = difflib.get_close_matches(r.loss.vgg_layer, VGG19_LAYERS, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else f"; one of {', '.join(VGG19_LAYERS)}"
-        fail("loss.vgg_layer", f"{r.loss.vgg_layer!r} is not a VGG19 layer{hint}")
+            raise Invalid(name, f"must not be negative (got {value})")

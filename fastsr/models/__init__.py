@@ -1,8 +1,10 @@
-"""Generators (SRResNet, SRCNN, Bicubic), the SRGAN discriminator, and a name -> class registry.
+"""Generators and discriminators, one file per architecture, each registered by name.
 
-Every model takes and returns float images in [0, 1], NCHW, RGB. Each generator has a ``scale``
-attribute and a JSON-serialisable ``config`` property such that ``build_generator(**model.config)``
-rebuilds the same architecture (this is what checkpoints store beside the weights).
+Every model takes and returns float images in [0, 1], NCHW, RGB. A generator has a ``scale`` attribute,
+the class attributes the registry documents (``scales``, ``trainable``) and, like every registered part, a
+JSON-ready ``config`` dict (name and constructor arguments) that ``build_generator(**config)`` rebuilds:
+this is what ``generator.json`` holds beside the weights. Importing this package registers the built-in
+architectures; a plugin registers its own the same way (see ``fastsr.registry``).
 """
 
 from __future__ import annotations
@@ -11,21 +13,15 @@ from torch import nn
 
 from fastsr.models.bicubic import Bicubic
 from fastsr.models.discriminator import Discriminator
+from fastsr.models.registry import DISCRIMINATORS, GENERATORS
 from fastsr.models.srcnn import SRCNN
 from fastsr.models.srresnet import SRResNet
 
-GENERATORS: dict[str, type[nn.Module]] = {"srresnet": SRResNet, "srcnn": SRCNN, "bicubic": Bicubic}
+
+def build_generator(name: str, source: str = "generator config", **arguments) -> nn.Module:
+    """The generator registered as ``name``, built from a saved config's arguments (``scale`` and the
+    architecture's keys), each checked as a recipe's are; errors name ``source``."""
+    return GENERATORS.rebuild({"name": name, **arguments}, source)
 
 
-def build_generator(name: str, **kwargs) -> nn.Module:
-    """Instantiate the generator registered as ``name`` with ``kwargs`` as constructor arguments."""
-    try:
-        cls = GENERATORS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown generator {name!r}; valid names: {', '.join(sorted(GENERATORS))}"
-        ) from None
-    return cls(**kwargs)
-
-
-__all__ = ["GENERATORS", "build_generator", "SRResNet", "Discriminator", "SRCNN", "Bicubic"]
+__all__ = ["DISCRIMINATORS", "GENERATORS", "build_generator", "SRResNet", "Discriminator", "SRCNN", "Bicubic"]

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
+from fastsr.models.registry import GENERATORS
 from fastsr.ops import imresize
+from fastsr.registry import PartConfig
 
 
+@dataclass
+class BicubicConfig(PartConfig):
+    pass
+
+
+@GENERATORS.register("bicubic", BicubicConfig)
 class Bicubic(nn.Module):
     """MATLAB-exact bicubic upscaling (``fastsr.ops.imresize``): LR in [0, 1] -> SR, unclamped.
 
@@ -15,14 +25,12 @@ class Bicubic(nn.Module):
     eval/upscale paths as the learned generators.
     """
 
+    scales = (2, 4, 8)
+    trainable = False
+
     def __init__(self, scale: int = 4) -> None:
         super().__init__()
         self.scale = scale
-
-    @property
-    def config(self) -> dict:
-        """Registry name + constructor arguments; ``build_generator(**config)`` rebuilds it."""
-        return {"name": "bicubic", "scale": self.scale}
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         return imresize(lr, scale=self.scale)

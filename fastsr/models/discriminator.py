@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
-MIN_SIZE = 32
+from fastsr.config import positive
+from fastsr.models.registry import DISCRIMINATORS
+from fastsr.registry import PartConfig
 
 # (out_channels multiplier of `channels`, stride) for the paper's eight 3x3 convolutions.
 _CONVS = ((1, 1), (1, 2), (2, 1), (2, 2), (4, 1), (4, 2), (8, 1), (8, 2))
 
 
+@dataclass
+class DiscriminatorConfig(PartConfig):
+    channels: int = 64  # the first convs' channels; doubled at every other conv up to 8x
+
+    def check(self) -> None:
+        positive(self, "channels")
+
+
+def check_input_size(x: torch.Tensor, min_size: int, who: str) -> None:
+    if x.shape[-2] < min_size or x.shape[-1] < min_size:
+        raise ValueError(f"{who} needs inputs of at least {min_size}x{min_size}, got {tuple(x.shape[-2:])}")
+
+
+@DISCRIMINATORS.register("srgan", DiscriminatorConfig)
 class Discriminator(nn.Module):
     """Real/fake classifier for HR-sized images in [0, 1]; returns one logit per image, shape (N,).
 
@@ -21,11 +39,13 @@ class Discriminator(nn.Module):
     The adaptive pool makes the dense layers independent of the crop size: at the paper's 96x96
     crops the conv output is already 6x6, so the pool is an identity and this *is* the paper's
     network; other crops (>= 32 px on each side, i.e. at least 2x2 after the four stride-2 convs)
-    work too. The logits are raw (no sigmoid): use them with ``fastsr.losses.d_loss`` /
-    ``g_adv_loss`` (BCE-with-logits, numerically stable). The input is mapped to [-1, 1]
+    work too. The logits are raw (no sigmoid): the adversarial loss terms (`fastsr.losses.adversarial`)
+    use them with BCE-with-logits, which is numerically stable. The input is mapped to [-1, 1]
     internally so the first conv (the one without BatchNorm) sees zero-centred data.
     Convolutions followed by BatchNorm carry no bias (BN's shift makes it redundant).
     """
+
+    min_size = 32  # the smallest input side: 2x2 after the four stride-2 convs
 
     def __init__(self, in_channels: int = 3, channels: int = 64) -> None:
         super().__init__()
@@ -48,9 +68,5 @@ class Discriminator(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2] < MIN_SIZE or x.shape[-1] < MIN_SIZE:
-            raise ValueError(
-                f"Discriminator needs inputs of at least {MIN_SIZE}x{MIN_SIZE}, "
-                f"got {tuple(x.shape[-2:])}"
-            )
+        check_input_size(x, self.min_size, "Discriminator")
         return self.classifier(self.pool(self.features(x * 2 - 1))).squeeze(1)

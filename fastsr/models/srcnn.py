@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from fastsr.config import Invalid
+from fastsr.models.registry import GENERATORS
 from fastsr.ops import imresize
+from fastsr.registry import PartConfig
 
 
+@dataclass
+class SRCNNConfig(PartConfig):
+    kernels: list[int] = field(default_factory=lambda: [9, 5, 5])  # [9, 1, 5] is the paper's base model
+    channels: list[int] = field(default_factory=lambda: [64, 32])  # outputs of the first two convs
+    residual: bool = True  # add the bicubic image to the output (false: the paper's form)
+
+    def check(self) -> None:
+        if len(self.kernels) != 3 or any(k <= 0 or k % 2 == 0 for k in self.kernels):
+            raise Invalid("kernels", f"must be three odd sizes such as [9, 5, 5] (got {self.kernels})")
+        if len(self.channels) != 2 or any(c <= 0 for c in self.channels):
+            raise Invalid("channels", f"must be two positive channel counts such as [64, 32] (got {self.channels})")
+
+
+@GENERATORS.register("srcnn", SRCNNConfig)
 class SRCNN(nn.Module):
     """Bicubic upsampling followed by three convolutions: LR in [0, 1] -> SR in [0, 1].
 
@@ -32,6 +50,9 @@ class SRCNN(nn.Module):
         channels: output channels of the first two convs.
         residual: add the bicubic upsampled input to the output.
     """
+
+    scales = (2, 4, 8)
+    trainable = True
 
     def __init__(
         self,
@@ -64,17 +85,6 @@ class SRCNN(nn.Module):
         )
         nn.init.normal_(self.body[-1].weight, std=1e-3)
         nn.init.zeros_(self.body[-1].bias)
-
-    @property
-    def config(self) -> dict:
-        """Registry name + constructor arguments; ``build_generator(**config)`` rebuilds it."""
-        return {
-            "name": "srcnn",
-            "scale": self.scale,
-            "kernels": list(self.kernels),
-            "channels": list(self.channels),
-            "residual": self.residual,
-        }
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         up = imresize(lr, scale=self.scale)

@@ -4,11 +4,25 @@ Super-Resolution Using a Generative Adversarial Network")."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from fastsr.config import positive
+from fastsr.models.registry import GENERATORS
+from fastsr.registry import PartConfig
+
 ALLOWED_SCALES = (2, 4, 8)
+
+
+@dataclass
+class SRResNetConfig(PartConfig):
+    res_blocks: int = 16  # residual blocks (the seed's knob; 16 in the paper)
+    channels: int = 64  # feature channels
+
+    def check(self) -> None:
+        positive(self, "res_blocks", "channels")
 
 
 class _ResidualBlock(nn.Module):
@@ -28,6 +42,7 @@ class _ResidualBlock(nn.Module):
         return x + self.body(x)
 
 
+@GENERATORS.register("srresnet", SRResNetConfig)
 class SRResNet(nn.Module):
     """SRResNet generator: LR image in [0, 1] (N, 3, h, w) -> SR image (N, 3, h*scale, w*scale).
 
@@ -46,6 +61,9 @@ class SRResNet(nn.Module):
         res_blocks: number of residual blocks (16 in the paper).
         channels: feature channels (64 in the paper).
     """
+
+    scales = ALLOWED_SCALES
+    trainable = True
 
     def __init__(self, scale: int = 4, res_blocks: int = 16, channels: int = 64) -> None:
         super().__init__()
@@ -71,16 +89,6 @@ class SRResNet(nn.Module):
             )
         )
         self.tail = nn.Conv2d(channels, 3, 9, padding=4)
-
-    @property
-    def config(self) -> dict:
-        """Registry name + constructor arguments; ``build_generator(**config)`` rebuilds it."""
-        return {
-            "name": "srresnet",
-            "scale": self.scale,
-            "res_blocks": self.res_blocks,
-            "channels": self.channels,
-        }
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
         head = self.head(lr)
