@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from torch.utils.flop_counter import FlopCounterMode
 
-from fastsr.config import DataConfig, RuntimeConfig, from_dict
+from fastsr.config import DataConfig, RuntimeConfig
+from fastsr.recipe import from_dict
 from fastsr.data import make_train_loader, resolve_source
 from fastsr.data.cache import prepare_cache
 from fastsr.engine.runtime import Precision, Runtime, allow_tf32, resolve_runtime

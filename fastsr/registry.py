@@ -58,8 +58,10 @@ class Entry:
 class Registry:
     """Name -> (class, typed config) for one kind of part; `kind` names it in messages."""
 
-    def __init__(self, kind: str):
-        self.kind = kind
+    def __init__(self, kind: str, outside: tuple[str, ...] = ()):
+        """`outside`: config fields every part of this kind has that its caller uses rather than the class
+        (a loss term's `weight`): they are not constructor arguments."""
+        self.kind, self.outside = kind, ("name", *outside)
         self._entries: dict[str, Entry] = {}
 
     def register(self, name: str, config: type[PartConfig]):
@@ -70,7 +72,7 @@ class Registry:
                 raise ValueError(f"{self.kind} {name!r} is registered twice ({self._entries[name].cls} and {cls})")
             if not (dataclasses.is_dataclass(config) and issubclass(config, PartConfig)):
                 raise TypeError(f"{self.kind} {name!r}: its config must be a dataclass deriving from PartConfig")
-            _check_init_matches(cls, config, f"{self.kind} {name!r}")
+            _check_init_matches(cls, config, f"{self.kind} {name!r}", self.outside)
             _record_config(cls, name)
             self._entries[name] = Entry(name, cls, config)
             return cls
@@ -121,7 +123,7 @@ class Registry:
 
     def create(self, config: PartConfig, **extra):
         """An instance of the part `config` names, built from the config's fields and `extra` (e.g. `scale`)."""
-        fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "name"}
+        fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in self.outside}
         return self.entry(config.name).cls(**extra, **fields)
 
     def rebuild(self, saved: dict, source: str):
@@ -146,11 +148,11 @@ def _config_fields(registry: Registry, name: Any, source: str) -> set[str]:
         raise RecipeError(f"{source}: {err.args[0]}") from None
 
 
-def _check_init_matches(cls: type, config: type, what: str) -> None:
-    """Every config field is a keyword of `cls.__init__` with the same default."""
+def _check_init_matches(cls: type, config: type, what: str, outside: tuple[str, ...]) -> None:
+    """Every config field (but those `outside`) is a keyword of `cls.__init__` with the same default."""
     params = inspect.signature(cls.__init__).parameters
     for f in dataclasses.fields(config):
-        if f.name == "name":
+        if f.name in outside:
             continue
         if f.name not in params:
             raise TypeError(f"{what}: config field {f.name!r} is not an argument of {cls.__name__}.__init__")
@@ -187,17 +189,24 @@ def _jsonable(value: Any) -> Any:
 
 
 def load_plugins(modules: list[str] = (), source: str = "recipe") -> None:
-    """Import each module named in a recipe's `plugins:` and every module of the fastsr entry-point groups,
-    so the parts they define register themselves. A module that cannot be imported is a one-line error."""
-    for group in ENTRY_POINT_GROUPS:
-        for point in entry_points(group=group):
-            try:
-                point.load()
-            except Exception as err:  # noqa: BLE001 - a broken plugin must not hide behind a traceback
-                raise RecipeError(f"entry point {point.name} ({point.value}) of {group} failed to load: {err}") from None
+    """Import each module named in a recipe's `plugins:` and (once per process) every module of the fastsr
+    entry-point groups, so the parts they define register themselves. A module that cannot be imported is a
+    one-line error."""
+    _load_entry_points()
     for i, module in enumerate(modules):
         try:
             importlib.import_module(module)
         except ImportError as err:
             raise RecipeError(f"{source}: plugins[{i}]={module!r} cannot be imported ({err}); "
                               "put it on PYTHONPATH or install it") from None
+
+
+@functools.cache
+def _load_entry_points() -> None:
+    for group in ENTRY_POINT_GROUPS:
+        for point in entry_points(group=group):
+            try:
+                point.load()
+            except Exception as err:  # noqa: BLE001 - a broken plugin must not hide behind a traceback
+                raise RecipeError(f"entry point {point.name} ({point.value}) of {group} failed to load: "
+                                  f"{' '.join(str(err).split())}") from None

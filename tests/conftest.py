@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
-from fastsr.config import from_dict
+from fastsr.recipe import from_dict
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from accelerate import PartialState
 from safetensors.torch import save_file
 
 import fastsr.engine.trainer as trainer
-from fastsr.config import load_recipe
+from fastsr.recipe import load_recipe
 
 if __name__ == "__main__":
     recipe_path, out, overrides = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]

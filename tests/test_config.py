@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from fastsr.config import RecipeError, all_keys, from_dict, load_recipe, save_recipe
+from fastsr.config import RecipeError
+from fastsr.recipe import all_keys, from_dict, load_recipe, save_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -38,8 +39,8 @@ def test_base_inheritance_and_overrides():
 
 
 def test_nested_override_of_optional_and_list(tmp_path):
-    r = load_recipe(RECIPES / "srcnn_x4.yaml", ["data.val_source=/some/folder", "model.srcnn_kernels=[9,1,5]"])
-    assert r.data.val_source == "/some/folder" and r.model.srcnn_kernels == [9, 1, 5]
+    r = load_recipe(RECIPES / "srcnn_x4.yaml", ["data.val_source=/some/folder", "model.kernels=[9,1,5]"])
+    assert r.data.val_source == "/some/folder" and r.model.kernels == [9, 1, 5]
     r = load_recipe(RECIPES / "srcnn_x4.yaml", ["train.lr_finetune=null"])
     assert r.train.lr_finetune is None
 

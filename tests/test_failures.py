@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from fastsr.cli import main
-from fastsr.config import load_recipe, save_recipe
+from fastsr.recipe import load_recipe, save_recipe
 from fastsr.engine import checkpoint as checkpoint_module
 from fastsr.engine import trainer as trainer_module
 from fastsr.engine.checkpoint import CheckpointWriteError, complete_checkpoints, load_state

@@ -10,18 +10,18 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from fastsr import losses
 from fastsr.losses import (
     VGG19_LAYERS,
     PerceptualLoss,
     VGGFeatures,
     VGGWeightsUnavailable,
-    _hub_checkpoint_path,
     d_loss,
     g_adv_loss,
+    perceptual,
     pixel_loss,
     tv_loss,
 )
+from fastsr.losses.perceptual import _hub_checkpoint_path
 
 RECIPE_KEY = "loss.vgg_weights="
 
@@ -110,7 +110,7 @@ def test_vgg_pth_is_unpickled_only_if_it_is_torchvisions_file(tmp_path, monkeypa
     # The official file (as its hash identifies it) is loaded, with weights_only.
     state = _features_state("conv2_1")
     torch.save({f"features.{k}": v for k, v in state.items()}, path)
-    monkeypatch.setattr(losses, "VGG19_SHA256_PREFIX", hashlib.sha256(path.read_bytes()).hexdigest()[:8])
+    monkeypatch.setattr(perceptual, "VGG19_SHA256_PREFIX", hashlib.sha256(path.read_bytes()).hexdigest()[:8])
     vgg = VGGFeatures("conv2_1", weights=path)
     assert all(torch.equal(v, state[k]) for k, v in vgg.features.state_dict().items())
 

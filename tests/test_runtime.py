@@ -9,7 +9,8 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
-from fastsr.config import RuntimeConfig, from_dict, load_recipe
+from fastsr.config import RuntimeConfig
+from fastsr.recipe import from_dict, load_recipe
 from fastsr.engine.checkpoint import load_generator
 from fastsr.engine.runtime import Precision, Runtime, resolve_runtime
 from fastsr.engine.trainer import gan_step, pretrain_step, train

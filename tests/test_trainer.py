@@ -6,7 +6,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
-from fastsr.config import load_recipe
+from fastsr.recipe import load_recipe
 from fastsr.data.cache import prepare_cache
 from fastsr.engine import trainer as trainer_module
 from fastsr.engine.checkpoint import complete_checkpoints, load_generator, load_state
@@ -50,14 +50,14 @@ def test_two_phase_run_leaves_everything_a_user_needs(tiny_recipe):
 
 
 def test_srcnn_trains_and_beats_its_start(tiny_recipe):
-    recipe = tiny_recipe(model={"name": "srcnn", "srcnn_kernels": [9, 1, 5]},
+    recipe = tiny_recipe(model={"name": "srcnn", "kernels": [9, 1, 5]},
                          train={"epochs_pretrain": 4, "epochs_finetune": 0, "lr": 3e-3})
     run = train(recipe)
     losses = [r["loss_pixel"] for r in records(run, "train")]
     assert losses[-1] < losses[0]
     assert load_generator(run / "generator.safetensors").config["kernels"] == [9, 1, 5]
     # Its weights can start another run of the same architecture.
-    again = tiny_recipe(name="again", model={"name": "srcnn", "srcnn_kernels": [9, 1, 5]},
+    again = tiny_recipe(name="again", model={"name": "srcnn", "kernels": [9, 1, 5]},
                         train={"epochs_finetune": 0, "init_from": str(run / "generator.safetensors")})
     assert train(again).is_dir()
 
@@ -110,7 +110,7 @@ def test_init_from_phase_a_weights(tiny_recipe):
 
 def test_gan_step_applies_each_weight_once(monkeypatch):
     """loss_g == pixel + w_vgg * vgg + w_adv * adv + w_tv * tv, and D is not updated by G's loss."""
-    from fastsr.config import from_dict
+    from fastsr.recipe import from_dict
 
     recipe = from_dict({"loss": {"w_vgg": 0.5, "w_adv": 0.25, "w_tv": 0.125}})
     torch.manual_seed(0)

@@ -7,7 +7,10 @@ through `torch.load(weights_only=True)`.
 
 A checkpoint is a directory `checkpoints/step_XXXXXXXX/` that is written under a temporary name
 and renamed into place only once complete, so a crash or a kill mid-write never leaves a
-half-written checkpoint that `resume=auto` could pick.
+half-written checkpoint that `resume=auto` could pick. What it holds is written and read in one place,
+`write_training_checkpoint` / `restore_training_state`: each model's weights (+ config), and `state.pt`
+with the position, the generator's config (checked on resume), the optimisers' states, the EMA's count
+and the torch RNG state.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -23,6 +27,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as serialize
 from torch import nn
 
+from fastsr.config import RecipeError
 from fastsr.models import build_generator
 
 STATE_FILE = "state.pt"
@@ -95,10 +100,12 @@ def load_weights(model: nn.Module, path: Path) -> nn.Module:
 def load_generator(path: Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a generator from its config and load its weights; eval mode."""
     config = read_config(path)
+    if not isinstance(config, dict):
+        raise WeightsError(f"{config_path(path)}: not a fastsr generator config")
     try:
-        model = build_generator(**config)
-    except (TypeError, ValueError) as err:
-        raise WeightsError(f"{config_path(path)}: cannot build a model from this config ({err})") from None
+        model = build_generator(**config, source=str(config_path(path)))
+    except (RecipeError, TypeError, ValueError) as err:
+        raise WeightsError(f"cannot build a model from {config_path(path)}: {err}") from None
     return load_weights(model, path).to(device).eval()
 
 
@@ -159,6 +166,61 @@ def resolve_resume(resume: str, run_dir: Path) -> Path | None:
     if not (path / COMPLETE).is_file():
         raise WeightsError(f"{path}: not a complete fastsr checkpoint (no {COMPLETE} marker); pick one under {run_dir}/checkpoints")
     return path
+
+
+@dataclass
+class Position:
+    """Where a run is; saved in every checkpoint."""
+
+    step: int = 0  # optimisation steps taken, all phases together
+    phase: int = 0  # index into the run's phases
+    epoch: int = 0  # epoch within the phase
+    batch: int = 0  # next batch within the epoch
+
+
+@dataclass
+class Trainables:
+    """What a checkpoint saves besides the position: the eager models, their optimisers, the EMA."""
+
+    generator: nn.Module
+    opt_g: torch.optim.Optimizer
+    discriminator: nn.Module | None = None
+    opt_d: torch.optim.Optimizer | None = None
+    ema: nn.Module | None = None  # torch.optim.swa_utils.AveragedModel of the generator
+
+
+def write_training_checkpoint(run_dir: Path, position: Position, parts: Trainables, keep: int) -> Path:
+    g = parts.generator
+    models = {"generator": (g, g.config)}
+    state = {"position": asdict(position), "generator": g.config, "opt_g": parts.opt_g.state_dict(),
+             "torch_rng": torch.get_rng_state()}
+    if parts.discriminator is not None:
+        models["discriminator"] = (parts.discriminator, parts.discriminator.config)
+        state["opt_d"] = parts.opt_d.state_dict()
+    if parts.ema is not None:
+        models["ema"] = (parts.ema.module, g.config)
+        state["ema_n_averaged"] = int(parts.ema.n_averaged)
+    return save_checkpoint(run_dir, position.step, models, state, keep=keep)
+
+
+def restore_training_state(checkpoint: Path, parts: Trainables) -> Position:
+    """Load `checkpoint` into `parts` (the parts it has: a phase A checkpoint holds no discriminator) and
+    the torch RNG; the position to continue from. A checkpoint of another generator is refused."""
+    checkpoint = Path(checkpoint)
+    state = load_state(checkpoint)
+    g = parts.generator
+    if state["generator"] != g.config:
+        raise WeightsError(f"{checkpoint}: was trained with {state['generator']}, the recipe builds {g.config}")
+    load_weights(g, checkpoint / "generator.safetensors")
+    parts.opt_g.load_state_dict(state["opt_g"])
+    if parts.discriminator is not None and "opt_d" in state:
+        load_weights(parts.discriminator, checkpoint / "discriminator.safetensors")
+        parts.opt_d.load_state_dict(state["opt_d"])
+    if parts.ema is not None and "ema_n_averaged" in state:
+        load_weights(parts.ema.module, checkpoint / "ema.safetensors")
+        parts.ema.n_averaged.fill_(state["ema_n_averaged"])
+    torch.set_rng_state(state["torch_rng"])
+    return Position(**state["position"])
 
 
 def load_state(checkpoint: Path) -> dict:

@@ -1,23 +1,27 @@
-"""Training losses: pixel, VGG19 perceptual, adversarial (BCE-with-logits) and total variation.
+"""The VGG19 perceptual loss: torchvision's ImageNet VGG19 cut at a layer, and the `vgg` loss term.
 
-No loss carries a weight: the trainer multiplies each term by its recipe weight (w_vgg, w_adv,
-w_tv) exactly once, so a weight never gets applied twice or hides inside a module.
-All image inputs are float tensors in [0, 1], NCHW, RGB.
+The weights are torchvision's `VGG19_Weights.IMAGENET1K_V1` (from the torch hub cache, else downloaded) or a
+file the user names; nothing a user hands in is unpickled (a `.pth` only when its SHA-256 says it is
+torchvision's own file).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import socket
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-import kornia
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
+from fastsr.config import Invalid
 from fastsr.data.cache import file_sha256
+from fastsr.losses.terms import LOSS_TERMS, TermConfig
 
 # VGG19's convolution stack (torchvision's cfg "E"): ints are conv output channels, "M" a max-pool.
 _VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
@@ -205,60 +209,61 @@ class VGGFeatures(nn.Module):
 
 
 class PerceptualLoss(nn.Module):
-    """MSE between VGG19 features of ``sr`` and ``hr`` (Johnson et al. / SRGAN's content loss).
+    """MSE (or L1) between VGG19 features of ``sr`` and ``hr`` (Johnson et al.; SRGAN's content loss with
+    MSE, ESRGAN's with L1 before the ReLU).
 
     The HR features are computed under ``torch.no_grad()`` (they are a fixed target); gradients
-    flow to ``sr`` only. Unscaled: SRGAN's 1/12.75 rescaling, if wanted, belongs in w_vgg.
-    Arguments as for ``VGGFeatures``.
+    flow to ``sr`` only. Unscaled: SRGAN's 1/12.75 rescaling, if wanted, belongs in the term's weight.
+    ``layer`` and ``weights`` as for ``VGGFeatures``.
     """
 
-    def __init__(self, layer: str = "conv5_4", weights: str | os.PathLike | None = "imagenet"):
+    def __init__(self, layer: str = "conv5_4", weights: str | os.PathLike | None = "imagenet",
+                 criterion: str = "mse"):
         super().__init__()
+        if criterion not in _CRITERIA:
+            raise ValueError(f"unknown feature criterion {criterion!r}; use one of {', '.join(_CRITERIA)}")
         self.vgg = VGGFeatures(layer, weights)
+        self.criterion = _CRITERIA[criterion]
 
     def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             target = self.vgg(hr)
-        return F.mse_loss(self.vgg(sr), target)
+        return self.criterion(self.vgg(sr), target)
 
 
-def d_loss(real_logits: torch.Tensor | None, fake_logits: torch.Tensor | None) -> torch.Tensor:
-    """Discriminator loss: BCE(real -> 1) + BCE(fake -> 0), each averaged over its batch.
-
-    That is mean(softplus(-real)) + mean(softplus(fake)) = -[log D(x) + log(1 - D(G(z)))],
-    the standard GAN discriminator objective (the sum of the two means, not their average).
-    Either argument may be None to get that term alone: ``d_loss(r, None) + d_loss(None, f)``
-    equals ``d_loss(r, f)``, which lets the trainer give each D forward its own backward (a
-    BatchNorm run twice before one backward fails under DDP). Pass ``fake_logits`` from a
-    detached SR image so no gradient reaches the generator.
-    """
-    if real_logits is None and fake_logits is None:
-        raise ValueError("d_loss needs real_logits, fake_logits or both")
-    real = fake = None
-    if real_logits is not None:
-        real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-    if fake_logits is not None:
-        fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
-    if real is None or fake is None:
-        return fake if real is None else real
-    return real + fake
+_CRITERIA = {"mse": F.mse_loss, "l1": F.l1_loss}
 
 
-def g_adv_loss(fake_logits: torch.Tensor) -> torch.Tensor:
-    """Non-saturating generator loss: BCE(fake -> 1) = mean(-log D(G(z))) = mean(softplus(-fake)).
+def check_vgg_layer(key: str, layer: str) -> None:
+    """`Invalid(key, ...)` unless `layer` names a VGG19 layer, with the closest one."""
+    if layer not in VGG19_LAYERS:
+        close = difflib.get_close_matches(layer, VGG19_LAYERS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f"; one of {', '.join(VGG19_LAYERS)}"
+        raise Invalid(key, f"{layer!r} is not a VGG19 layer{hint}")
 
-    Preferred to minimising log(1 - D(G(z))), whose gradient vanishes while D wins easily.
-    """
-    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+@dataclass
+class VGGTermConfig(TermConfig):
+    layer: str = "conv5_4"  # `conv5_4`: before its ReLU (ESRGAN); `relu5_4`: after it (SRGAN's phi_5,4)
+    criterion: Literal["mse", "l1"] = "mse"  # SRGAN: mse; ESRGAN: l1
+
+    def check(self) -> None:
+        super().check()
+        check_vgg_layer("layer", self.layer)
 
 
-def tv_loss(x: torch.Tensor) -> torch.Tensor:
-    """Anisotropic total variation, summed per image and averaged over the batch.
+@LOSS_TERMS.register("vgg", VGGTermConfig)
+class VGGTerm(nn.Module):
+    """The perceptual term: VGG19 features of SR against those of HR. Its network runs under the step's
+    autocast; the weights come from the loss section's `vgg_weights` (`random`: untrained, for benchmarks
+    and tests only), shared by every VGG term of a run."""
 
-    For x of shape (N, C, H, W) this is
-    ``mean_n sum_c [ sum |x[n,c,i+1,j] - x[n,c,i,j]| + sum |x[n,c,i,j+1] - x[n,c,i,j]| ]``,
-    computed by ``kornia.losses.total_variation`` (reduction "sum", which returns (N, C)), then
-    summed over channels and averaged over images. Being a sum over pixels it grows with the
-    crop size, as in SRGAN (whose TV weight, 2e-8, assumes this scale).
-    """
-    return kornia.losses.total_variation(x, reduction="sum").sum(dim=-1).mean()
+    fp32 = False  # runs a network: under autocast, on the generator's output as it is
+    shared = ("vgg_weights",)  # loss-section keys this term is built with
+
+    def __init__(self, layer: str = "conv5_4", criterion: str = "mse", vgg_weights: str = "imagenet"):
+        super().__init__()
+        self.loss = PerceptualLoss(layer, None if vgg_weights == "random" else vgg_weights, criterion)
+
+    def forward(self, sr: torch.Tensor, hr: torch.Tensor, critic) -> torch.Tensor:
+        return self.loss(sr, hr)

@@ -1,0 +1,131 @@
+"""Adversarial losses: the GAN kinds (the discriminator's objective and the generator's), and the `adv`
+term that puts the generator's side into phase B's loss.
+
+Each kind works on raw logits (`critic(x)`: the discriminator's float logits for images `x`) with
+BCE-with-logits, which is numerically stable:
+- `vanilla` (SRGAN): D learns real -> 1, fake -> 0; G the non-saturating BCE(D(G(z)) -> 1).
+- `ragan` (ESRGAN; Jolicoeur-Martineau's relativistic average GAN): D learns that real images look more
+  real than the average fake, C(x_r) - E[C(x_f)] -> 1, and fakes less real than the average real,
+  C(x_f) - E[C(x_r)] -> 0; G the symmetric opposite, so its gradient comes from the real images too. Each
+  side is the mean of its two BCE terms, as the official ESRGAN code computes it (the paper writes their
+  sum; its weight lambda = 5e-3 was used with the mean).
+`discriminator_loss` runs D's update itself because the kinds need their forwards in different orders;
+each D forward that builds a graph gets its own backward before the next, because a BatchNorm module run
+twice before one backward fails under DDP (FACTS).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastsr.losses.terms import LOSS_TERMS, TermConfig
+
+Critic = Callable[[torch.Tensor], torch.Tensor]
+Backward = Callable[[torch.Tensor], None]
+
+
+def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+def d_loss(real_logits: torch.Tensor | None, fake_logits: torch.Tensor | None) -> torch.Tensor:
+    """Vanilla discriminator loss: BCE(real -> 1) + BCE(fake -> 0), each averaged over its batch.
+
+    That is mean(softplus(-real)) + mean(softplus(fake)) = -[log D(x) + log(1 - D(G(z)))],
+    the standard GAN discriminator objective (the sum of the two means, not their average).
+    Either argument may be None to get that term alone: ``d_loss(r, None) + d_loss(None, f)``
+    equals ``d_loss(r, f)``, which lets each D forward have its own backward. Pass ``fake_logits``
+    from a detached SR image so no gradient reaches the generator.
+    """
+    if real_logits is None and fake_logits is None:
+        raise ValueError("d_loss needs real_logits, fake_logits or both")
+    real = None if real_logits is None else _bce(real_logits, 1.0)
+    fake = None if fake_logits is None else _bce(fake_logits, 0.0)
+    if real is None or fake is None:
+        return fake if real is None else real
+    return real + fake
+
+
+def g_adv_loss(fake_logits: torch.Tensor) -> torch.Tensor:
+    """Non-saturating generator loss: BCE(fake -> 1) = mean(-log D(G(z))) = mean(softplus(-fake)).
+
+    Preferred to minimising log(1 - D(G(z))), whose gradient vanishes while D wins easily.
+    """
+    return _bce(fake_logits, 1.0)
+
+
+def ragan_d_real(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """D's relativistic term for the real images: BCE(C(x_r) - mean C(x_f) -> 1) / 2."""
+    return _bce(real_logits - fake_logits.mean(), 1.0) / 2
+
+
+def ragan_d_fake(fake_logits: torch.Tensor, real_logits: torch.Tensor) -> torch.Tensor:
+    """D's relativistic term for the fakes: BCE(C(x_f) - mean C(x_r) -> 0) / 2."""
+    return _bce(fake_logits - real_logits.mean(), 0.0) / 2
+
+
+def ragan_g_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """G's relativistic loss: [BCE(C(x_r) - mean C(x_f) -> 0) + BCE(C(x_f) - mean C(x_r) -> 1)] / 2."""
+    return (_bce(real_logits - fake_logits.mean(), 0.0) + _bce(fake_logits - real_logits.mean(), 1.0)) / 2
+
+
+class Vanilla:
+    def discriminator_loss(self, critic: Critic, real: torch.Tensor, fake: torch.Tensor,
+                           backward: Backward) -> torch.Tensor:
+        loss_real = d_loss(critic(real), None)
+        backward(loss_real)
+        loss_fake = d_loss(None, critic(fake))
+        backward(loss_fake)
+        return loss_real + loss_fake
+
+    def generator_loss(self, critic: Critic, real: torch.Tensor, sr: torch.Tensor) -> torch.Tensor:
+        return g_adv_loss(critic(sr))
+
+
+class Relativistic:
+    def discriminator_loss(self, critic: Critic, real: torch.Tensor, fake: torch.Tensor,
+                           backward: Backward) -> torch.Tensor:
+        # The fakes' mean logit for the real term, from a forward without a graph (the official code's
+        # order: D(fake) detached, D(real), D(fake) again), so that each graph-building forward is
+        # followed by its own backward.
+        with torch.no_grad():
+            fake_reference = critic(fake)
+        real_logits = critic(real)
+        loss_real = ragan_d_real(real_logits, fake_reference)
+        backward(loss_real)
+        loss_fake = ragan_d_fake(critic(fake), real_logits.detach())
+        backward(loss_fake)
+        return loss_real + loss_fake
+
+    def generator_loss(self, critic: Critic, real: torch.Tensor, sr: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():  # D is frozen during G's update; the real logits are a constant for G
+            real_logits = critic(real)
+        return ragan_g_loss(real_logits, critic(sr))
+
+
+GAN_KINDS = {"vanilla": Vanilla, "ragan": Relativistic}
+
+
+@dataclass
+class AdvTermConfig(TermConfig):
+    gan: Literal["vanilla", "ragan"] = "vanilla"  # SRGAN: vanilla; ESRGAN: ragan (relativistic average)
+
+
+@LOSS_TERMS.register("adv", AdvTermConfig)
+class AdvTerm(nn.Module):
+    """The generator's side of the GAN kind `gan`; the same kind trains the discriminator (phase B)."""
+
+    fp32 = False  # runs the discriminator, under autocast
+
+    def __init__(self, gan: str = "vanilla"):
+        super().__init__()
+        self.gan = GAN_KINDS[gan]()
+
+    def forward(self, sr: torch.Tensor, hr: torch.Tensor, critic: Critic) -> torch.Tensor:
+        return self.gan.generator_loss(critic, hr, sr)

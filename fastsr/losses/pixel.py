@@ -1,0 +1,38 @@
+"""The pixel loss (MSE or L1): phase A's whole loss, and the `pixel` term of phase B."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fastsr.losses.terms import LOSS_TERMS, TermConfig
+
+
+def pixel_loss(sr: torch.Tensor, hr: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """Mean pixel loss between ``sr`` and ``hr``: ``kind`` "mse" (squared error) or "l1"."""
+    if kind == "mse":
+        return F.mse_loss(sr, hr)
+    if kind == "l1":
+        return F.l1_loss(sr, hr)
+    raise ValueError(f"unknown pixel loss kind {kind!r}; valid kinds: mse, l1")
+
+
+@dataclass
+class PixelTermConfig(TermConfig):
+    kind: Literal["mse", "l1"] = "mse"  # SRGAN: mse; ESRGAN: l1
+
+
+@LOSS_TERMS.register("pixel", PixelTermConfig)
+class PixelTerm(nn.Module):
+    fp32 = True  # computed in fp32 on the generator's output
+
+    def __init__(self, kind: str = "mse"):
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, sr: torch.Tensor, hr: torch.Tensor, critic) -> torch.Tensor:
+        return pixel_loss(sr, hr, self.kind)

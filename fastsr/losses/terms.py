@@ -1,0 +1,70 @@
+"""Loss terms: the registry, the config every term shares, and the one place phase B's generator loss
+is summed.
+
+A term is a module registered in `LOSS_TERMS` with a typed config deriving from `TermConfig` (its `weight`
+and `label`, then its own keys). It is called as `term(sr, hr, critic)` and returns an unweighted scalar;
+`critic(x)` gives the discriminator's float logits for images `x` (only the adversarial term uses it).
+Class attributes: `fp32` (True: computed in fp32 on `sr.float()`; False: it runs a network, under the
+step's autocast, on `sr` as the generator made it) and `shared` (the loss-section keys it is built with,
+such as `vgg_weights`). `GeneratorLoss` applies each weight exactly once, here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fastsr.config import Invalid
+from fastsr.registry import PartConfig, Registry
+
+LOSS_TERMS = Registry("loss term", outside=("weight", "label"))
+
+
+@dataclass
+class TermConfig(PartConfig):
+    weight: float = 1.0  # multiplies the term once, in GeneratorLoss
+    label: str | None = None  # the name the term is logged under (default: its name); two terms of a kind need one
+
+    def check(self) -> None:
+        if not self.weight >= 0:
+            raise Invalid("weight", f"must not be negative (got {self.weight})")
+
+    @property
+    def log_name(self) -> str:
+        return self.label or self.name
+
+
+class GeneratorLoss(nn.Module):
+    """sum(weight * term(sr, hr, critic)) over `terms`, a list of (log name, weight, module); returns the
+    total and each term's unweighted value by its log name (detached)."""
+
+    def __init__(self, terms: list[tuple[str, float, nn.Module]]):
+        super().__init__()
+        self.names = [name for name, _, _ in terms]
+        self.weights = [weight for _, weight, _ in terms]
+        self.terms = nn.ModuleList(module for _, _, module in terms)
+
+    def prepare(self, prepare: Callable[[nn.Module], nn.Module]) -> GeneratorLoss:
+        """A copy sharing the terms' networks, each term with a network passed through `prepare` (the
+        runtime's layout and compile), as the models' training copies are."""
+        prepared = [(n, w, prepare(t) if any(True for _ in t.parameters()) else t)
+                    for n, w, t in zip(self.names, self.weights, self.terms)]
+        return GeneratorLoss(prepared)
+
+    def forward(self, sr: torch.Tensor, hr: torch.Tensor, critic, autocast=nullcontext
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        sr32 = sr.float()
+        total, values = None, {}
+        for name, weight, term in zip(self.names, self.weights, self.terms):
+            if term.fp32:
+                value = term(sr32, hr, critic)
+            else:
+                with autocast():
+                    value = term(sr, hr, critic).float()
+            values[name] = value.detach()
+            total = weight * value if total is None else total + weight * value
+        return total, values

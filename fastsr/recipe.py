@@ -1,0 +1,96 @@
+"""The recipe: every section of a run, from YAML (with `base:` and `key=value` overrides) to a typed, checked
+`Recipe`. The sections of the run itself are in `fastsr.config`; a part's section (`model`, `discriminator`,
+each of `loss.terms`) is the typed config its registry owns, so its keys, defaults and value rules live in
+the part's own file. What this module adds are the rules that join sections (a crop the discriminator can
+take, a scale the generator can be built for) and the loading of plugins before anything is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from fastsr.config import (
+    DataConfig, RecipeError, RuntimeConfig, TrainConfig, build_section, read_raw, section_keys,
+)
+from fastsr.losses import LossConfig
+from fastsr.models import DISCRIMINATORS, GENERATORS
+from fastsr.registry import PartConfig, load_plugins
+
+
+@dataclass
+class Recipe:
+    name: str = "run"
+    out_dir: str = "runs"  # the run directory is out_dir/name
+    scale: int = 4
+    # Modules to import before the recipe is read, so the parts they register can be named here
+    # (installed packages can use the `fastsr.models` / `fastsr.losses` entry points instead).
+    plugins: list[str] = field(default_factory=list)
+    model: PartConfig = field(default_factory=lambda: GENERATORS.default("srresnet"),
+                              metadata={"registry": GENERATORS})
+    discriminator: PartConfig = field(default_factory=lambda: DISCRIMINATORS.default("srgan"),
+                                      metadata={"registry": DISCRIMINATORS})  # phase B only
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read a recipe file (following `base:`), apply `key=value` overrides, validate."""
+    return from_dict(read_raw(path, overrides), source=str(path))
+
+
+def from_dict(raw: dict, source: str = "recipe") -> Recipe:
+    plugins = raw.get("plugins", [])
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise RecipeError(f"{source}: plugins must be a list of module names, got {plugins!r}")
+    load_plugins(plugins, source)
+    recipe = build_section(Recipe, raw, prefix="", source=source)
+    _check_joins(recipe, source)
+    return recipe
+
+
+def to_dict(recipe: Recipe) -> dict:
+    return dataclasses.asdict(recipe)
+
+
+def save_recipe(recipe: Recipe, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+
+
+def all_keys() -> list[str]:
+    """Every valid dotted key of a recipe, a part's keys for each registered part (for suggestions and docs)."""
+    return section_keys(Recipe)
+
+
+def _check_joins(r: Recipe, source: str) -> None:
+    """The rules between sections (each section checked its own keys as it was built)."""
+    def fail(key: str, why: str):
+        raise RecipeError(f"{source}: {key} {why}")
+
+    if r.scale not in (2, 4, 8):
+        fail("scale", f"must be 2, 4 or 8 (got {r.scale})")
+    generator = GENERATORS.entry(r.model.name).cls
+    if r.scale not in generator.scales:
+        fail("scale", f"{r.scale} is not one generator '{r.model.name}' is built for ({generator.scales})")
+    if not generator.trainable:
+        fail("model.name", f"'{r.model.name}' has nothing to train; it is a baseline for `fastsr eval`")
+    if r.data.hr_crop % r.scale:
+        fail("data.hr_crop", f"must be a multiple of scale {r.scale} (got {r.data.hr_crop})")
+    least = DISCRIMINATORS.entry(r.discriminator.name).cls.min_size
+    if r.data.hr_crop < least and r.train.epochs_finetune:
+        fail("data.hr_crop", f"must be at least {least} for the discriminator '{r.discriminator.name}' "
+             f"(got {r.data.hr_crop})")
+    k = r.data.crops_per_image
+    if r.data.repeat % k or r.train.batch_size % k:
+        fail("data.crops_per_image", f"({k}) must divide data.repeat ({r.data.repeat}) and train.batch_size "
+             f"({r.train.batch_size})")
