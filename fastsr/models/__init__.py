@@ -14,8 +14,10 @@ from torch import nn
 from fastsr.models.bicubic import Bicubic
 from fastsr.models.discriminator import Discriminator
 from fastsr.models.registry import DISCRIMINATORS, GENERATORS
+from fastsr.models.rrdbnet import RRDBNet
 from fastsr.models.srcnn import SRCNN
 from fastsr.models.srresnet import SRResNet
+from fastsr.models.vgg_discriminator import VGGDiscriminator
 
 
 def build_generator(name: str, source: str = "generator config", **arguments) -> nn.Module:
@@ -24,4 +26,5 @@ def build_generator(name: str, source: str = "generator config", **arguments) ->
     return GENERATORS.rebuild({"name": name, **arguments}, source)
 
 
-__all__ = ["DISCRIMINATORS", "GENERATORS", "build_generator", "SRResNet", "Discriminator", "SRCNN", "Bicubic"]
+__all__ = ["DISCRIMINATORS", "GENERATORS", "build_generator", "SRResNet", "RRDBNet", "Discriminator",
+           "VGGDiscriminator", "SRCNN", "Bicubic"]
