@@ -23,7 +23,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     from fastsr.data import DownloadError, ImageError
     from fastsr.engine.checkpoint import CheckpointWriteError, WeightsError
     from fastsr.engine.lossguard import NonFiniteLoss
-    from fastsr.engine.trainer import OutOfMemory
+    from fastsr.engine.loop import OutOfMemory
     from fastsr.losses import VGGWeightsUnavailable
 
     return (RecipeError, ImageError, WeightsError, VGGWeightsUnavailable, DownloadError, FileNotFoundError,
@@ -40,8 +40,9 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 def cmd_train(args, console: Console) -> int:
     """Train; exit 0 when done, EXIT_PREEMPTED (75) when a stop signal ended it after a checkpoint."""
-    from fastsr.config import load_recipe
-    from fastsr.engine.trainer import EXIT_PREEMPTED, Preempted, train
+    from fastsr.engine.loop import EXIT_PREEMPTED, Preempted
+    from fastsr.engine.trainer import train
+    from fastsr.recipe import load_recipe
 
     try:
         train(load_recipe(args.recipe, args.overrides), console)
@@ -68,7 +69,7 @@ def parse_method(spec: str, scale: int):
     model = load_generator(Path(path))
     if model.scale != scale:
         raise WeightsError(f"{path}: model is x{model.scale}, but --scale is {scale}")
-    return label or {"srresnet": "SRResNet", "srcnn": "SRCNN"}.get(model.config["name"], Path(path).stem), model
+    return label or getattr(type(model), "label", Path(path).stem), model
 
 
 def run_eval(methods: list[str], data: str, scale: int, console: Console, *, pictures: Path | None = None,
@@ -95,6 +96,7 @@ def run_eval(methods: list[str], data: str, scale: int, console: Console, *, pic
 
 
 def cmd_eval(args, console: Console) -> None:
+    load_plugins(args.plugin)
     run_eval(args.model, args.data, args.scale, console, pictures=args.pictures, json_out=args.json, device=args.device)
 
 
@@ -109,6 +111,7 @@ def cmd_upscale(args, console: Console) -> int:
     from fastsr.engine.checkpoint import load_generator
     from fastsr.infer import check_tiling, upscale_image
 
+    load_plugins(args.plugin)
     try:
         check_tiling(args.tile, args.overlap)
     except ValueError as err:
@@ -159,8 +162,8 @@ def cmd_upscale(args, console: Console) -> int:
 
 def cmd_quickstart(args, console: Console) -> None:
     """Train SRCNN and a small SRGAN on the bundled samples, then score both against bicubic."""
-    from fastsr.config import load_recipe
     from fastsr.engine.runlog import read_log
+    from fastsr.recipe import load_recipe
     from fastsr.engine.trainer import train
 
     start = time.perf_counter()
@@ -214,6 +217,12 @@ def cmd_prepare(args, console: Console) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+def load_plugins(modules: list[str]) -> None:
+    from fastsr.registry import load_plugins as load
+
+    load(modules, source="--plugin")
+
+
 def resolve_device(device: str):
     import torch
 
@@ -238,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--pictures", type=Path, help="save LR / methods / HR side by side here")
     p.add_argument("--device", default="auto")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first: it registers an architecture defined outside fastsr; repeat for several")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("upscale", help="upscale whole images (tiled, so large images fit in memory)")
@@ -249,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=256, help="LR tile size (0: whole image at once)")
     p.add_argument("--overlap", type=int, default=32, help="LR pixels shared by neighbouring tiles")
     p.add_argument("--device", default="auto")
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first: it registers an architecture defined outside fastsr; repeat for several")
     p.set_defaults(func=cmd_upscale)
 
     p = sub.add_parser("quickstart", help="train SRCNN and a small SRGAN on the bundled samples, then compare")

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
+from fastsr.config import merge
 from fastsr.recipe import from_dict
 
 
@@ -36,12 +37,7 @@ def tiny_recipe_dict(photo_folder: Path, out_dir: Path, **sections) -> dict:
         "train": {"epochs_pretrain": 1, "epochs_finetune": 1, "batch_size": 4, "lr": 1e-3,
                   "log_every": 1, "val_every": 0, "save_every": 0},
     }
-    for section, values in sections.items():
-        if isinstance(values, dict):
-            raw[section] = {**raw.get(section, {}), **values}
-        else:
-            raw[section] = values
-    return raw
+    return merge(raw, sections)  # as a derived recipe would: a section naming another part replaces it
 
 
 @pytest.fixture

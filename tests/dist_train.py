@@ -9,25 +9,27 @@ from pathlib import Path
 from accelerate import PartialState
 from safetensors.torch import save_file
 
-import fastsr.engine.trainer as trainer
+import fastsr.engine.steps as steps
+from fastsr.engine.trainer import train
+from fastsr.models import GENERATORS
 from fastsr.recipe import load_recipe
 
 if __name__ == "__main__":
     recipe_path, out, overrides = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
     built = []
-    real_build = trainer.build_generator
-    trainer.build_generator = lambda **kw: built.append(real_build(**kw)) or built[-1]
+    real_create = GENERATORS.create
+    GENERATORS.create = lambda *args, **kw: built.append(real_create(*args, **kw)) or built[-1]
     if "NAN_AT" in os.environ:
         rank, call = map(int, os.environ["NAN_AT"].split(":"))
-        real_loss, calls = trainer.pixel_loss, []
+        real_loss, calls = steps.pixel_loss, []
 
         def pixel_loss(*args, **kwargs):
             calls.append(1)
             loss = real_loss(*args, **kwargs)
             return loss * float("nan") if (PartialState().process_index, len(calls)) == (rank, call) else loss
 
-        trainer.pixel_loss = pixel_loss
-    trainer.train(load_recipe(recipe_path, overrides))
+        steps.pixel_loss = pixel_loss
+    train(load_recipe(recipe_path, overrides))
     out.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().contiguous() for k, v in built[0].state_dict().items()}
     save_file(weights, out / f"rank{PartialState().process_index}.safetensors")

@@ -18,9 +18,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-import fastsr.engine.trainer as trainer_module
+import fastsr.engine.steps as steps_module
 from fastsr.engine.checkpoint import complete_checkpoints, load_state, resolve_resume
-from fastsr.engine.trainer import EXIT_PREEMPTED, Preempted, train
+from fastsr.engine.loop import EXIT_PREEMPTED, Preempted
+from fastsr.engine.trainer import train
 
 from conftest import tiny_recipe_dict
 
@@ -61,7 +62,7 @@ def test_preempt_by_signal_then_resume_equals_uninterrupted(tiny_recipe, monkeyp
     full = train(tiny_recipe(name="full", **sections))
 
     steps = {"n": 0}
-    real_pretrain, real_gan = trainer_module.pretrain_step, trainer_module.gan_step
+    real_pretrain, real_gan = steps_module.pretrain_step, steps_module.gan_step
 
     def signal_at(real):
         def step(*args, **kwargs):
@@ -72,8 +73,8 @@ def test_preempt_by_signal_then_resume_equals_uninterrupted(tiny_recipe, monkeyp
             return out
         return step
 
-    monkeypatch.setattr(trainer_module, "pretrain_step", signal_at(real_pretrain))
-    monkeypatch.setattr(trainer_module, "gan_step", signal_at(real_gan))
+    monkeypatch.setattr(steps_module, "pretrain_step", signal_at(real_pretrain))
+    monkeypatch.setattr(steps_module, "gan_step", signal_at(real_gan))
     before = signal.getsignal(sig)
     with pytest.raises(Preempted) as stopped:
         train(tiny_recipe(name="stopped", **sections))
@@ -83,8 +84,8 @@ def test_preempt_by_signal_then_resume_equals_uninterrupted(tiny_recipe, monkeyp
     assert complete_checkpoints(run)[-1] == stopped.value.checkpoint
     assert load_state(stopped.value.checkpoint)["position"]["step"] == phase_step
 
-    monkeypatch.setattr(trainer_module, "pretrain_step", real_pretrain)
-    monkeypatch.setattr(trainer_module, "gan_step", real_gan)
+    monkeypatch.setattr(steps_module, "pretrain_step", real_pretrain)
+    monkeypatch.setattr(steps_module, "gan_step", real_gan)
     sections["train"]["resume"] = "auto"
     resumed = train(tiny_recipe(name="stopped", **sections))
     for name in ("generator", "discriminator"):

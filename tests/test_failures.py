@@ -15,10 +15,14 @@ from safetensors.torch import load_file
 from fastsr.cli import main
 from fastsr.recipe import load_recipe, save_recipe
 from fastsr.engine import checkpoint as checkpoint_module
-from fastsr.engine import trainer as trainer_module
+from fastsr.engine import steps as steps_module
+from fastsr.losses import adversarial
 from fastsr.engine.checkpoint import CheckpointWriteError, complete_checkpoints, load_state
 from fastsr.engine.lossguard import LossGuard, NonFiniteLoss
-from fastsr.engine.trainer import OutOfMemory, gan_step, pretrain_step, train
+from fastsr.engine.loop import OutOfMemory
+from fastsr.engine.steps import gan_step, pretrain_step
+from fastsr.engine.trainer import train
+from fastsr.losses import build_generator_loss
 from fastsr.models import Discriminator, SRResNet
 
 
@@ -26,9 +30,9 @@ def records(run_dir, kind):
     return [r for r in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines()) if r["kind"] == kind]
 
 
-def nan_on_calls(monkeypatch, calls: set[int], name: str = "pixel_loss"):
-    """Make the trainer's `name` loss return NaN on the given (1-based) calls."""
-    real = getattr(trainer_module, name)
+def nan_on_calls(monkeypatch, calls: set[int], name: str = "pixel_loss", module=steps_module):
+    """Make the `name` loss the training steps call (in `module`) return NaN on the given (1-based) calls."""
+    real = getattr(module, name)
     count = [0]
 
     def poisoned(*args, **kwargs):
@@ -36,7 +40,7 @@ def nan_on_calls(monkeypatch, calls: set[int], name: str = "pixel_loss"):
         loss = real(*args, **kwargs)
         return loss * float("nan") if count[0] in calls else loss
 
-    monkeypatch.setattr(trainer_module, name, poisoned)
+    monkeypatch.setattr(module, name, poisoned)
 
 
 def one_step(run_dir, step):
@@ -63,7 +67,7 @@ def test_nan_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(ti
 
 
 def test_nan_in_the_gan_phase_names_the_loss(tiny_recipe, monkeypatch):
-    nan_on_calls(monkeypatch, {2}, "g_adv_loss")
+    nan_on_calls(monkeypatch, {2}, "g_adv_loss", adversarial)
     with pytest.raises(NonFiniteLoss, match=r"loss adv, g became NaN or infinite at step 5"):
         train(tiny_recipe(train={"epochs_pretrain": 1, "epochs_finetune": 1, "log_every": 1}))
 
@@ -110,15 +114,15 @@ def test_gan_step_applies_nothing_when_refused():
     torch.manual_seed(0)
     g, d = SRResNet(scale=4, res_blocks=1, channels=8), Discriminator(channels=8)
     opt_g, opt_d = torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters())
-    recipe = load_recipe("recipes/quickstart.yaml", ["loss.w_vgg=0"])
+    loss, gan, _ = build_generator_loss(load_recipe("recipes/quickstart.yaml", ["loss.w_vgg=0"]).loss)
     params = [p.clone() for p in (*g.parameters(), *d.parameters())]
-    gan_step(g, d, (torch.rand(2, 3, 32, 32), torch.rand(2, 3, 8, 8)), opt_g, opt_d, _accelerator(), recipe, None,
+    gan_step(g, d, (torch.rand(2, 3, 32, 32), torch.rand(2, 3, 8, 8)), opt_g, opt_d, _accelerator(), loss, gan,
              apply=lambda loss: False)
     assert all(torch.equal(a, b) for a, b in zip(params, (*g.parameters(), *d.parameters())))
 
 
 def test_out_of_memory_suggests_a_smaller_batch(tiny_recipe, monkeypatch, tmp_path, capsys):
-    real = trainer_module.pretrain_step
+    real = steps_module.pretrain_step
 
     def oom_on_second(g, batch, *args, **kwargs):
         if oom_on_second.calls == 1:
@@ -127,7 +131,7 @@ def test_out_of_memory_suggests_a_smaller_batch(tiny_recipe, monkeypatch, tmp_pa
         return real(g, batch, *args, **kwargs)
 
     oom_on_second.calls = 0
-    monkeypatch.setattr(trainer_module, "pretrain_step", oom_on_second)
+    monkeypatch.setattr(steps_module, "pretrain_step", oom_on_second)
     recipe = tiny_recipe(train={"epochs_finetune": 0})
     with pytest.raises(OutOfMemory, match=r"at step 2 with train.batch_size=4 .*train.batch_size=2"):
         train(recipe)

@@ -13,7 +13,9 @@ from fastsr.config import RuntimeConfig
 from fastsr.recipe import from_dict, load_recipe
 from fastsr.engine.checkpoint import load_generator
 from fastsr.engine.runtime import Precision, Runtime, resolve_runtime
-from fastsr.engine.trainer import gan_step, pretrain_step, train
+from fastsr.engine.steps import gan_step, pretrain_step
+from fastsr.engine.trainer import train
+from fastsr.losses import build_generator_loss
 from fastsr.models import Discriminator, SRResNet
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
@@ -55,9 +57,9 @@ def _run(runtime: Runtime, phase: str, steps=3):
     g, d = _models()
     opt_g, opt_d = torch.optim.Adam(g.parameters(), 1e-4), torch.optim.Adam(d.parameters(), 1e-4)
     g_train, d_train = runtime.for_training(g), runtime.for_training(d)
-    perceptual = lambda sr, hr: (sr - hr).abs().mean()  # noqa: E731 - stands in for VGG (tested elsewhere)
     precision = Precision(runtime.mixed_precision)
-    recipe = from_dict({})
+    loss, gan, _ = build_generator_loss(from_dict({"loss": {"vgg_weights": "random", "vgg_layer": "relu2_2"}}).loss)
+    loss_train = loss.prepare(runtime.for_training)
     acc = Accelerator(cpu=True)
     out = []
     for batch in _batches(steps):
@@ -65,7 +67,7 @@ def _run(runtime: Runtime, phase: str, steps=3):
         if phase == "A":
             out.append(pretrain_step(g_train, batch, opt_g, acc, "mse", precision))
         else:
-            out.append(gan_step(g_train, d_train, batch, opt_g, opt_d, acc, recipe, perceptual, precision))
+            out.append(gan_step(g_train, d_train, batch, opt_g, opt_d, acc, loss_train, gan, precision))
     return out, g
 
 

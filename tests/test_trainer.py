@@ -8,9 +8,10 @@ from safetensors.torch import load_file
 
 from fastsr.recipe import load_recipe
 from fastsr.data.cache import prepare_cache
-from fastsr.engine import trainer as trainer_module
+from fastsr.engine import steps as steps_module
 from fastsr.engine.checkpoint import complete_checkpoints, load_generator, load_state
-from fastsr.engine.trainer import gan_step, pretrain_step, train
+from fastsr.engine.steps import gan_step, pretrain_step
+from fastsr.engine.trainer import train
 from fastsr.models import Discriminator, SRResNet
 
 
@@ -91,17 +92,17 @@ def test_init_from_phase_a_weights(tiny_recipe):
     weights = phase_a / "generator.safetensors"
     recipe = tiny_recipe(name="b_only", train={"epochs_pretrain": 0, "init_from": str(weights)})
     captured = {}
-    real_gan_step = trainer_module.gan_step
+    real_gan_step = steps_module.gan_step
 
     def spy(g, *args, **kwargs):
         captured.setdefault("first", {k: v.clone() for k, v in g.state_dict().items()})
         return real_gan_step(g, *args, **kwargs)
 
-    trainer_module.gan_step = spy
+    steps_module.gan_step = spy
     try:
         train(recipe)
     finally:
-        trainer_module.gan_step = real_gan_step
+        steps_module.gan_step = real_gan_step
     start = load_file(weights)
     assert all(torch.equal(captured["first"][k], start[k]) for k in start)
     with pytest.raises(ValueError, match="weights are for"):
@@ -112,14 +113,17 @@ def test_gan_step_applies_each_weight_once(monkeypatch):
     """loss_g == pixel + w_vgg * vgg + w_adv * adv + w_tv * tv, and D is not updated by G's loss."""
     from fastsr.recipe import from_dict
 
-    recipe = from_dict({"loss": {"w_vgg": 0.5, "w_adv": 0.25, "w_tv": 0.125}})
+    from fastsr.losses import build_generator_loss
+
+    recipe = from_dict({"loss": {"w_vgg": 0.5, "w_adv": 0.25, "w_tv": 0.125, "vgg_weights": "random",
+                                 "vgg_layer": "relu2_2"}})
     torch.manual_seed(0)
     g, d = SRResNet(4, res_blocks=1, channels=8), Discriminator(channels=8)
     opt_g = torch.optim.SGD(g.parameters(), lr=0.0)  # lr 0: the step must not move anything
     opt_d = torch.optim.SGD(d.parameters(), lr=0.0)
-    perceptual = lambda sr, hr: (sr - hr).abs().mean() * 7  # noqa: E731 - a stand-in with a known value
+    loss, gan, _ = build_generator_loss(recipe.loss)
     batch = (torch.rand(2, 3, 32, 32), torch.rand(2, 3, 8, 8))
-    out = gan_step(g, d, batch, opt_g, opt_d, Accelerator(cpu=True), recipe, perceptual)
+    out = gan_step(g, d, batch, opt_g, opt_d, Accelerator(cpu=True), loss, gan)
     expected = out["pixel"] + 0.5 * out["vgg"] + 0.25 * out["adv"] + 0.125 * out["tv"]
     torch.testing.assert_close(out["g"], expected)
     # D's gradients are those of its own loss only: recompute them from scratch and compare.
@@ -158,7 +162,7 @@ def test_fresh_run_keeps_an_earlier_run_aside(tiny_recipe):
 
 
 def test_learning_rate_schedules():
-    from fastsr.engine.trainer import learning_rate
+    from fastsr.engine.phases import learning_rate
 
     assert [learning_rate(1.0, "constant", s, 10) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
     cosine = [learning_rate(1.0, "cosine", s, 10) for s in range(10)]

@@ -25,6 +25,7 @@ class Bicubic(nn.Module):
     eval/upscale paths as the learned generators.
     """
 
+    label = "Bicubic"  # how tables name it
     scales = (2, 4, 8)
     trainable = False
 

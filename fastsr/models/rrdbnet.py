@@ -92,6 +92,7 @@ class RRDBNet(nn.Module):
         residual_scale: factor on every dense block's and RRDB's residual branch (0.2).
     """
 
+    label = "RRDBNet"  # how tables name it
     scales = ALLOWED_SCALES
     trainable = True
 

@@ -51,6 +51,7 @@ class SRCNN(nn.Module):
         residual: add the bicubic upsampled input to the output.
     """
 
+    label = "SRCNN"  # how tables name it
     scales = (2, 4, 8)
     trainable = True
 

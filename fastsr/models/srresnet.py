@@ -62,6 +62,7 @@ class SRResNet(nn.Module):
         channels: feature channels (64 in the paper).
     """
 
+    label = "SRResNet"  # how tables name it
     scales = ALLOWED_SCALES
     trainable = True
 

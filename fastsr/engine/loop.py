@@ -1,0 +1,224 @@
+"""The loop: it walks the phases from the run's position, one step per batch, and around the steps
+reads the losses back (every `train.log_every` steps: the only host synchronisation), validates, writes
+checkpoints and answers stop signals. The position (phase, epoch, batch) is part of every checkpoint, and
+the crop plan is a function of (seed, epoch, position), so a resumed run sees the batches the
+uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from fastsr.engine.checkpoint import checkpoint_dir, complete_checkpoints, write_training_checkpoint
+from fastsr.engine.lossguard import LossGuard, NonFiniteLoss
+from fastsr.engine.phases import Phase, learning_rate
+from fastsr.engine.runlog import RunLog, progress_bar
+from fastsr.engine.setup import Run
+from fastsr.evaluate import evaluate
+from fastsr.models import Bicubic
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later"; a job script requeues on it and resumes
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # what clusters send before killing a job
+
+
+class Preempted(Exception):
+    """The run stopped on SIGTERM/SIGUSR1 after finishing its step and writing a checkpoint."""
+
+    def __init__(self, step: int, checkpoint: Path):
+        super().__init__(f"stopped by a signal at step {step}; checkpoint {checkpoint}; "
+                         "rerun with train.resume=auto to continue exactly where it stopped")
+        self.step, self.checkpoint = step, checkpoint
+
+
+class OutOfMemory(RuntimeError):
+    """The device ran out of memory; the message says which knobs lower the need."""
+
+
+@contextmanager
+def stop_requests():
+    """A list that gets the signal number when SIGTERM or SIGUSR1 arrives (the step in flight
+    finishes; the loop then checkpoints and stops). Handlers are installed only in the main thread
+    and restored afterwards."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in STOP_SIGNALS}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def validate(model: nn.Module, run: Run, step: int) -> tuple[float, float]:
+    """Score the model and bicubic on the validation pairs (evaluation runs the model in eval mode and
+    restores its mode), save the side-by-side pictures, log both."""
+    recipe = run.recipe
+    pictures = recipe.run_dir / "samples" / f"step_{step:08d}"
+    bicubic, sr = evaluate({"Bicubic": Bicubic(recipe.scale), "model": model}, run.val_pairs, recipe.scale,
+                           run.accelerator.device, pictures=pictures)
+    run.log.write(kind="val", step=step, psnr=sr.mean_psnr, ssim=sr.mean_ssim, bicubic_psnr=bicubic.mean_psnr,
+                  bicubic_ssim=bicubic.mean_ssim, images=len(run.val_pairs))
+    return sr.mean_psnr, bicubic.mean_psnr
+
+
+class Loop:
+    def __init__(self, run: Run, phases: list[Phase]):
+        self.run, self.phases = run, phases
+        self.t = run.recipe.train
+        self.pos = run.position
+        self.log: RunLog = run.log
+        acc = run.accelerator
+        self.steps_per_epoch = len(run.loader)
+        self.images_per_step = self.t.batch_size * acc.num_processes
+        self.guard = LossGuard(self.t.nonfinite, self.t.max_skipped_steps, acc)
+        self.logged: list[tuple[int, dict[str, torch.Tensor]]] = []  # (step, losses) counted since the last flush
+        self.window_tic, self.window_step = time.perf_counter(), self.pos.step
+        self.last_val_step, self.last_val_info = -1, ""
+
+    def run_phases(self) -> None:
+        run, t, pos = self.run, self.t, self.pos
+        total = self.steps_per_epoch * sum(p.epochs for p in self.phases)
+        epoch_offsets = [sum(p.epochs for p in self.phases[:i]) for i in range(len(self.phases))]
+        run.g_train.train()
+        with progress_bar(run.main) as self.progress, stop_requests() as requests, self._failures_explained():
+            self.task = self.progress.add_task("", total=total, completed=pos.step, rate=0.0, info="")
+            for index in range(pos.phase, len(self.phases)):
+                phase = self.phases[index]
+                self.progress.update(self.task, description=phase.name)
+                for epoch in range(pos.epoch, phase.epochs):
+                    for batch in run.loader.batches(epoch_offsets[index] + epoch, start=pos.batch):
+                        self._set_lr(phase, epoch)
+                        self._step(phase, batch)
+                        if pos.step % t.log_every == 0:
+                            self._flush_log(phase, epoch)
+                        if t.val_every and pos.step % t.val_every == 0:
+                            self._outside_rate(self.validate)
+                        if t.save_every and pos.step % t.save_every == 0:
+                            self._outside_rate(self.checkpoint)
+                        self.progress.update(self.task, completed=pos.step)
+                        if self._stop_requested(requests):
+                            self._preempt(phase, epoch, requests)
+                    pos.epoch, pos.batch = epoch + 1, 0
+                self._flush_log(phase, phase.epochs - 1)
+                pos.phase, pos.epoch = index + 1, 0
+                self._outside_rate(self.validate)
+                self._outside_rate(self.checkpoint)
+                self.progress.update(self.task, info=self.last_val_info)
+
+    # -- one step ------------------------------------------------------------------------------
+
+    def _set_lr(self, phase: Phase, epoch: int) -> None:
+        lr = learning_rate(phase.base_lr, self.t.lr_schedule, epoch * self.steps_per_epoch + self.pos.batch,
+                           phase.epochs * self.steps_per_epoch)
+        for opt in phase.optimisers:
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+    def _step(self, phase: Phase, batch) -> None:
+        run, pos = self.run, self.pos
+        batch = run.runtime.batch(*batch)
+        self.guard.begin(pos.step + 1, phase.models)
+        losses = phase.step(batch, self.guard.apply)
+        counted = self.guard.end()
+        if run.parts.ema is not None:
+            run.parts.ema.update_parameters(run.parts.generator)
+        pos.step += 1
+        pos.batch += 1
+        if counted:
+            self.logged.append((pos.step, losses))
+        else:
+            self.log.write(kind="skipped", step=pos.step, reason="non-finite loss (train.nonfinite=skip)")
+
+    # -- around the steps ----------------------------------------------------------------------
+
+    def _check_losses(self) -> None:
+        """Stop before logging, validating or saving anything computed after a non-finite loss."""
+        def last_checkpoint() -> Path | None:
+            found = complete_checkpoints(self.run.run_dir)
+            return found[-1] if found else None
+
+        self.guard.check(self.logged, last_checkpoint)
+
+    def _flush_log(self, phase: Phase, epoch: int) -> None:
+        """Read the losses back (the only host synchronisation of the loop) and log their means."""
+        self._check_losses()
+        steps = self.pos.step - self.window_step
+        if not self.logged or not steps:
+            return
+        rate = steps * self.images_per_step / (time.perf_counter() - self.window_tic)
+        keys = list(self.logged[0][1])  # a window never spans two phases, so every step has the same losses
+        values = torch.stack([torch.stack([losses[k] for k in keys]) for _, losses in self.logged]).mean(dim=0).tolist()
+        means = {f"loss_{k}": v for k, v in zip(keys, values)}
+        self.log.write(kind="train", step=self.pos.step, phase=phase.name, epoch=epoch,
+                       lr=phase.optimisers[0].param_groups[0]["lr"], images_per_sec=rate, **means)
+        self.logged.clear()
+        self.window_tic, self.window_step = time.perf_counter(), self.pos.step
+        shown = " ".join(f"{k[5:]} {v:.4g}" for k, v in means.items())
+        self.progress.update(self.task, rate=rate, info=f"{shown} {self.last_val_info}")
+
+    def _outside_rate(self, action) -> None:
+        """Run a validation or a checkpoint without counting its time against images/sec."""
+        tic = time.perf_counter()
+        action()
+        self.window_tic += time.perf_counter() - tic
+
+    def validate(self) -> None:
+        self._check_losses()
+        run = self.run
+        if run.main and self.last_val_step != self.pos.step:
+            psnr, bic = validate(run.eval_model(), run, self.pos.step)
+            self.last_val_step, self.last_val_info = self.pos.step, f"val {psnr:.2f} dB (bicubic {bic:.2f})"
+        run.accelerator.wait_for_everyone()
+
+    def checkpoint(self) -> None:
+        self._check_losses()
+        run = self.run
+        if run.main:
+            write_training_checkpoint(run.run_dir, self.pos, run.parts, keep=self.t.keep_checkpoints)
+        run.accelerator.wait_for_everyone()
+
+    def _stop_requested(self, requests: list[int]) -> bool:
+        """Whether any process got a stop signal. With several processes they must agree on the step
+        to stop at, which costs a collective: asked every `log_every` steps, where the loop syncs anyway."""
+        acc = self.run.accelerator
+        if acc.num_processes == 1:
+            return bool(requests)
+        if self.pos.step % self.t.log_every:
+            return False
+        flag = torch.tensor([float(bool(requests))], device=acc.device)
+        return acc.reduce(flag, reduction="sum").item() > 0
+
+    def _preempt(self, phase: Phase, epoch: int, requests: list[int]) -> None:
+        self._flush_log(phase, epoch)
+        self.checkpoint()
+        checkpoint = checkpoint_dir(self.run.run_dir, self.pos.step)
+        self.log.write(kind="preempted", step=self.pos.step, signal=int(requests[0]) if requests else None,
+                       checkpoint=str(checkpoint))
+        raise Preempted(self.pos.step, checkpoint)
+
+    @contextmanager
+    def _failures_explained(self):
+        """Log why a run stops on a non-finite loss; turn an out-of-memory error into advice."""
+        try:
+            yield
+        except NonFiniteLoss as err:
+            self.log.write(kind="nonfinite", step=self.pos.step, message=str(err))
+            raise
+        except torch.OutOfMemoryError:
+            recipe = self.run.recipe
+            b = recipe.train.batch_size
+            err = OutOfMemory(
+                f"out of memory at step {self.pos.step + 1} with train.batch_size={b} per process and data.hr_crop="
+                f"{recipe.data.hr_crop}; lower train.batch_size (e.g. train.batch_size={max(1, b // 2)}) or "
+                "data.hr_crop, or use runtime.mixed_precision=bf16; resume with train.resume=auto")
+            self.log.write(kind="oom", step=self.pos.step, message=str(err))
+            raise err from None

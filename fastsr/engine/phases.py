@@ -1,0 +1,58 @@
+"""The phases of a run. Phase A ("pretrain", `train.epochs_pretrain`): the generator alone on the pixel
+loss (SRResNet's MSE pre-training; also how SRCNN trains). Phase B ("finetune", `train.epochs_finetune`):
+the GAN, the discriminator trained by the GAN kind, the generator by the recipe's weighted loss terms.
+
+A phase is what the loop needs to run it and nothing else: its epochs, its learning rate, the optimisers
+that rate applies to, the models whose state a refused step restores, and its step function.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fastsr.engine import steps
+from fastsr.engine.setup import Run
+
+Losses = dict[str, torch.Tensor]
+
+
+@dataclass
+class Phase:
+    name: str
+    epochs: int
+    base_lr: float  # already scaled for the number of processes
+    optimisers: list[torch.optim.Optimizer]
+    models: list[nn.Module]  # the eager modules a refused step restores the buffers of
+    step: Callable[[tuple[torch.Tensor, torch.Tensor], Callable], Losses]  # (batch, apply) -> losses
+
+
+def learning_rate(base: float, schedule: str, step_in_phase: int, phase_steps: int) -> float:
+    if schedule == "constant":
+        return base
+    return base * 0.5 * (1 + math.cos(math.pi * step_in_phase / phase_steps))
+
+
+def build_phases(run: Run) -> list[Phase]:
+    """The recipe's phases that have epochs, in order (their index is the checkpoint's `phase`)."""
+    t, parts, acc = run.recipe.train, run.parts, run.accelerator
+    n = acc.num_processes
+    factor = {"none": 1.0, "linear": n, "sqrt": math.sqrt(n)}[t.lr_scaling]
+    phases = []
+    if t.epochs_pretrain:
+        pixel = run.recipe.loss.pixel
+        phases.append(Phase(
+            "pretrain", t.epochs_pretrain, t.lr * factor, [parts.opt_g], [parts.generator],
+            lambda batch, apply: steps.pretrain_step(run.g_train, batch, parts.opt_g, acc, pixel, run.precision,
+                                                     apply)))
+    if t.epochs_finetune:
+        phases.append(Phase(
+            "finetune", t.epochs_finetune, (t.lr_finetune or t.lr) * factor, [parts.opt_g, parts.opt_d],
+            [parts.generator, parts.discriminator],
+            lambda batch, apply: steps.gan_step(run.g_train, run.d_train, batch, parts.opt_g, parts.opt_d, acc,
+                                                run.loss_train, run.gan, run.precision, apply)))
+    return phases

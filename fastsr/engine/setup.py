@@ -1,0 +1,169 @@
+"""Setting a run up: devices and speed switches, data, models, losses, optimisers and the checkpoint to
+resume, everything that can fail on a user's input checked before the run directory is touched; then the
+run directory and the models' training copies."""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from rich.console import Console
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from fastsr.config import RecipeError
+from fastsr.data import ImageError, make_train_loader, resolve_source
+from fastsr.data.screen import apply_policy, screen_train, screen_val, without
+from fastsr.engine.checkpoint import (
+    Position, Trainables, WeightsError, load_weights, read_config, resolve_resume, restore_training_state,
+)
+from fastsr.engine.runlog import RunLog
+from fastsr.engine.runtime import Precision, Runtime, allow_tf32, resolve_runtime
+from fastsr.losses import GeneratorLoss, build_generator_loss
+from fastsr.models import DISCRIMINATORS, GENERATORS
+from fastsr.recipe import Recipe, save_recipe
+
+
+@dataclass
+class Run:
+    """Everything a run's phases and loop work with."""
+
+    recipe: Recipe
+    console: Console
+    accelerator: Accelerator
+    runtime: Runtime
+    precision: Precision
+    loader: object  # a batch source: len() batches per epoch, batches(epoch, start)
+    val_pairs: list
+    parts: Trainables  # the eager modules (evaluated, averaged and saved) and their optimisers
+    loss: GeneratorLoss | None  # phase B's generator loss (None without phase B)
+    gan: str  # the GAN kind that trains the discriminator
+    position: Position
+    resumed_from: Path | None
+    notes: list[str] = field(default_factory=list)
+    log: RunLog | None = None  # once the run directory is open
+    # The training copies (laid out, maybe compiled, wrapped by Accelerate), sharing the parameters.
+    g_train: nn.Module | None = None
+    d_train: nn.Module | None = None
+    loss_train: GeneratorLoss | None = None
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def run_dir(self) -> Path:
+        return self.recipe.run_dir
+
+    def eval_model(self) -> nn.Module:
+        """The generator that is validated and exported: the EMA's when there is one."""
+        return self.parts.ema.module if self.parts.ema is not None else self.parts.generator
+
+
+def set_up(recipe: Recipe, console: Console) -> Run:
+    cuda = torch.cuda.is_available()
+    runtime = resolve_runtime(recipe.runtime, cuda)
+    accelerator = Accelerator(cpu=not cuda)
+    if cuda:
+        allow_tf32()
+    precision = Precision(runtime.mixed_precision, accelerator.device.type)
+    t = recipe.train
+    torch.manual_seed(t.seed)
+
+    train_samples, val_pairs, notes = screened_data(recipe, accelerator, console)
+    loader, loader_note = make_train_loader(
+        recipe.data, train_samples, recipe.scale, t.batch_size, seed=t.seed, rank=accelerator.process_index,
+        world_size=accelerator.num_processes, device=accelerator.device)
+    if len(loader) == 0:
+        raise RecipeError(
+            f"data.source {recipe.data.source}: {len(train_samples)} images x repeat {recipe.data.repeat} make no full "
+            f"batch of {t.batch_size} per process; raise data.repeat or lower train.batch_size")
+
+    # Built in this order (generator, discriminator, losses) so the seed gives the same initial weights.
+    g = GENERATORS.create(recipe.model, scale=recipe.scale)
+    if t.init_from:
+        check_init_from(t.init_from, g.config)
+        load_weights(g, Path(t.init_from))
+    gan_phase = t.epochs_finetune > 0
+    d = DISCRIMINATORS.create(recipe.discriminator) if gan_phase else None
+    loss, gan, loss_notes = build_generator_loss(recipe.loss) if gan_phase else (None, "vanilla", [])
+    betas = tuple(t.betas)
+    parts = Trainables(
+        generator=g,
+        opt_g=torch.optim.Adam(g.parameters(), lr=t.lr, betas=betas),
+        discriminator=d,
+        opt_d=torch.optim.Adam(d.parameters(), lr=t.lr_finetune or t.lr, betas=betas) if gan_phase else None,
+        ema=AveragedModel(g, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True) if t.ema else None)
+    checkpoint = resolve_resume(t.resume, recipe.run_dir)
+    position = restore_training_state(checkpoint, parts) if checkpoint is not None else Position()
+    notes = [*notes, *([loader_note] if loader_note else []), *loss_notes]
+    return Run(recipe, console, accelerator, runtime, precision, loader, val_pairs, parts, loss, gan, position,
+               checkpoint, notes)
+
+
+def open_run_dir(run: Run) -> None:
+    """The run directory (a fresh run never mixes its logs and checkpoints with an earlier one's: an
+    earlier run there is moved aside), the resolved recipe, the log and the notes."""
+    run_dir = run.run_dir
+    if run.main:
+        if run.resumed_from is None and run_dir.is_dir() and any(run_dir.iterdir()):
+            archived = run_dir.with_name(f"{run_dir.name}_archived_{time.strftime('%Y%m%d_%H%M%S')}")
+            run_dir.rename(archived)
+            run.console.print(f"{run_dir} held an earlier run: moved it to {archived}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_recipe(run.recipe, run_dir / "recipe.yaml")
+        if run.resumed_from is not None:
+            run.console.print(f"resuming from {run.resumed_from} at step {run.position.step}")
+    run.accelerator.wait_for_everyone()
+    run.log = RunLog(run_dir / "log.jsonl", enabled=run.main)
+    for note in run.notes:
+        if run.main:
+            run.console.print(f"[yellow]note:[/] {note}")
+        run.log.write(kind="note", message=note)
+
+
+def prepare_for_training(run: Run) -> None:
+    """The training copies: laid out, maybe compiled, then wrapped by Accelerate (compiling the bare
+    module first avoids DDP graph breaks); evaluation, EMA and checkpoints keep the eager modules."""
+    acc, parts, runtime = run.accelerator, run.parts, run.runtime
+    run.g_train, parts.opt_g = acc.prepare(runtime.for_training(parts.generator), parts.opt_g)
+    if parts.discriminator is not None:
+        run.d_train, parts.opt_d = acc.prepare(runtime.for_training(parts.discriminator), parts.opt_d)
+    if parts.ema is not None:
+        parts.ema.to(acc.device)
+    if run.loss is not None:
+        run.loss_train = run.loss.to(acc.device).prepare(runtime.for_training)
+
+
+def check_init_from(path: str, config: dict) -> None:
+    found = read_config(Path(path))
+    if found != config:
+        raise WeightsError(f"{path}: weights are for {found}, but the recipe builds {config}; match model.* and scale")
+
+
+def screened_data(recipe: Recipe, accelerator, console: Console):
+    """(usable training samples, validation pairs, one note per skipped image), with the recipe's
+    `data.bad_images` policy applied to every image the run cannot use."""
+    data, scale = recipe.data, recipe.scale
+    train_samples = resolve_source(data.source, "train", scale)
+    val_samples = resolve_source(data.val_source or data.source, "val", scale)
+    checking = f"checking {len(train_samples)} training images" + ("" if data.cache else " (decoding each once)")
+    with console.status(checking) if accelerator.is_main_process else nullcontext():
+        problems = screen_train(train_samples, data, scale, rank=accelerator.process_index,
+                                world_size=accelerator.num_processes)
+    if accelerator.num_processes > 1:
+        problems = gather_object(problems)
+    problems = sorted(set(problems))
+    notes = apply_policy(problems, data.bad_images, "training")
+    train_samples = without(train_samples, problems)
+    val_pairs, val_problems = screen_val(val_samples, scale, data.degradation, data.val_images or None)
+    notes += apply_policy(val_problems, data.bad_images, "validation")
+    for what, found in (("training", train_samples), ("validation", val_pairs)):
+        if not found:
+            raise ImageError(f"data.source {data.source}: no usable {what} images left after skipping the bad ones")
+    return train_samples, val_pairs, notes
