@@ -14,7 +14,7 @@ and SRCNN 9-5-5, each at HR 96 and 128 (x4) and a few batch sizes:
   this device (on a CPU: eager fp32 + channels_last; on a GPU: compile + bf16 + channels_last), and
   on a GPU also compile + bf16 without channels_last.
 First on synthetic batches already on the device (the models' own speed), then fed by the real
-loader (`make_train_loader` with `data.backend=auto` from a `fastsr prepare` cache of the bundled
+loader (`make_batch_source` with `data.backend=auto` from a `fastsr prepare` cache of the bundled
 photographs: what a user gets).
 
 FLOPs per step are counted by `torch.utils.flop_counter.FlopCounterMode` over one eager step of that
@@ -41,7 +41,7 @@ from accelerate import Accelerator
 from torch.utils.flop_counter import FlopCounterMode
 
 from fastsr.config import DataConfig, RuntimeConfig, from_dict
-from fastsr.data import make_train_loader, resolve_source
+from fastsr.data import make_batch_source, resolve_source
 from fastsr.data.cache import prepare_cache
 from fastsr.engine.runtime import Precision, Runtime, allow_tf32, resolve_runtime
 from fastsr.engine.trainer import gan_step, pretrain_step
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     for task in ("A", "B"):
         crop, batch = crops[0], batch_sizes[-1]
         data = DataConfig(source="samples", cache=str(work / "cache"), hr_crop=crop, repeat=64, workers=os.cpu_count() or 1)
-        loader, note = make_train_loader(data, samples, 4, batch, device=device)
+        loader, note = make_batch_source(data, samples, 4, batch, device=device)
 
         def loader_batches():
             epoch = 0
