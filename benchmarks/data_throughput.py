@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from fastsr.data import CropPlan, Sample, TrainImages, TrainLoader, resolve_source
+from fastsr.data import CropPlan, ImageStore, Sample, TorchLoader, resolve_source
 from fastsr.data.cache import prepare_cache
 from report import publish  # benchmarks/report.py: this folder is on sys.path when a script runs
 
@@ -140,17 +140,17 @@ def main(argv: list[str] | None = None) -> None:
     decode_ms = float(np.median(decode_ms))
 
     files = [s.hr for s in samples]
-    from_files, from_cache = TrainImages.from_samples(samples), TrainImages.from_samples(samples, cache_dir)
+    from_files, from_cache = ImageStore.from_samples(samples), ImageStore.from_samples(samples, cache_dir)
 
     def plan(images, hr_crop, k=1):
         return CropPlan(images.sizes, [str(f) for f in images.files], SCALE, hr_crop, BATCH, repeat=64,
                         crops_per_image=k)
 
     def torch_loader(images, hr_crop):
-        return epochs_of(TrainLoader(images, plan(images, hr_crop), workers=workers, device=device, cache_images=False))
+        return epochs_of(TorchLoader(images, plan(images, hr_crop), workers=workers, device=device, cache_images=False))
 
     def dali(images, hr_crop, k=1):
-        from fastsr.data.dali import DaliLoader
+        from fastsr.data.dali_backend import DaliLoader
 
         return epochs_of(DaliLoader(images, plan(images, hr_crop, k), threads=workers, device=device))
 

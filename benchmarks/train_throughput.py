@@ -14,7 +14,7 @@ and SRCNN 9-5-5, each at HR 96 and 128 (x4) and a few batch sizes:
   this device (on a CPU: eager fp32 + channels_last; on a GPU: compile + bf16 + channels_last), and
   on a GPU also compile + bf16 without channels_last.
 First on synthetic batches already on the device (the models' own speed), then fed by the real
-loader (`make_train_loader` with `data.backend=auto` from a `fastsr prepare` cache of the bundled
+loader (`make_batch_source` with `data.backend=auto` from a `fastsr prepare` cache of the bundled
 photographs: what a user gets).
 
 FLOPs per step are counted by `torch.utils.flop_counter.FlopCounterMode` over one eager step of that
@@ -42,15 +42,16 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fastsr.config import DataConfig, RuntimeConfig
 from fastsr.recipe import from_dict
-from fastsr.data import make_train_loader, resolve_source
+from fastsr.data import make_batch_source, resolve_source
 from fastsr.data.cache import prepare_cache
 from fastsr.engine.runtime import Precision, Runtime, allow_tf32, resolve_runtime
-from fastsr.engine.trainer import gan_step, pretrain_step
-from fastsr.losses import PerceptualLoss, g_adv_loss, tv_loss
+from fastsr.engine.steps import gan_step, pretrain_step
+from fastsr.losses import PerceptualLoss, build_generator_loss, g_adv_loss, tv_loss
 from fastsr.models import SRCNN, Discriminator, SRResNet
 from report import publish  # benchmarks/report.py: this folder is on sys.path when a script runs
 
-RECIPE = from_dict({})  # the seed's loss weights: w_adv 1e-3, w_vgg 6e-3, w_tv 1e-6
+# the seed's loss weights (w_adv 1e-3, w_vgg 6e-3, w_tv 1e-6); VGG19 random: the same cost
+RECIPE = from_dict({"loss": {"vgg_weights": "random"}})
 
 
 class Bench:
@@ -63,9 +64,9 @@ class Bench:
         self.opt_g = torch.optim.Adam(self.g.parameters(), 1e-4)
         self.d = Discriminator().to(device) if task == "B" else None
         self.opt_d = torch.optim.Adam(self.d.parameters(), 1e-4) if self.d is not None else None
-        self.vgg = PerceptualLoss("conv5_4", weights=None).to(device) if task == "B" else None  # random: same cost
         self.accelerator = Accelerator(cpu=device.type == "cpu")
         if runtime is None:  # the seed step
+            self.vgg = PerceptualLoss("conv5_4", weights=None).to(device) if task == "B" else None  # random: same cost
             if self.vgg is not None:
                 self.vgg.vgg.requires_grad_(True)  # as torchvision hands it over: weights trainable
             self.step = self._seed_step
@@ -73,13 +74,15 @@ class Bench:
         self.precision = Precision(runtime.mixed_precision, device.type)
         self.g_train = runtime.for_training(self.g)
         self.d_train = runtime.for_training(self.d) if self.d is not None else None
-        self.vgg_train = runtime.for_training(self.vgg) if self.vgg is not None else None
+        if task == "B":
+            loss, self.gan, _ = build_generator_loss(RECIPE.loss)
+            self.loss_train = loss.to(device).prepare(runtime.for_training)
 
     def step(self, hr, lr):
         hr, lr = self.runtime.batch(hr, lr)
         if self.task == "B":
             return gan_step(self.g_train, self.d_train, (hr, lr), self.opt_g, self.opt_d, self.accelerator,
-                            RECIPE, self.vgg_train, self.precision)
+                            self.loss_train, self.gan, self.precision)
         return pretrain_step(self.g_train, (hr, lr), self.opt_g, self.accelerator, "mse", self.precision)
 
     def _seed_step(self, hr, lr):
@@ -214,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     for task in ("A", "B"):
         crop, batch = crops[0], batch_sizes[-1]
         data = DataConfig(source="samples", cache=str(work / "cache"), hr_crop=crop, repeat=64, workers=os.cpu_count() or 1)
-        loader, note = make_train_loader(data, samples, 4, batch, device=device)
+        loader, note = make_batch_source(data, samples, 4, batch, device=device)
 
         def loader_batches():
             epoch = 0

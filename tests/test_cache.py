@@ -13,7 +13,7 @@ from skimage import data as skdata
 import fastsr.data.cache as cache_module
 from fastsr.cli import main
 from fastsr.data import ImageError, load_image, resolve_source
-from fastsr.data.cache import CachedImage, prepare_cache, read_cache
+from fastsr.data.cache import CachedImage, open_cache, prepare_cache
 
 PHOTO = skdata.astronaut()  # 512x512x3 uint8
 TRAIN = ["a0.png", "a1.png", "a2.png", "b.jpg", "g.png"]
@@ -76,7 +76,7 @@ def test_npy_files_hold_exactly_the_decoded_pixels(src, tmp_path, monkeypatch):
     gray = np.load(dst / "g.png.npy", mmap_mode="r")[3:9, 5:20]  # a crop read through a memory map
     np.testing.assert_array_equal(gray, np.repeat(PHOTO[103:109, 105:120, 1:2], 3, axis=2))
     samples = resolve_source(str(src), "train", scale=4)
-    assert read_cache(dst, samples) == [CachedImage(dst / f"{n}.npy", *np.load(dst / f"{n}.npy").shape[:2])
+    assert open_cache(dst).images(samples) == [CachedImage(dst / f"{n}.npy", *np.load(dst / f"{n}.npy").shape[:2])
                                         for n in TRAIN]
 
 
@@ -151,7 +151,7 @@ def test_interrupted_run_resumes(src, tmp_path, monkeypatch):
     result = prepare(src, dst)
     assert (result.written, result.skipped) == (3, 2)
     assert sorted(p.name for p in dst.iterdir()) == sorted([f"{n}.npy" for n in TRAIN] + ["manifest.json"])
-    assert len(read_cache(dst, resolve_source(str(src), "train", 4))) == 5
+    assert len(open_cache(dst).images(resolve_source(str(src), "train", 4))) == 5
     np.testing.assert_array_equal(np.load(dst / "b.jpg.npy"), load_image(src / "train" / "b.jpg"))
 
 
@@ -174,14 +174,14 @@ def test_unreadable_images_are_reported_and_refused_for_training(src, tmp_path):
 
     samples = resolve_source(str(src), "train", 4)
     with pytest.raises(ImageError) as e:
-        read_cache(dst, samples)
+        open_cache(dst).images(samples)
     assert "not a readable image" in one_line_naming(e, dst, src / "train" / "a0.png", "fastsr prepare")
     with pytest.raises(ImageError) as e:
-        read_cache(dst, [s for s in samples if s.name != "a0"])
+        open_cache(dst).images([s for s in samples if s.name != "a0"])
     one_line_naming(e, "bad.png")
 
 
-def test_read_cache_refuses_stale_and_missing_copies(src, tmp_path):
+def test_open_cache_refuses_stale_and_missing_copies(src, tmp_path):
     dst = tmp_path / "cache"
     prepare(src, dst)
     samples = resolve_source(str(src), "train", 4)
@@ -189,24 +189,24 @@ def test_read_cache_refuses_stale_and_missing_copies(src, tmp_path):
     st = b.stat()
     os.utime(b, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
     with pytest.raises(ImageError) as e:
-        read_cache(dst, samples)
+        open_cache(dst).images(samples)
     assert "changed" in one_line_naming(e, b, f"fastsr prepare {src} {dst}")
     os.utime(b, ns=(st.st_atime_ns, st.st_mtime_ns))
-    read_cache(dst, samples)
+    open_cache(dst).images(samples)
 
     npy = dst / "g.png.npy"
     data = npy.read_bytes()
     npy.write_bytes(data[:-1])
     with pytest.raises(ImageError) as e:
-        read_cache(dst, samples)
+        open_cache(dst).images(samples)
     assert "damaged" in one_line_naming(e, npy)
     npy.unlink()
     with pytest.raises(ImageError) as e:
-        read_cache(dst, samples)
+        open_cache(dst).images(samples)
     assert "missing" in one_line_naming(e, npy)
 
     with pytest.raises(ImageError) as e:
-        read_cache(tmp_path / "nowhere", samples)
+        open_cache(tmp_path / "nowhere").images(samples)
     one_line_naming(e, tmp_path / "nowhere", "fastsr prepare")
 
 

@@ -12,9 +12,9 @@ from PIL import Image
 from skimage import data as skdata
 
 from fastsr.config import DataConfig
-from fastsr.data import CropPlan, ImageError, Sample, TrainImages, TrainLoader, make_train_loader
+from fastsr.data import CropPlan, ImageError, ImageStore, Sample, TorchLoader, make_batch_source
 from fastsr.data.cache import prepare_cache
-from fastsr.data.dali import DaliLoader, DaliUnavailable, make_dali_loader
+from fastsr.data.dali_backend import DaliLoader, DaliUnavailable, make_dali_loader
 from fastsr.data.degradation import crop_to_scale
 from fastsr.ops import imresize
 
@@ -41,14 +41,14 @@ def photos(tmp_path_factory):
 
 
 def _loader(samples, cache=None, backend="dali", quantize=True, device="cpu", **kw):
-    images = TrainImages.from_samples(samples, cache)
+    images = ImageStore.from_samples(samples, cache)
     args = dict(scale=4, hr_crop=32, batch_size=4, repeat=8, seed=1)
     args.update(kw)
     plan = CropPlan(images.sizes, [str(f) for f in images.files], args.pop("scale"), args.pop("hr_crop"),
                     args.pop("batch_size"), **args)
     if backend == "dali":
         return DaliLoader(images, plan, quantize=quantize, device=device)
-    return TrainLoader(images, plan)
+    return TorchLoader(images, plan)
 
 
 def _whole_lr(samples):
@@ -117,7 +117,7 @@ def _config(**kw):
 
 def test_auto_picks_dali_where_it_runs(photos):
     samples, _ = photos
-    loader, note = make_train_loader(_config(backend="auto"), samples, 4, 4)
+    loader, note = make_batch_source(_config(backend="auto"), samples, 4, 4)
     assert loader.name == "dali" and note is None
 
 
@@ -133,23 +133,23 @@ def test_auto_falls_back_when_dali_is_missing(photos, monkeypatch):
         return real_import(name, *args, **kw)
 
     monkeypatch.setattr(builtins, "__import__", no_dali)
-    loader, note = make_train_loader(_config(backend="auto"), samples, 4, 4)
+    loader, note = make_batch_source(_config(backend="auto"), samples, 4, 4)
     assert loader.name == "torch" and "not installed" in note
     assert len(list(loader.batches(0))) == len(loader) == 4
     with pytest.raises(DaliUnavailable, match="not installed"):
-        make_train_loader(_config(backend="dali"), samples, 4, 4)
+        make_batch_source(_config(backend="dali"), samples, 4, 4)
 
 
 def test_auto_falls_back_for_what_dali_cannot_do(photos, tmp_path):
     samples, _ = photos
-    loader, note = make_train_loader(_config(backend="auto", degradation="kornia"), samples, 4, 4)
+    loader, note = make_batch_source(_config(backend="auto", degradation="kornia"), samples, 4, 4)
     assert loader.name == "torch" and "data.degradation=kornia" in note
     palette = tmp_path / "palette.png"
     Image.open(samples[0].hr).convert("P").save(palette)
-    loader, note = make_train_loader(_config(backend="auto"), [*samples[1:], Sample(palette)], 4, 4)
+    loader, note = make_batch_source(_config(backend="auto"), [*samples[1:], Sample(palette)], 4, 4)
     assert loader.name == "torch" and str(palette) in note and "fastsr prepare" in note
     with pytest.raises(DaliUnavailable, match="palette.png"):
-        make_dali_loader(TrainImages.from_samples([Sample(palette)]), CropPlan([(150, 130)], ["p"], 4, 32, 1))
+        make_dali_loader(ImageStore.from_samples([Sample(palette)]), CropPlan([(150, 130)], ["p"], 4, 32, 1))
 
 
 def test_a_pipeline_that_fails_when_run_is_unavailable_not_a_crash(photos, monkeypatch):
@@ -161,5 +161,5 @@ def test_a_pipeline_that_fails_when_run_is_unavailable_not_a_crash(photos, monke
                            "encountered:\nCUDA error: no kernel image is available")
 
     monkeypatch.setattr("nvidia.dali.Pipeline.run", broken)
-    loader, note = make_train_loader(_config(backend="auto"), samples, 4, 4)
+    loader, note = make_batch_source(_config(backend="auto"), samples, 4, 4)
     assert loader.name == "torch" and "failed its first batch" in note and "no kernel image" in note

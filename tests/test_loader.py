@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fastsr.data import CropPlan, ImageError, Sample, TrainImages, TrainLoader, load_val_set, save_image
-from fastsr.data.dali import DaliLoader
+from fastsr.data import BatchSource, CropPlan, ImageError, ImageStore, Sample, TorchLoader, load_val_set, save_image
+from fastsr.data.dali_backend import DaliLoader
 
 N_IMAGES = 12
 BACKENDS = ["torch", "dali"]
@@ -28,11 +28,11 @@ def samples(tmp_path_factory):
 
 
 def make(samples, backend="torch", *, scale=4, hr_crop=32, batch_size=4, workers=0, cache_images=True, **plan_kw):
-    images = TrainImages.from_samples(samples)
+    images = ImageStore.from_samples(samples)
     plan = CropPlan(images.sizes, [str(f) for f in images.files], scale, hr_crop, batch_size, **plan_kw)
     if backend == "dali":
         return DaliLoader(images, plan, threads=2)
-    return TrainLoader(images, plan, workers=workers, cache_images=cache_images)
+    return TorchLoader(images, plan, workers=workers, cache_images=cache_images)
 
 
 def _all(loader, epoch=0, start=0):
@@ -43,6 +43,12 @@ def _assert_same(a, b):
     assert len(a) == len(b)
     for (hr_a, lr_a), (hr_b, lr_b) in zip(a, b):
         assert torch.equal(hr_a, hr_b) and torch.equal(lr_a, lr_b)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_both_backends_are_batch_sources(samples, backend):
+    loader = make(samples, backend)
+    assert isinstance(loader, BatchSource) and loader.name == backend
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -87,8 +93,8 @@ def test_resume_equals_tail_and_skips_reading(samples, backend, monkeypatch):
     loader = make(samples, backend, cache_images=False)
     full = _all(loader, epoch=3)
     read = []
-    real_read = TrainImages.read
-    monkeypatch.setattr(TrainImages, "read", lambda self, i: read.append(i) or real_read(self, i))
+    real_read = ImageStore.read
+    monkeypatch.setattr(ImageStore, "read", lambda self, i: read.append(i) or real_read(self, i))
     real_fromfile = np.fromfile  # DALI's feeder reads encoded files itself
     monkeypatch.setattr(np, "fromfile", lambda path, **kw: read.append(path) or real_fromfile(path, **kw))
     _assert_same(_all(loader, epoch=3, start=2), full[2:])
@@ -189,7 +195,7 @@ def test_load_val_set(samples, tmp_path):
 def test_cache_maps_stay_open_bounded_and_are_not_pickled(samples, tmp_path, monkeypatch):
     import pickle
 
-    import fastsr.data.loader as loader_module
+    import fastsr.data.store as store_module
     from fastsr.data.cache import prepare_cache
 
     folder = tmp_path / "src"
@@ -200,8 +206,8 @@ def test_cache_maps_stay_open_bounded_and_are_not_pickled(samples, tmp_path, mon
     (folder / "val" / "v.png").write_bytes(samples[4].hr.read_bytes())
     prepare_cache(str(folder), tmp_path / "cache", workers=1, progress=False)
     train = [Sample(folder / "train" / s.hr.name) for s in samples[:4]]
-    images = TrainImages.from_samples(train, tmp_path / "cache")
-    monkeypatch.setattr(loader_module, "_max_open_maps", lambda: 2)
+    images = ImageStore.from_samples(train, tmp_path / "cache")
+    monkeypatch.setattr(store_module, "_max_open_maps", lambda: 2)
     for i in (0, 1, 2, 1):
         assert np.array_equal(images.read(i), np.asarray(Image.open(train[i].hr).convert("RGB")))
     assert sorted(images.maps) == [1, 2]  # the oldest (0) was closed

@@ -2,12 +2,15 @@
 refuses the run in one line, `skip` trains without the bad files and names each; the same from a cache."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from skimage import data as skdata
 
+import fastsr.data.plan as plan_module
+import fastsr.data.screen as screen_module
 from fastsr.cli import main
 from fastsr.config import DataConfig
 from fastsr.data import ImageError, resolve_source
@@ -123,6 +126,35 @@ def test_a_cache_skips_what_prepare_could_not_decode(messy, tiny_recipe, tmp_pat
     Image.fromarray(_tile(10)).save(root / "train" / "good_rgb.png")
     with pytest.raises(ImageError, match="changed .* since it was cached"):
         screen_train(resolve_source(str(root), "train", 4), _config(root, cache=str(cache), bad_images="skip"), 4)
+
+
+def test_a_run_reads_the_cache_manifest_once_and_checks_each_crop_fit_once(messy, tiny_recipe, tmp_path, monkeypatch):
+    """The screen hands its opened cache on to the batch source, and the crop plan takes the screen's
+    crop-fit check of each image instead of repeating it."""
+    root, _ = messy
+    cache = tmp_path / "cache"
+    prepare_cache(str(root), cache, workers=1, progress=False)
+    reads, checked = [], []
+    real_read_text, real_check = Path.read_text, plan_module.check_crop_fits
+
+    def read_text(self, *args, **kwargs):
+        if self.name == "manifest.json":
+            reads.append(self)
+        return real_read_text(self, *args, **kwargs)
+
+    def check(name, *args):
+        checked.append(name)
+        return real_check(name, *args)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    monkeypatch.setattr(plan_module, "check_crop_fits", check)
+    monkeypatch.setattr(screen_module, "check_crop_fits", check)
+    train(tiny_recipe(data={"source": str(root), "cache": str(cache), "bad_images": "skip", "backend": "torch"},
+                      train={"epochs_finetune": 0}))
+    assert reads == [cache / "manifest.json"]
+    # every image prepare could decode, once: the 4 good ones and small.png (refused by this check)
+    assert sorted(Path(name).name for name in checked) == ["good_gray.png", "good_palette.png", "good_rgb.png",
+                                                           "good_rgba.png", "small.png"]
 
 
 def test_eval_refuses_an_image_too_small_to_score(tmp_path, capsys):

@@ -1,24 +1,31 @@
-"""Data for fastsr: image files, data sources, the decode-once cache, the LR degradation, the crop
-plan, and loaders of (HR, LR) batches (torch here; DALI in fastsr.data.dali, imported on demand)."""
+"""Data for fastsr, in layers: image files and data sources, the decode-once cache, the image store,
+the LR degradation, the crop plan, batch sources of (HR, LR) crops behind one Protocol (torch here;
+DALI in fastsr.data.dali_backend, imported on demand) chosen by one factory, validation pairs, and the
+screen that finds unusable images before a run."""
 
+from fastsr.data.batches import BACKENDS, BatchSource, make_batch_source
+from fastsr.data.cache import open_cache
 from fastsr.data.degradation import crop_pair, degrade, lr_crop, lr_for_eval
 from fastsr.data.div2k import DownloadError, download_div2k
 from fastsr.data.images import IMAGE_EXTS, ImageError, image_to_tensor, list_images, load_image, read_header, save_image
-from fastsr.data.loader import BACKENDS, TrainImages, TrainLoader, load_val_set, make_train_loader
 from fastsr.data.plan import Crop, CropPlan, draw_crop
 from fastsr.data.sources import BUILTIN_SOURCES, Sample, resolve_source
+from fastsr.data.store import ImageStore
+from fastsr.data.torch_backend import TorchLoader
+from fastsr.data.validation import load_val_set
 
 __all__ = [
     "BACKENDS",
     "BUILTIN_SOURCES",
+    "BatchSource",
     "Crop",
     "CropPlan",
     "DownloadError",
     "IMAGE_EXTS",
     "ImageError",
+    "ImageStore",
     "Sample",
-    "TrainImages",
-    "TrainLoader",
+    "TorchLoader",
     "crop_pair",
     "degrade",
     "download_div2k",
@@ -29,7 +36,8 @@ __all__ = [
     "load_val_set",
     "lr_crop",
     "lr_for_eval",
-    "make_train_loader",
+    "make_batch_source",
+    "open_cache",
     "read_header",
     "resolve_source",
     "save_image",

@@ -10,6 +10,9 @@ where each ENTRY records the source's path, size and mtime (to tell a stale copy
 the sha256 of the `.npy` (for `--verify`). Every file is written to a temporary name and renamed into place,
 so a reader never sees half a file, and the manifest is rewritten every few seconds, so an interrupted run
 resumes where it stopped. One `prepare` per DST at a time.
+
+A run reads the manifest once (`open_cache`): its screen takes the failures from it, and the image store
+the cached copies.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import multiprocessing
 import os
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +34,7 @@ import numpy as np
 
 from fastsr.data.images import ImageError, load_image
 from fastsr.data.sources import BUILTIN_SOURCES, Sample, resolve_source
+from fastsr.util import file_sha256, progress_bar, write_atomic
 
 FORMAT = "fastsr-cache"
 VERSION = 1
@@ -60,8 +65,6 @@ def prepare_cache(source: str, dst: str | os.PathLike, workers: int | None = Non
     An image is skipped when its entry's source size and mtime match and its `.npy` is intact (header and
     byte size); `verify` also re-hashes those. Unreadable images are returned in `failed`, not raised.
     """
-    from fastsr.engine.runlog import progress_bar
-
     dst = Path(dst)
     spec = source if source in BUILTIN_SOURCES else str(Path(source).expanduser().resolve())
     samples = resolve_source(source, "train", scale=4)  # the scale only pairs LR files, which are not cached
@@ -117,41 +120,56 @@ def prepare_cache(source: str, dst: str | os.PathLike, workers: int | None = Non
                          repaired=sorted(repaired, key=order.index))
 
 
-def cache_failures(dst: str | os.PathLike) -> dict[str, str]:
-    """Source path -> one-line error, for each image `fastsr prepare` could not decode into `dst`
-    (empty when `dst` is no cache: `read_cache` then says so)."""
-    manifest = _load_manifest(Path(dst))
-    return {f["source"]: f["error"] for f in manifest["failed"]} if manifest else {}
+@dataclass
+class Cache:
+    """A decode-once cache as a run sees it: its manifest, read once by `open_cache`."""
+
+    root: Path
+    source: str  # the data source it caches, as `fastsr prepare` recorded it
+    entries: dict[str, dict]  # by absolute source path
+    failures: dict[str, str]  # absolute source path -> one-line error, for each image prepare could not decode
+    checked: dict[str, CachedImage] = field(default_factory=dict, init=False, repr=False)  # found intact by `images`
+
+    def images(self, samples: Sequence[Sample]) -> list[CachedImage]:
+        """The cached copy of each sample's HR image, in `samples` order; refuses a stale or missing copy.
+
+        Cheap enough for every training start: a stat call and a header read per file (no hashing or
+        pixels), each done once per opened cache, so the screen and the image store share the work.
+        """
+        rerun = f"rerun `fastsr prepare {self.source} {self.root}`"
+        cached = []
+        for sample in samples:
+            src = str(sample.hr.resolve())
+            if src not in self.checked:
+                self.checked[src] = self._check(src, rerun)
+            cached.append(self.checked[src])
+        return cached
+
+    def _check(self, src: str, rerun: str) -> CachedImage:
+        entry = self.entries.get(src)
+        if entry is None and src in self.failures:
+            raise ImageError(f"{self.root}: {src} could not be cached ({self.failures[src]}); "
+                             f"fix or remove it and {rerun}")
+        if entry is None:
+            raise ImageError(f"{self.root}: has no copy of {src} (new since the cache was made?); {rerun}")
+        path = self.root / entry["file"]
+        if not _source_unchanged(entry, Path(src)):
+            raise ImageError(f"{self.root}: {src} changed (size or mtime) since it was cached; {rerun}")
+        if not _npy_intact(path, entry["shape"]):
+            raise ImageError(f"{path}: cached copy of {src} is {'damaged' if path.exists() else 'missing'}; {rerun}")
+        return CachedImage(path, entry["shape"][0], entry["shape"][1])
 
 
-def read_cache(dst: str | os.PathLike, samples: list[Sample], source: str = "SRC") -> list[CachedImage]:
-    """The cached copy of each sample's HR image, in `samples` order; refuses a missing or stale cache.
-
-    Cheap enough for every training start: stat calls and a header read per file, no hashing or pixels.
-    """
+def open_cache(dst: str | os.PathLike, source: str = "SRC") -> Cache:
+    """Read the manifest of the cache in `dst`; refuses a missing one (`source` names the data source in
+    the message saying how to create it)."""
     dst = Path(dst)
     manifest = _load_manifest(dst)
     if manifest is None:
         raise ImageError(f"{dst}: no readable fastsr cache here ({MANIFEST} missing, unreadable or of another "
                          f"format); create it with `fastsr prepare {source} {dst}`")
-    rerun = f"rerun `fastsr prepare {manifest['source']} {dst}`"
-    entries = {e["source"]: e for e in manifest["images"]}
-    failed = {f["source"]: f["error"] for f in manifest["failed"]}
-    cached = []
-    for sample in samples:
-        src = sample.hr.resolve()
-        entry = entries.get(str(src))
-        if entry is None and str(src) in failed:
-            raise ImageError(f"{dst}: {src} could not be cached ({failed[str(src)]}); fix or remove it and {rerun}")
-        if entry is None:
-            raise ImageError(f"{dst}: has no copy of {src} (new since the cache was made?); {rerun}")
-        path = dst / entry["file"]
-        if not _source_unchanged(entry, src):
-            raise ImageError(f"{dst}: {src} changed (size or mtime) since it was cached; {rerun}")
-        if not _npy_intact(path, entry["shape"]):
-            raise ImageError(f"{path}: cached copy of {src} is {'damaged' if path.exists() else 'missing'}; {rerun}")
-        cached.append(CachedImage(path, entry["shape"][0], entry["shape"][1]))
-    return cached
+    return Cache(dst, manifest["source"], {e["source"]: e for e in manifest["images"]},
+                 {f["source"]: f["error"] for f in manifest["failed"]})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,7 +206,7 @@ def _write_manifest(dst: Path, spec: str, order: list[str], entries: dict, faile
     manifest = {"format": FORMAT, "version": VERSION, "source": spec,
                 "images": [entries[s] for s in order if s in entries],
                 "failed": [{"source": s, "error": failed[s]} for s in order if s in failed]}
-    _write_atomic(dst / MANIFEST, json.dumps(manifest, indent=1).encode())
+    write_atomic(dst / MANIFEST, json.dumps(manifest, indent=1).encode())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,21 +243,9 @@ def _prepare_one(job: tuple[str, str, str | None]) -> tuple[str, dict | None, st
     buf = io.BytesIO()
     np.lib.format.write_array(buf, pixels, version=(1, 0), allow_pickle=False)  # v1.0 for DALI, as np.save
     data = buf.getbuffer()
-    _write_atomic(target, data)
+    write_atomic(target, data)
     return src, {"file": target.name, "source": src, "source_size": st.st_size, "source_mtime_ns": st.st_mtime_ns,
                  "shape": list(pixels.shape), "sha256": hashlib.sha256(data).hexdigest()}, None
-
-
-def _write_atomic(path: Path, data) -> None:
-    # Named by pid rather than by mkstemp so the file gets the usual umask permissions (mkstemp's are 0600).
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,15 +276,6 @@ def _npy_intact(path: Path, shape: list[int]) -> bool:
     except (OSError, ValueError):
         return False
     return header_shape == tuple(shape) and not fortran_order and dtype == np.uint8 and size == expected_size
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks (cached images are megabytes, VGG19 half a gigabyte)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _sha256_or_none(path: Path) -> str | None:

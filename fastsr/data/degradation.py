@@ -3,8 +3,9 @@
 The SR protocol makes LR images with MATLAB ``imresize(hr, 1/scale, 'bicubic')`` on HR cropped to a
 multiple of the scale, stored as 8-bit files (DIV2K's ``*_LR_bicubic`` folders were made that way).
 Training crops must be the LR of the *whole* image at the crop's place, not the LR of the HR crop:
-the bicubic kernel reaches 2*scale HR pixels past each output pixel's block, so resizing a bare crop
-would mirror the crop's own edge where the real image continues (up to ~1 level in 255 of error).
+the bicubic kernel reaches `kernel_margin(scale)` = 2*scale HR pixels past each output pixel's block,
+so resizing a bare crop would mirror the crop's own edge where the real image continues (up to ~1
+level in 255 of error).
 `lr_crop` therefore resizes the crop with a margin of real context and cuts the margin off.
 """
 
@@ -18,7 +19,7 @@ import torch
 
 from fastsr.data.images import ImageError, image_to_tensor, load_image
 from fastsr.data.plan import Crop, crop_region
-from fastsr.ops import imresize
+from fastsr.ops import imresize, kernel_margin
 from fastsr.ops import quantize as quantize_8bit
 
 METHODS = ("matlab", "kornia")
@@ -64,7 +65,7 @@ def lr_crop(hr: torch.Tensor, top: int, left: int, height: int, width: int, scal
     h, w = hr.shape[-2:]
     if any(v % scale for v in (top, left, height, width, h, w)):
         raise ValueError(f"lr_crop: offsets, sizes and image size must be multiples of scale {scale}")
-    margin = 2 * scale  # half the support of the widened cubic kernel, in HR pixels
+    margin = kernel_margin(scale)
     y0, x0 = max(top - margin, 0), max(left - margin, 0)
     y1, x1 = min(top + height + margin, h), min(left + width + margin, w)
     region = hr[..., y0:y1, x0:x1]

@@ -10,7 +10,6 @@ than composited onto a made-up background, and 16-bit colour PNGs are refused ra
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,6 +18,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from fastsr.ops import quantize
+from fastsr.util import write_atomic
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -161,15 +161,8 @@ def save_image(path: str | os.PathLike, x: torch.Tensor | np.ndarray) -> None:
     pixels = _to_uint8_hwc(x)
     writer = output_format(path, pixels.shape)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(pixels, "RGBA" if pixels.shape[2] == 4 else "RGB").save(
-                f, format=writer.format, **writer.options)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    image = Image.fromarray(pixels, "RGBA" if pixels.shape[2] == 4 else "RGB")
+    write_atomic(path, lambda f: image.save(f, format=writer.format, **writer.options))
 
 
 def output_format(path: str | os.PathLike, shape: tuple[int, ...] | None = None,

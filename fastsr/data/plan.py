@@ -1,8 +1,8 @@
 """The crop plan: which training crops each process gets, in what order, for every epoch.
 
-Both loaders (the portable torch one and the DALI pipeline) execute the same plan, so they hand the
-trainer the same crops in the same order, and a plan is a pure function of
-(image sizes, seed, epoch, batch index). That one property gives all of:
+Both batch sources (the portable torch one, torch_backend.py, and the DALI pipeline, dali_backend.py)
+execute the same plan, so they hand the trainer the same crops in the same order, and a plan is a
+pure function of (image sizes, seed, epoch, batch index). That one property gives all of:
 - determinism: a crop never depends on worker counts, thread timing or what ran before;
 - sharding: the epoch's order is one permutation drawn from ``default_rng([seed, epoch])`` on every
   rank (a global reshuffle each epoch); rank r takes global batches r, r + world, ...; every rank gets
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from fastsr.data.images import ImageError
+from fastsr.ops import kernel_margin
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,10 @@ def scaled_size(height: int, width: int, scale: int) -> tuple[int, int]:
 
 
 def check_crop_fits(name: str, height: int, width: int, scale: int, hr_crop: int) -> None:
-    """Raise a one-line ImageError naming `name` when an HR crop does not fit in the image."""
+    """Raise a one-line ImageError naming `name` when an HR crop does not fit in the image.
+
+    A run checks each image once, in its screen (data.screen.screen_train, which applies
+    data.bad_images); a plan made for a run takes those sizes as checked (`screened=True`)."""
     h, w = scaled_size(height, width, scale)
     if hr_crop > min(h, w):
         raise ImageError(f"{name}: HR crop {hr_crop} does not fit: it must be at most the image size {h}x{w} "
@@ -74,11 +78,15 @@ class CropPlan:
     """Batches of crops for one process; `len(plan)` is the batches it gets per epoch.
 
     `sizes` are the (height, width) of the training images and `names` their files, for errors.
+    Every crop must fit in every image (`check_crop_fits`): checked here, unless `screened` says the
+    sizes are those of images the run's screen already checked (data.screen.screen_train), so that a
+    run checks each image once.
     """
 
     def __init__(self, sizes: list[tuple[int, int]], names: list[str], scale: int, hr_crop: int,
                  batch_size: int, *, repeat: int = 1, crops_per_image: int = 1, augment: bool = True,
-                 channel_shuffle: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1):
+                 channel_shuffle: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 screened: bool = False):
         if not sizes:
             raise ValueError("a crop plan needs at least one image")
         if not 0 <= rank < world_size:
@@ -88,8 +96,9 @@ class CropPlan:
             raise ValueError(f"crops_per_image {k} must divide both repeat ({repeat}) and batch_size ({batch_size})")
         if hr_crop <= 0 or hr_crop % scale:
             raise ValueError(f"HR crop {hr_crop} must be a positive multiple of scale {scale}")
-        for (height, width), name in zip(sizes, names):
-            check_crop_fits(name, height, width, scale, hr_crop)
+        if not screened:
+            for (height, width), name in zip(sizes, names):
+                check_crop_fits(name, height, width, scale, hr_crop)
         self.sizes, self.scale, self.hr_crop, self.batch_size = list(sizes), scale, hr_crop, batch_size
         self.repeat, self.crops_per_image, self.augment, self.channel_shuffle = repeat, k, augment, channel_shuffle
         self.seed, self.rank, self.world_size = seed, rank, world_size
@@ -116,10 +125,10 @@ class CropPlan:
 
 
 def crop_region(height: int, width: int, crop: Crop, scale: int, hr_crop: int) -> tuple[int, int, int, int]:
-    """(y0, y1, x0, x1): the crop plus the resize kernel's reach (2 * scale HR pixels a side), clipped to
-    the image cropped to a multiple of the scale. The LR of exactly this region, cut down to the
+    """(y0, y1, x0, x1): the crop plus the resize kernel's reach (`kernel_margin`) on each side, clipped
+    to the image cropped to a multiple of the scale. The LR of exactly this region, cut down to the
     crop, is the LR of the whole image at the crop's place."""
-    margin = 2 * scale  # half the support of MATLAB's widened cubic kernel, in HR pixels
+    margin = kernel_margin(scale)
     h, w = scaled_size(height, width, scale)
     return (max(crop.top - margin, 0), min(crop.top + hr_crop + margin, h),
             max(crop.left - margin, 0), min(crop.left + hr_crop + margin, w))

@@ -8,6 +8,9 @@ then happens: `error` refuses the run naming the files, `skip` leaves them out a
 Training images read from files are decoded in full here (a truncated PNG has an intact header), in
 threads (Pillow decodes without holding the GIL), each process checking its share; a decode-once
 cache (`fastsr prepare`) already decoded everything, so its manifest is enough.
+
+This is where a run checks that the crop fits each training image (`check_crop_fits`), once: the crop
+plan takes the sizes of the images kept here as checked.
 """
 
 from __future__ import annotations
@@ -16,26 +19,29 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from fastsr.data.cache import cache_failures, read_cache
+from fastsr.data.cache import Cache, open_cache
 from fastsr.data.images import ImageError, load_image
-from fastsr.data.loader import load_val_pair
 from fastsr.data.plan import check_crop_fits
 from fastsr.data.sources import Sample
+from fastsr.data.validation import load_val_pair
 
 NAMED = 5  # problems named in a refusal; `skip` names every one
 
 
-def screen_train(samples: Sequence[Sample], data, scale: int, *, rank: int = 0,
+def screen_train(samples: Sequence[Sample], data, scale: int, *, cache: Cache | None = None, rank: int = 0,
                  world_size: int = 1) -> list[tuple[str, str]]:
     """(file, one-line problem) for each training image a recipe's `data` section cannot use.
 
+    `cache` is data.cache opened (`open_cache`) by the caller, to hand on to `make_batch_source` so that
+    a run reads the manifest once; opened here when not given.
     With several processes each decodes every `world_size`-th file from `rank`, so the problems of all
     processes must be gathered (and de-duplicated) before deciding, for every process to drop the same files."""
     if data.cache is not None:
-        failed = cache_failures(data.cache)  # images `fastsr prepare` could not decode
+        cache = open_cache(data.cache, data.source) if cache is None else cache
+        failed = cache.failures  # images `fastsr prepare` could not decode
         problems = [(str(s.hr), failed[str(s.hr.resolve())]) for s in samples if str(s.hr.resolve()) in failed]
         kept = [s for s in samples if str(s.hr.resolve()) not in failed]
-        for s, entry in zip(kept, read_cache(data.cache, kept, data.source)):  # refuses a stale cache
+        for s, entry in zip(kept, cache.images(kept)):  # refuses a stale cache
             problems += _problem(s, check_crop_fits, str(s.hr), entry.height, entry.width, scale, data.hr_crop)
         return problems
 

@@ -29,6 +29,7 @@ from torch import nn
 
 from fastsr.config import RecipeError
 from fastsr.models import build_generator
+from fastsr.util import fsync_dir, write_atomic
 
 STATE_FILE = "state.pt"
 COMPLETE = "COMPLETE"  # written last inside a checkpoint directory
@@ -55,8 +56,8 @@ def save_weights(model: nn.Module, path: Path, config: dict) -> None:
     # Serialised here and written by Python, so a failed write (a full disk) raises OSError with its
     # errno; safetensors' own file writer reports it as a SafetensorError.
     data = serialize(tensors, metadata={"format": "pt"})
-    _atomic(path, lambda tmp: tmp.write_bytes(data))
-    _atomic(config_path(path), lambda tmp: tmp.write_text(json.dumps(config, indent=2)))
+    write_atomic(path, data)
+    write_atomic(config_path(path), json.dumps(config, indent=2).encode())
 
 
 def read_config(path: Path) -> dict:
@@ -130,7 +131,7 @@ def save_checkpoint(run_dir: Path, step: int, models: dict[str, tuple[nn.Module,
             save_weights(module, tmp / f"{name}.safetensors", config)
         torch.save(state, tmp / STATE_FILE)
         (tmp / COMPLETE).write_text(str(step))
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
     except OSError as err:  # a full disk, a quota, a vanished mount: the older checkpoints are untouched
         shutil.rmtree(tmp, ignore_errors=True)
         previous = complete_checkpoints(run_dir)
@@ -140,7 +141,7 @@ def save_checkpoint(run_dir: Path, step: int, models: dict[str, tuple[nn.Module,
     if final.exists():  # the same step saved again (e.g. end of phase right after a periodic save)
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     for old in complete_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -228,22 +229,3 @@ def load_state(checkpoint: Path) -> dict:
         return torch.load(Path(checkpoint) / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure means the same thing to the user
         raise WeightsError(f"{checkpoint}/{STATE_FILE}: cannot read the training state ({err})") from None
-
-
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -19,10 +19,11 @@ from torch import nn
 from fastsr.engine.checkpoint import checkpoint_dir, complete_checkpoints, write_training_checkpoint
 from fastsr.engine.lossguard import LossGuard, NonFiniteLoss
 from fastsr.engine.phases import Phase, learning_rate
-from fastsr.engine.runlog import RunLog, progress_bar
+from fastsr.engine.runlog import RunLog
 from fastsr.engine.setup import Run
 from fastsr.evaluate import evaluate
 from fastsr.models import Bicubic
+from fastsr.util import progress_bar
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later"; a job script requeues on it and resumes
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # what clusters send before killing a job

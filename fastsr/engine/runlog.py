@@ -1,4 +1,4 @@
-"""What a run leaves for people and programs to read: a JSONL log, a plot, a progress bar."""
+"""What a run leaves for people and programs to read: a JSONL log and a plot."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 import time
 from pathlib import Path
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from fastsr.util import write_atomic
 
 
 class RunLog:
@@ -60,21 +60,5 @@ def plot_curves(log_path: Path, png_path: Path) -> None:
     ax_val.set_xlabel("step")
     ax_val.set_title("validation PSNR (dB, Y)")
     fig.tight_layout()
-    png_path = Path(png_path)
-    tmp = png_path.with_name(f".{png_path.name}.tmp")
-    fig.savefig(tmp, dpi=90, format="png")
+    write_atomic(png_path, lambda f: fig.savefig(f, dpi=90, format="png"))
     plt.close(fig)
-    tmp.replace(png_path)
-
-
-def progress_bar(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:>7.1f} img/s"),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )

@@ -17,7 +17,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from fastsr.config import RecipeError
-from fastsr.data import ImageError, make_train_loader, resolve_source
+from fastsr.data import ImageError, make_batch_source, open_cache, resolve_source
 from fastsr.data.screen import apply_policy, screen_train, screen_val, without
 from fastsr.engine.checkpoint import (
     Position, Trainables, WeightsError, load_weights, read_config, resolve_resume, restore_training_state,
@@ -75,9 +75,9 @@ def set_up(recipe: Recipe, console: Console) -> Run:
     t = recipe.train
     torch.manual_seed(t.seed)
 
-    train_samples, val_pairs, notes = screened_data(recipe, accelerator, console)
-    loader, loader_note = make_train_loader(
-        recipe.data, train_samples, recipe.scale, t.batch_size, seed=t.seed, rank=accelerator.process_index,
+    train_samples, cache, val_pairs, notes = screened_data(recipe, accelerator, console)
+    loader, loader_note = make_batch_source(
+        recipe.data, train_samples, recipe.scale, t.batch_size, cache=cache, seed=t.seed, rank=accelerator.process_index,
         world_size=accelerator.num_processes, device=accelerator.device)
     if len(loader) == 0:
         raise RecipeError(
@@ -147,14 +147,15 @@ def check_init_from(path: str, config: dict) -> None:
 
 
 def screened_data(recipe: Recipe, accelerator, console: Console):
-    """(usable training samples, validation pairs, one note per skipped image), with the recipe's
-    `data.bad_images` policy applied to every image the run cannot use."""
+    """(usable training samples, the opened data.cache or None, validation pairs, one note per skipped
+    image), with the recipe's `data.bad_images` policy applied to every image the run cannot use."""
     data, scale = recipe.data, recipe.scale
     train_samples = resolve_source(data.source, "train", scale)
     val_samples = resolve_source(data.val_source or data.source, "val", scale)
+    cache = open_cache(data.cache, data.source) if data.cache else None  # the run's one read of its manifest
     checking = f"checking {len(train_samples)} training images" + ("" if data.cache else " (decoding each once)")
     with console.status(checking) if accelerator.is_main_process else nullcontext():
-        problems = screen_train(train_samples, data, scale, rank=accelerator.process_index,
+        problems = screen_train(train_samples, data, scale, cache=cache, rank=accelerator.process_index,
                                 world_size=accelerator.num_processes)
     if accelerator.num_processes > 1:
         problems = gather_object(problems)
@@ -166,4 +167,4 @@ def screened_data(recipe: Recipe, accelerator, console: Console):
     for what, found in (("training", train_samples), ("validation", val_pairs)):
         if not found:
             raise ImageError(f"data.source {data.source}: no usable {what} images left after skipping the bad ones")
-    return train_samples, val_pairs, notes
+    return train_samples, cache, val_pairs, notes

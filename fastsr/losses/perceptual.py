@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from fastsr.config import Invalid
-from fastsr.data.cache import file_sha256
 from fastsr.losses.terms import LOSS_TERMS, TermConfig
+from fastsr.util import file_sha256
 
 # VGG19's convolution stack (torchvision's cfg "E"): ints are conv output channels, "M" a max-pool.
 _VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",

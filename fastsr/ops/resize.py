@@ -26,9 +26,19 @@ from numbers import Integral, Real
 
 import torch
 
-__all__ = ["imresize"]
+__all__ = ["imresize", "kernel_margin"]
 
 _CUBIC_WIDTH = 4.0  # support of the Keys cubic kernel, in input pixels
+
+
+def kernel_margin(scale: int) -> int:
+    """HR pixels past each side of a region that its x1/`scale` antialiased shrink reads: half the
+    cubic kernel's support (4 pixels), widened by `scale` when shrinking, so 2 * scale.
+
+    Resizing a region with this much real context around it, then cutting the margin off, gives exactly
+    the LR of the whole image at the region's place (DIV2K-style training pairs from crops); it is also
+    how far an image must be mirror-padded to reproduce MATLAB's border handling."""
+    return int(_CUBIC_WIDTH * scale) // 2
 
 
 def _cubic(x: torch.Tensor) -> torch.Tensor:

@@ -1,14 +1,15 @@
-"""The NVIDIA DALI loader: crops and the MATLAB-exact x`scale` downscale on the GPU (or on the CPU
-with the same pipeline definition where there is no GPU, which is how the tests exercise it).
+"""The NVIDIA DALI batch source: crops and the MATLAB-exact x`scale` downscale on the GPU (or on the
+CPU with the same pipeline definition where there is no GPU, which is how the tests exercise it).
 
-It executes the same `CropPlan` as the torch loader (plan.py), fed through `fn.external_source`, so
-the two backends hand the trainer the same crops in the same order, and sharding and exact resume
-come from the plan rather than from DALI reader state. Per batch the Python side only passes bytes:
+It executes the same `CropPlan` (plan.py) as the torch batch source (torch_backend.py), fed through
+`fn.external_source`, so the two backends hand the trainer the same crops in the same order, and
+sharding and exact resume come from the plan rather than from DALI reader state. Per batch the
+Python side only passes bytes:
 - from source files, each visit's encoded file (DALI decodes it: JPEG on the GPU, PNG on the CPU, as
   DALI always does) and the anchors of its k crops (`data.crops_per_image`), cut from the decoded
   image on the device;
-- from a `fastsr prepare` cache, each crop's region plus the kernel's margin, read from the
-  memory-mapped file (a few tens of KB instead of a 6 MB image).
+- from a `fastsr prepare` cache, each crop's region plus the kernel's margin (`kernel_margin`), read
+  from the memory-mapped file (a few tens of KB instead of a 6 MB image).
 On the device each crop becomes an HR slice and an LR made by `fn.resize` (Keys cubic a = -0.5 with
 MATLAB's antialias widening) of that same region *of the larger image*, so the LR has its real
 surrounding context, then both get the crop's flips / transpose / channel order and become float
@@ -17,7 +18,7 @@ surrounding context, then both get the crop's flips / transpose / channel order 
 Exactness against `fastsr.ops.imresize` of the whole image (before rounding to 8 bits): within 1e-4
 everywhere, borders included. DALI's resize repeats the edge pixel where MATLAB mirrors, so the image
 is mirror-padded by the kernel's reach first: in the pipeline for decoded files, in NumPy for cached
-regions. Rounded to 8 bits, the LR matches the torch loader's except for rare pixels sitting on a
+regions. Rounded to 8 bits, the LR matches the torch source's except for rare pixels sitting on a
 rounding boundary, off by one level (float32 sums in a different order).
 """
 
@@ -31,8 +32,9 @@ import numpy as np
 import torch
 
 from fastsr.data.images import ImageError
-from fastsr.data.loader import TrainImages
 from fastsr.data.plan import Crop, CropPlan, crop_region, scaled_size
+from fastsr.data.store import ImageStore
+from fastsr.ops import kernel_margin
 
 # Source files DALI decodes exactly as `load_image` does (checked against Pillow on the bundled
 # samples); other modes (palette, RGBA, CMYK, 16-bit) go through `fastsr prepare`.
@@ -44,7 +46,7 @@ class DaliUnavailable(RuntimeError):
     """DALI cannot serve this run; the message says why and what to do."""
 
 
-def make_dali_loader(images: TrainImages, plan: CropPlan, *, method: str = "matlab", threads: int = 2,
+def make_dali_loader(images: ImageStore, plan: CropPlan, *, method: str = "matlab", threads: int = 2,
                      device: str | torch.device = "cpu") -> DaliLoader:
     """A DaliLoader that has run one batch, or DaliUnavailable with a one-line reason (not installed,
     an option DALI can't do, files it would decode differently, a pipeline that fails here)."""
@@ -55,9 +57,10 @@ def make_dali_loader(images: TrainImages, plan: CropPlan, *, method: str = "matl
     if method != "matlab":
         raise DaliUnavailable(f"DALI makes the MATLAB bicubic LR only; data.degradation={method} needs data.backend=torch")
     if images.cached is None:
-        small = [f for f, size in zip(images.files, images.sizes) if min(size) < 2 * plan.scale]
+        margin = kernel_margin(plan.scale)
+        small = [f for f, size in zip(images.files, images.sizes) if min(size) < margin]
         if small:  # too small to mirror-pad by the kernel's reach
-            raise DaliUnavailable(f"{small[0]}: smaller than {2 * plan.scale} pixels; use data.backend=torch")
+            raise DaliUnavailable(f"{small[0]}: smaller than {margin} pixels; use data.backend=torch")
         for path, mode in zip(images.files, images.modes):
             if mode not in _DECODABLE_MODES or path.suffix.lower() not in _DECODABLE_SUFFIXES:
                 raise DaliUnavailable(
@@ -84,14 +87,14 @@ class _Feeder:
     to a multiple of the scale), and only when the plan uses them, their flags
     (k x 3: hflip, vflip, transpose) and channel orders as 3x3 permutation matrices (k x 3 x 3)."""
 
-    def __init__(self, images: TrainImages, plan: CropPlan):
+    def __init__(self, images: ImageStore, plan: CropPlan):
         self.images, self.plan = images, plan
         self.pending: Iterator[list[list[Crop]]] = iter(())
         self.recent: deque[list[Path]] = deque(maxlen=4)  # files of the batches DALI may be working on
 
     def __call__(self):
         batch = next(self.pending)  # StopIteration ends DALI's epoch
-        margin = 2 * self.plan.scale  # images and regions are mirror-padded by this much
+        margin = kernel_margin(self.plan.scale)  # images and regions are mirror-padded by this much
         if self.images.cached is None:
             groups = batch  # one sample per visit: decode once, cut k crops
             data = [np.fromfile(self.images.files[visit[0].index], dtype=np.uint8) for visit in batch]
@@ -113,11 +116,11 @@ class _Feeder:
         return outputs
 
     def _region(self, crop: Crop) -> np.ndarray:
-        """The crop plus a full 2*scale margin from the cache file, mirror-padded (edge pixel repeated,
+        """The crop plus a full `kernel_margin` from the cache file, mirror-padded (edge pixel repeated,
         as MATLAB pads) where the image ends, so the resize sees what imresize of the whole image sees."""
         img = self.images.read(crop.index)
         scale, size = self.plan.scale, self.plan.hr_crop
-        margin = 2 * scale
+        margin = kernel_margin(scale)
         y0, y1, x0, x1 = crop_region(img.shape[0], img.shape[1], crop, scale, size)
         pad = ((margin - (crop.top - y0), crop.top + size + margin - y1),
                (margin - (crop.left - x0), crop.left + size + margin - x1), (0, 0))
@@ -161,7 +164,7 @@ def _pipeline(feeder: _Feeder, *, from_files: bool, crops: int, hr_crop: int, sc
                                       adjust_orientation=False)
             size = anchors[crops]
             image = fn.slice(image, [0.0, 0.0], size, axis_names="HW", normalized_anchor=False, normalized_shape=False)
-            image = _mirror_pad(image, size, 2 * scale)
+            image = _mirror_pad(image, size, kernel_margin(scale))
         else:
             image = data.gpu() if gpu else data
         hrs, lrs = [], []
@@ -193,11 +196,11 @@ def _pipeline(feeder: _Feeder, *, from_files: bool, crops: int, hr_crop: int, sc
 
 
 class DaliLoader:
-    """Same interface as `TrainLoader`: `len()` and `batches(epoch, start)`; see the module docstring."""
+    """A `BatchSource` (batches.py), as `TorchLoader` is; see the module docstring."""
 
     name = "dali"
 
-    def __init__(self, images: TrainImages, plan: CropPlan, *, threads: int = 2, device: str | torch.device = "cpu",
+    def __init__(self, images: ImageStore, plan: CropPlan, *, threads: int = 2, device: str | torch.device = "cpu",
                  quantize: bool = True):
         """`quantize=False` leaves the LR unrounded (to check it against `imresize`, as tests do)."""
         self.plan, self.device = plan, torch.device(device)

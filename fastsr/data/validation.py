@@ -1,0 +1,35 @@
+"""Validation and evaluation pairs: whole images, HR cropped to a multiple of the scale, and their LR
+(the paired file where the source has one, else the protocol's degradation of the HR)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from fastsr.data.degradation import lr_for_eval
+from fastsr.data.images import ImageError, image_to_tensor, load_image
+from fastsr.data.plan import scaled_size
+from fastsr.data.sources import Sample
+
+
+def load_val_pair(sample: Sample, scale: int, method: str = "matlab") -> tuple[str, torch.Tensor, torch.Tensor]:
+    """(name, HR 1x3xHxW, LR 1x3xhxw) on the CPU; the LR is the paired file when the sample has one,
+    else the degradation of the HR (see `lr_for_eval`). An image too small to score is refused."""
+    from fastsr.metrics import min_image_size  # here: fastsr.metrics imports torchmetrics (seconds)
+
+    hr = load_image(sample.hr)
+    h, w = scaled_size(hr.shape[0], hr.shape[1], scale)
+    need = min_image_size(crop_border=scale)
+    if min(h, w) < need:
+        raise ImageError(f"{sample.hr}: {h}x{w} (cropped to a multiple of {scale}) is too small to score: PSNR/SSIM "
+                         f"shave {scale} px per border and need an 11x11 window, so at least {need}x{need}; "
+                         "remove it from the evaluation images")
+    hr, lr = lr_for_eval(image_to_tensor(hr), scale, sample.lr, method)
+    return sample.name, hr, lr
+
+
+def load_val_set(samples: Sequence[Sample], scale: int, method: str = "matlab",
+                 max_images: int | None = None) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """`load_val_pair` of each of the first `max_images` samples."""
+    return [load_val_pair(s, scale, method) for s in list(samples)[:max_images]]
