@@ -66,8 +66,12 @@ class TrainConfig:
     lr: float = 1e-4  # Adam, phase A (and phase B unless lr_finetune is set)
     lr_finetune: float | None = None
     # `cosine` decays each phase's learning rate to 0 over the phase (settles the weights and the
-    # BatchNorm statistics by the end of a short run); `constant` is the paper's schedule.
-    lr_schedule: Literal["constant", "cosine"] = "constant"
+    # BatchNorm statistics by the end of a short run); `constant` is SRGAN's schedule; `multistep`
+    # multiplies it by lr_gamma at each of the phase's milestones (ESRGAN's schedule).
+    lr_schedule: Literal["constant", "cosine", "multistep"] = "constant"
+    lr_milestones: list[int] = field(default_factory=list)  # multistep: steps into phase A
+    lr_milestones_finetune: list[int] | None = None  # multistep: steps into phase B (null: lr_milestones)
+    lr_gamma: float = 0.5  # multistep: the factor at each milestone
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     # With N processes the global batch is N x batch_size; `linear` multiplies the learning rates by
     # N (Goyal et al.), `sqrt` by sqrt(N) (gentler, often better for Adam), `none` keeps them.
@@ -97,6 +101,12 @@ class TrainConfig:
             raise Invalid("ema", f"must be in [0, 1) (got {self.ema})")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise Invalid("betas", f"must be two numbers in [0, 1) (got {self.betas})")
+        if not 0 < self.lr_gamma <= 1:
+            raise Invalid("lr_gamma", f"must be in (0, 1] (got {self.lr_gamma})")
+        for key in ("lr_milestones", "lr_milestones_finetune"):
+            steps = getattr(self, key) or []
+            if any(s <= 0 for s in steps) or steps != sorted(set(steps)):
+                raise Invalid(key, f"must be increasing positive step counts (got {steps})")
 
 
 @dataclass
@@ -241,6 +251,8 @@ def build_section(cls, raw: Any, prefix: str, source: str, *, owner: str | None 
         hint, registry = hints[name], fields[name].metadata.get("registry")
         key = prefix + name
         if registry is not None:
+            if isinstance(value, dict) and "name" not in value and fields[name].default_factory is not dataclasses.MISSING:
+                value = {"name": fields[name].default_factory().name, **value}  # keys of the default part
             kwargs[name] = _build_parts(registry, value, hint, key, source)
         elif dataclasses.is_dataclass(hint):
             kwargs[name] = build_section(hint, value, f"{key}.", source, suggest_from=suggest_from)

@@ -104,8 +104,9 @@ class Registry:
         or a value the part's `check()` refuses."""
         if not isinstance(raw, dict):
             raise RecipeError(f"{source}: '{key}' must be a section with a `name:` ({self.kind}), got {raw!r}")
-        if "name" not in raw:
-            raise RecipeError(f"{source}: {key}.name is missing: name a {self.kind} ({', '.join(self.names())})")
+        if not isinstance(raw.get("name"), str):
+            what = "is missing" if "name" not in raw else f"must be a name, got {raw['name']!r}"
+            raise RecipeError(f"{source}: {key}.name {what}: name a {self.kind} ({', '.join(self.names())})")
         try:
             entry = self.entry(raw["name"])
         except KeyError as err:

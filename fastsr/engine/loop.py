@@ -119,7 +119,7 @@ class Loop:
 
     def _set_lr(self, phase: Phase, epoch: int) -> None:
         lr = learning_rate(phase.base_lr, self.t.lr_schedule, epoch * self.steps_per_epoch + self.pos.batch,
-                           phase.epochs * self.steps_per_epoch)
+                           phase.epochs * self.steps_per_epoch, phase.milestones, self.t.lr_gamma)
         for opt in phase.optimisers:
             for group in opt.param_groups:
                 group["lr"] = lr

@@ -26,14 +26,19 @@ class Phase:
     name: str
     epochs: int
     base_lr: float  # already scaled for the number of processes
+    milestones: list[int]  # lr_schedule=multistep: steps into the phase where the rate is multiplied by lr_gamma
     optimisers: list[torch.optim.Optimizer]
     models: list[nn.Module]  # the eager modules a refused step restores the buffers of
     step: Callable[[tuple[torch.Tensor, torch.Tensor], Callable], Losses]  # (batch, apply) -> losses
 
 
-def learning_rate(base: float, schedule: str, step_in_phase: int, phase_steps: int) -> float:
+def learning_rate(base: float, schedule: str, step_in_phase: int, phase_steps: int, milestones: list[int] = (),
+                  gamma: float = 0.5) -> float:
+    """The rate of the step `step_in_phase` (0-based) of a phase of `phase_steps` steps."""
     if schedule == "constant":
         return base
+    if schedule == "multistep":
+        return base * gamma ** sum(step_in_phase >= m for m in milestones)
     return base * 0.5 * (1 + math.cos(math.pi * step_in_phase / phase_steps))
 
 
@@ -46,12 +51,13 @@ def build_phases(run: Run) -> list[Phase]:
     if t.epochs_pretrain:
         pixel = run.recipe.loss.pixel
         phases.append(Phase(
-            "pretrain", t.epochs_pretrain, t.lr * factor, [parts.opt_g], [parts.generator],
+            "pretrain", t.epochs_pretrain, t.lr * factor, t.lr_milestones, [parts.opt_g], [parts.generator],
             lambda batch, apply: steps.pretrain_step(run.g_train, batch, parts.opt_g, acc, pixel, run.precision,
                                                      apply)))
     if t.epochs_finetune:
         phases.append(Phase(
-            "finetune", t.epochs_finetune, (t.lr_finetune or t.lr) * factor, [parts.opt_g, parts.opt_d],
+            "finetune", t.epochs_finetune, (t.lr_finetune or t.lr) * factor,
+            t.lr_milestones if t.lr_milestones_finetune is None else t.lr_milestones_finetune, [parts.opt_g, parts.opt_d],
             [parts.generator, parts.discriminator],
             lambda batch, apply: steps.gan_step(run.g_train, run.d_train, batch, parts.opt_g, parts.opt_d, acc,
                                                 run.loss_train, run.gan, run.precision, apply)))
