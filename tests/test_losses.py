@@ -171,3 +171,108 @@ def test_pixel_loss():
     assert pixel_loss(sr, hr, kind="l1").item() == pytest.approx((0.5 + 0 + 1) / 3)
     with pytest.raises(ValueError, match="mse, l1"):
         pixel_loss(sr, hr, kind="huber")
+
+
+# ---------------------------------------------------------------------------------------------
+# Relativistic average GAN (ESRGAN) and phase B's term list
+
+
+def _softplus(x):
+    return math.log1p(math.exp(x))
+
+
+def test_relativistic_losses_against_a_hand_computation():
+    from fastsr.losses.adversarial import ragan_d_fake, ragan_d_real, ragan_g_loss
+
+    real, fake = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([0.0, 1.5, -2.5])
+    mr, mf = sum([2.0, -1.0, 0.5]) / 3, sum([0.0, 1.5, -2.5]) / 3
+    # BCE(z -> 1) = softplus(-z), BCE(z -> 0) = softplus(z); each side the mean of its two terms
+    d_real = sum(_softplus(-(r - mf)) for r in [2.0, -1.0, 0.5]) / 3 / 2
+    d_fake = sum(_softplus(f - mr) for f in [0.0, 1.5, -2.5]) / 3 / 2
+    g = (sum(_softplus(r - mf) for r in [2.0, -1.0, 0.5]) / 3 + sum(_softplus(-(f - mr)) for f in [0.0, 1.5, -2.5]) / 3) / 2
+    assert ragan_d_real(real, fake).item() == pytest.approx(d_real, rel=1e-6)
+    assert ragan_d_fake(fake, real).item() == pytest.approx(d_fake, rel=1e-6)
+    assert ragan_g_loss(real, fake).item() == pytest.approx(g, rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["vanilla", "ragan"])
+def test_gan_kinds_give_each_graph_building_forward_its_own_backward(kind):
+    from fastsr.losses import GAN_KINDS
+
+    torch.manual_seed(0)
+    critic_net = nn.Sequential(nn.Flatten(), nn.Linear(12, 1))
+    log = []
+
+    def critic(x):
+        log.append(("forward", torch.is_grad_enabled()))
+        return critic_net(x).squeeze(1)
+
+    def backward(loss):
+        log.append(("backward", None))
+        loss.backward()
+
+    real, fake = torch.rand(4, 3, 2, 2), torch.rand(4, 3, 2, 2)
+    total = GAN_KINDS[kind]().discriminator_loss(critic, real, fake, backward)
+    graph_forwards = [i for i, (what, grad) in enumerate(log) if what == "forward" and grad]
+    assert all(log[i + 1][0] == "backward" for i in graph_forwards)  # no two graphs pending at once
+    with torch.no_grad():
+        r, f = critic_net(real).squeeze(1), critic_net(fake).squeeze(1)
+    if kind == "vanilla":
+        expected = d_loss(r, f)
+    else:
+        from fastsr.losses.adversarial import ragan_d_fake, ragan_d_real
+
+        expected = ragan_d_real(r, f) + ragan_d_fake(f, r)
+    torch.testing.assert_close(total.detach(), expected)
+
+
+def test_generator_loss_applies_each_weight_once_and_names_each_term():
+    from fastsr.losses import build_generator_loss
+    from fastsr.recipe import from_dict
+
+    terms = [{"name": "pixel", "kind": "l1", "weight": 0.5}, {"name": "pixel", "kind": "mse", "weight": 2.0, "label": "mse"},
+             {"name": "tv", "weight": 0.25}, {"name": "adv", "gan": "ragan", "weight": 0.125},
+             {"name": "vgg", "weight": 0.0}]  # weight 0: left out
+    loss, gan, notes = build_generator_loss(from_dict({"loss": {"terms": terms}}).loss)
+    assert gan == "ragan" and notes == [] and loss.names == ["pixel", "mse", "tv", "adv"]
+    sr, hr = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    critic = lambda x: x.mean(dim=(1, 2, 3))  # noqa: E731 - a stand-in discriminator
+    total, values = loss(sr, hr, critic)
+    assert set(values) == {"pixel", "mse", "tv", "adv"}
+    torch.testing.assert_close(values["pixel"], (sr - hr).abs().mean())
+    torch.testing.assert_close(values["mse"], ((sr - hr) ** 2).mean())
+    torch.testing.assert_close(values["tv"], tv_loss(sr))
+    expected = 0.5 * values["pixel"] + 2.0 * values["mse"] + 0.25 * values["tv"] + 0.125 * values["adv"]
+    torch.testing.assert_close(total, expected)
+
+
+def test_the_seed_knobs_weight_the_default_term_list():
+    from fastsr.losses import phase_b_terms
+    from fastsr.recipe import from_dict
+
+    terms = phase_b_terms(from_dict({"loss": {"w_vgg": 0.5, "w_adv": 0.25, "w_tv": 0.125, "pixel": "l1",
+                                              "vgg_layer": "relu5_4"}}).loss)
+    assert [(t.name, t.weight) for t in terms] == [("pixel", 1.0), ("adv", 0.25), ("tv", 0.125), ("vgg", 0.5)]
+    assert terms[0].kind == "l1" and terms[1].gan == "vanilla" and terms[3].layer == "relu5_4"
+
+
+@pytest.mark.parametrize("loss, message", [
+    ({"terms": [{"name": "adv"}], "w_vgg": 1.0}, "loss.w_vgg applies to the seed's term list only"),
+    ({"terms": [{"name": "pixel"}]}, "loss.terms needs exactly one `adv` term"),
+    ({"terms": [{"name": "adv"}, {"name": "vgg"}, {"name": "vgg", "layer": "relu2_2"}]},
+     "loss.terms has two terms logged as 'vgg'; give one a `label:`"),
+    ({"terms": [{"name": "vgg", "layr": "conv5_4"}, {"name": "adv"}]},
+     "unknown key 'loss.terms[0].layr' for loss term 'vgg' (did you mean 'loss.terms[0].layer'?)"),
+    ({"terms": [{"name": "adv", "gan": "wgan"}]}, "loss.terms[0].gan='wgan' is not one of: vanilla, ragan"),
+    ({"terms": [{"name": "adv", "weight": -1}]}, "loss.terms[0].weight must not be negative"),
+    ({"terms": [{"name": "vgg", "layer": "conv6_1"}, {"name": "adv"}]}, "loss.terms[0].layer 'conv6_1' is not a VGG19 layer"),
+    ({"terms": [{"name": "perceptual"}]}, "loss.terms[0].name='perceptual' is not a registered loss term"),
+    ({"terms": {"name": "adv"}}, "loss.terms must be a list"),
+])
+def test_term_list_errors_name_the_key(loss, message):
+    from fastsr.config import RecipeError
+    from fastsr.recipe import from_dict
+
+    with pytest.raises(RecipeError) as err:
+        from_dict({"loss": loss})
+    assert message in str(err.value) and "\n" not in str(err.value)

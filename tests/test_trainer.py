@@ -190,3 +190,25 @@ def test_bad_input_fails_before_the_run_directory_is_touched(tiny_recipe, tmp_pa
     with pytest.raises(ValueError, match="the recipe builds"):
         train(tiny_recipe(model={"res_blocks": 2}, train={"epochs_finetune": 0, "resume": "auto"}))
     assert (run / "recipe.yaml").read_text() == saved
+
+
+def test_esrgan_trains_both_phases_logging_each_term_under_its_name(tiny_recipe):
+    """ESRGAN's parts through the whole trainer: RRDBNet, the VGG-style discriminator, L1 phase A, then the
+    recipe's term list with the relativistic GAN; each weight applied once, each term logged by its name."""
+    recipe = tiny_recipe(
+        name="esrgan", model={"name": "rrdbnet", "blocks": 1, "features": 8, "growth": 4},
+        discriminator={"name": "vgg128", "channels": 8},
+        loss={"pixel": "l1", "vgg_layer": "conv5_4",  # the seed list's layer: the terms name their own
+              "terms": [{"name": "pixel", "kind": "l1", "weight": 1e-2},
+                        {"name": "vgg", "layer": "relu2_2", "criterion": "l1", "weight": 1.0, "label": "percep"},
+                        {"name": "adv", "gan": "ragan", "weight": 5e-3}]})
+    run = train(recipe)
+    finetune = [r for r in records(run, "train") if r["phase"] == "finetune"]
+    assert finetune and all({k for k in r if k.startswith("loss_")} ==
+                            {"loss_pixel", "loss_percep", "loss_adv", "loss_d", "loss_g"} for r in finetune)
+    for r in finetune:  # log_every 1: each record is one step's losses
+        assert r["loss_g"] == pytest.approx(1e-2 * r["loss_pixel"] + r["loss_percep"] + 5e-3 * r["loss_adv"], rel=1e-5)
+    saved = json.loads((run / "generator.json").read_text())
+    assert saved == {"name": "rrdbnet", "scale": 4, "blocks": 1, "features": 8, "growth": 4, "residual_scale": 0.2}
+    assert load_generator(run / "generator.safetensors").config == saved
+    assert json.loads((run / "checkpoints" / "step_00000006" / "discriminator.json").read_text())["name"] == "vgg128"
