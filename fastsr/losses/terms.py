@@ -58,13 +58,17 @@ class GeneratorLoss(nn.Module):
     def forward(self, sr: torch.Tensor, hr: torch.Tensor, critic, autocast=nullcontext
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sr32 = sr.float()
-        total, values = None, {}
-        for name, weight, term in zip(self.names, self.weights, self.terms):
+        values = {}
+        # The networks' terms first, then the fp32 ones (a fixed order of the graph's branches, and so of
+        # the float sums of their gradients); the total in the list's order.
+        for name, term in sorted(zip(self.names, self.terms), key=lambda named: named[1].fp32):
             if term.fp32:
-                value = term(sr32, hr, critic)
+                values[name] = term(sr32, hr, critic)
             else:
                 with autocast():
-                    value = term(sr, hr, critic).float()
-            values[name] = value.detach()
-            total = weight * value if total is None else total + weight * value
-        return total, values
+                    values[name] = term(sr, hr, critic).float()
+        total = None
+        for name, weight in zip(self.names, self.weights):
+            weighted = values[name] if weight == 1 else weight * values[name]  # x1: no extra node in the graph
+            total = weighted if total is None else total + weighted
+        return total, {name: value.detach() for name, value in values.items()}
