@@ -29,6 +29,7 @@ import difflib
 import functools
 import importlib
 import inspect
+import pkgutil
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
@@ -92,7 +93,8 @@ class Registry:
             close = difflib.get_close_matches(str(name), self._entries, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
             raise KeyError(f"{name!r} is not a registered {self.kind}{hint}; registered: {', '.join(self.names())}. "
-                           "A part from a plugin needs its module imported (recipe `plugins:` or an entry point)") from None
+                           "A plugin's part needs its module imported first (a recipe's `plugins:`, `--plugin` for eval and "
+                           "upscale, or a `fastsr.models` entry point)") from None
 
     def default(self, name: str) -> PartConfig:
         """The config of part `name` with every default."""
@@ -187,6 +189,13 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value
+
+
+def import_all(package: str, path: list[str]) -> None:
+    """Import every module of `package` (its `__path__`), so each part file in it registers itself: a new
+    architecture or loss term is its file alone, with no list to add it to."""
+    for module in pkgutil.iter_modules(path):
+        importlib.import_module(f"{package}.{module.name}")
 
 
 def load_plugins(modules: list[str] = (), source: str = "recipe") -> None:

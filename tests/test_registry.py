@@ -164,3 +164,21 @@ def test_upscaled_plugin_output_matches_the_model(photo_folder, tmp_path):
     again = load_generator(tmp_path / "p.safetensors")
     x = torch.from_numpy(np.random.default_rng(0).random((1, 3, 9, 7), dtype=np.float32))
     torch.testing.assert_close(again(x), model.eval()(x))
+
+
+def test_a_new_part_file_in_a_package_registers_with_no_other_edit(tmp_path, monkeypatch):
+    """How models/ and losses/ find their part files: a file dropped into the package is imported."""
+    package = tmp_path / "zoo"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "from fastsr.registry import Registry, import_all\nANIMALS = Registry('animal')\nimport_all(__name__, __path__)\n")
+    (package / "okapi.py").write_text(
+        "from dataclasses import dataclass\nfrom fastsr.registry import PartConfig\nfrom zoo import ANIMALS\n\n"
+        "@dataclass\nclass OkapiConfig(PartConfig):\n    legs: int = 4\n\n"
+        "@ANIMALS.register('okapi', OkapiConfig)\nclass Okapi:\n    def __init__(self, legs=4):\n        self.legs = legs\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import zoo
+
+    assert zoo.ANIMALS.names() == ["okapi"]
+    assert zoo.ANIMALS.create(zoo.ANIMALS.config_from({"name": "okapi", "legs": 3}, "animal", "test")).config == \
+        {"name": "okapi", "legs": 3}

@@ -106,7 +106,7 @@ def load_generator(path: Path, device: str | torch.device = "cpu") -> nn.Module:
     try:
         model = build_generator(**config, source=str(config_path(path)))
     except (RecipeError, TypeError, ValueError) as err:
-        raise WeightsError(f"cannot build a model from {config_path(path)}: {err}") from None
+        raise WeightsError(str(err)) from None  # it names the .json
     return load_weights(model, path).to(device).eval()
 
 

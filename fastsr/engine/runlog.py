@@ -10,7 +10,8 @@ from fastsr.util import write_atomic
 
 
 class RunLog:
-    """Appends one JSON object per line to run_dir/log.jsonl (resumed runs keep appending)."""
+    """Appends one JSON object per line to run_dir/log.jsonl (resumed runs keep appending). Every record of a
+    run (`kind`, `step`, its fields) passes through `write`: the one place to send them anywhere else too."""
 
     def __init__(self, path: Path, enabled: bool = True):
         self.path = Path(path)

@@ -17,7 +17,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from fastsr.config import RecipeError
-from fastsr.data import ImageError, make_batch_source, open_cache, resolve_source
+from fastsr.data import BatchSource, ImageError, make_batch_source, open_cache, resolve_source
 from fastsr.data.screen import apply_policy, screen_train, screen_val, without
 from fastsr.engine.checkpoint import (
     Position, Trainables, WeightsError, load_weights, read_config, resolve_resume, restore_training_state,
@@ -38,7 +38,7 @@ class Run:
     accelerator: Accelerator
     runtime: Runtime
     precision: Precision
-    loader: object  # a batch source: len() batches per epoch, batches(epoch, start)
+    loader: BatchSource
     val_pairs: list
     parts: Trainables  # the eager modules (evaluated, averaged and saved) and their optimisers
     loss: GeneratorLoss | None  # phase B's generator loss (None without phase B)

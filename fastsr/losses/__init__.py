@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from fastsr.config import Invalid, non_negative
-from fastsr.losses import adversarial, perceptual, pixel, tv  # noqa: F401 - they register the terms
 from fastsr.losses.adversarial import GAN_KINDS, d_loss, g_adv_loss, ragan_g_loss
 from fastsr.losses.perceptual import (
     VGG19_LAYERS, PerceptualLoss, VGGFeatures, VGGWeightsUnavailable, check_vgg_layer,
@@ -20,6 +19,9 @@ from fastsr.losses.perceptual import (
 from fastsr.losses.pixel import pixel_loss
 from fastsr.losses.terms import LOSS_TERMS, GeneratorLoss, TermConfig
 from fastsr.losses.tv import tv_loss
+from fastsr.registry import import_all
+
+import_all(__name__, __path__)  # every term file registers itself, those not imported above too
 
 _SEED_WEIGHTS = {"w_vgg": 6e-3, "w_adv": 1e-3, "w_tv": 1e-6}
 

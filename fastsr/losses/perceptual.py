@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
 from fastsr.config import Invalid
+from fastsr.losses.pixel import PIXEL_KINDS, pixel_loss
 from fastsr.losses.terms import LOSS_TERMS, TermConfig
 from fastsr.util import file_sha256
 
@@ -32,15 +32,6 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Seconds a stalled network read may block before the ImageNet weight download gives up.
 _DOWNLOAD_TIMEOUT_S = 10.0
-
-
-def pixel_loss(sr: torch.Tensor, hr: torch.Tensor, kind: str = "mse") -> torch.Tensor:
-    """Mean pixel loss between ``sr`` and ``hr``: ``kind`` "mse" (squared error) or "l1"."""
-    if kind == "mse":
-        return F.mse_loss(sr, hr)
-    if kind == "l1":
-        return F.l1_loss(sr, hr)
-    raise ValueError(f"unknown pixel loss kind {kind!r}; valid kinds: mse, l1")
 
 
 def _vgg19_layers() -> nn.Sequential:
@@ -220,18 +211,15 @@ class PerceptualLoss(nn.Module):
     def __init__(self, layer: str = "conv5_4", weights: str | os.PathLike | None = "imagenet",
                  criterion: str = "mse"):
         super().__init__()
-        if criterion not in _CRITERIA:
-            raise ValueError(f"unknown feature criterion {criterion!r}; use one of {', '.join(_CRITERIA)}")
+        if criterion not in PIXEL_KINDS:
+            raise ValueError(f"unknown feature criterion {criterion!r}; valid: {', '.join(PIXEL_KINDS)}")
         self.vgg = VGGFeatures(layer, weights)
-        self.criterion = _CRITERIA[criterion]
+        self.criterion = criterion
 
     def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             target = self.vgg(hr)
-        return self.criterion(self.vgg(sr), target)
-
-
-_CRITERIA = {"mse": F.mse_loss, "l1": F.l1_loss}
+        return pixel_loss(self.vgg(sr), target, self.criterion)
 
 
 def check_vgg_layer(key: str, layer: str) -> None:

@@ -12,13 +12,16 @@ from torch import nn
 from fastsr.losses.terms import LOSS_TERMS, TermConfig
 
 
+_DISTANCES = {"mse": F.mse_loss, "l1": F.l1_loss}
+PIXEL_KINDS = tuple(_DISTANCES)
+
+
 def pixel_loss(sr: torch.Tensor, hr: torch.Tensor, kind: str = "mse") -> torch.Tensor:
-    """Mean pixel loss between ``sr`` and ``hr``: ``kind`` "mse" (squared error) or "l1"."""
-    if kind == "mse":
-        return F.mse_loss(sr, hr)
-    if kind == "l1":
-        return F.l1_loss(sr, hr)
-    raise ValueError(f"unknown pixel loss kind {kind!r}; valid kinds: mse, l1")
+    """Mean pixel loss between ``sr`` and ``hr``: ``kind`` "mse" (squared error) or "l1" (also the distance
+    the perceptual loss takes between feature maps)."""
+    if kind not in _DISTANCES:
+        raise ValueError(f"unknown pixel loss kind {kind!r}; valid kinds: {', '.join(PIXEL_KINDS)}")
+    return _DISTANCES[kind](sr, hr)
 
 
 @dataclass

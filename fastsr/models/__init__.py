@@ -3,8 +3,9 @@
 Every model takes and returns float images in [0, 1], NCHW, RGB. A generator has a ``scale`` attribute,
 the class attributes the registry documents (``scales``, ``trainable``) and, like every registered part, a
 JSON-ready ``config`` dict (name and constructor arguments) that ``build_generator(**config)`` rebuilds:
-this is what ``generator.json`` holds beside the weights. Importing this package registers the built-in
-architectures; a plugin registers its own the same way (see ``fastsr.registry``).
+this is what ``generator.json`` holds beside the weights. Importing this package imports every module in
+it, so each architecture file registers itself; a plugin registers its own the same way (see
+``fastsr.registry``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from fastsr.models.rrdbnet import RRDBNet
 from fastsr.models.srcnn import SRCNN
 from fastsr.models.srresnet import SRResNet
 from fastsr.models.vgg_discriminator import VGGDiscriminator
+from fastsr.registry import import_all
+
+import_all(__name__, __path__)  # the architecture files not imported above register too
 
 
 def build_generator(name: str, source: str = "generator config", **arguments) -> nn.Module:
