@@ -22,8 +22,8 @@ def user_errors() -> tuple[type[Exception], ...]:
     from fastsr.config import RecipeError
     from fastsr.data import DownloadError, ImageError
     from fastsr.engine.checkpoint import CheckpointWriteError, WeightsError
-    from fastsr.engine.lossguard import NonFiniteLoss
     from fastsr.engine.loop import OutOfMemory
+    from fastsr.engine.lossguard import NonFiniteLoss
     from fastsr.losses import VGGWeightsUnavailable
 
     return (RecipeError, ImageError, WeightsError, VGGWeightsUnavailable, DownloadError, FileNotFoundError,
@@ -163,8 +163,8 @@ def cmd_upscale(args, console: Console) -> int:
 def cmd_quickstart(args, console: Console) -> None:
     """Train SRCNN and a small SRGAN on the bundled samples, then score both against bicubic."""
     from fastsr.engine.runlog import read_log
-    from fastsr.recipe import load_recipe
     from fastsr.engine.trainer import train
+    from fastsr.recipe import load_recipe
 
     start = time.perf_counter()
     out = [f"out_dir={args.out}"]

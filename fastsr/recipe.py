@@ -14,7 +14,13 @@ from pathlib import Path
 import yaml
 
 from fastsr.config import (
-    DataConfig, RecipeError, RuntimeConfig, TrainConfig, build_section, read_raw, section_keys,
+    DataConfig,
+    RecipeError,
+    RuntimeConfig,
+    TrainConfig,
+    build_section,
+    read_raw,
+    section_keys,
 )
 from fastsr.losses import LossConfig
 from fastsr.models import DISCRIMINATORS, GENERATORS

@@ -13,17 +13,20 @@ import torch
 from safetensors.torch import load_file
 
 from fastsr.cli import main
-from fastsr.recipe import load_recipe, save_recipe
 from fastsr.engine import checkpoint as checkpoint_module
 from fastsr.engine import steps as steps_module
-from fastsr.losses import adversarial
-from fastsr.engine.checkpoint import CheckpointWriteError, complete_checkpoints, load_state
-from fastsr.engine.lossguard import LossGuard, NonFiniteLoss
+from fastsr.engine.checkpoint import (
+    CheckpointWriteError,
+    complete_checkpoints,
+    load_state,
+)
 from fastsr.engine.loop import OutOfMemory
+from fastsr.engine.lossguard import LossGuard, NonFiniteLoss
 from fastsr.engine.steps import gan_step, pretrain_step
 from fastsr.engine.trainer import train
-from fastsr.losses import build_generator_loss
+from fastsr.losses import adversarial, build_generator_loss
 from fastsr.models import Discriminator, SRResNet
+from fastsr.recipe import load_recipe, save_recipe
 
 
 def records(run_dir, kind):

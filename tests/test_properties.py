@@ -23,9 +23,9 @@ from hypothesis import Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from fastsr.config import RecipeError
-from fastsr.recipe import Recipe, all_keys, load_recipe, save_recipe
 from fastsr.losses import VGG19_LAYERS
 from fastsr.ops import imresize
+from fastsr.recipe import Recipe, all_keys, load_recipe, save_recipe
 
 # ---------------------------------------------------------------------------------------------
 # imresize: strategies and the overshoot bound

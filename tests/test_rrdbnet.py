@@ -8,7 +8,13 @@ import torch
 
 from fastsr.config import RecipeError
 from fastsr.engine.checkpoint import save_weights
-from fastsr.models import DISCRIMINATORS, GENERATORS, RRDBNet, VGGDiscriminator, build_generator
+from fastsr.models import (
+    DISCRIMINATORS,
+    GENERATORS,
+    RRDBNet,
+    VGGDiscriminator,
+    build_generator,
+)
 
 SMALL = dict(blocks=2, features=16, growth=8)
 

@@ -10,13 +10,13 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 
 from fastsr.config import RuntimeConfig
-from fastsr.recipe import from_dict, load_recipe
 from fastsr.engine.checkpoint import load_generator
 from fastsr.engine.runtime import Precision, Runtime, resolve_runtime
 from fastsr.engine.steps import gan_step, pretrain_step
 from fastsr.engine.trainer import train
 from fastsr.losses import build_generator_loss
 from fastsr.models import Discriminator, SRResNet
+from fastsr.recipe import from_dict, load_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 

@@ -6,13 +6,13 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
-from fastsr.recipe import load_recipe
 from fastsr.data.cache import prepare_cache
 from fastsr.engine import steps as steps_module
 from fastsr.engine.checkpoint import complete_checkpoints, load_generator, load_state
 from fastsr.engine.steps import gan_step, pretrain_step
 from fastsr.engine.trainer import train
 from fastsr.models import Discriminator, SRResNet
+from fastsr.recipe import load_recipe
 
 
 def records(run_dir, kind):
@@ -111,9 +111,8 @@ def test_init_from_phase_a_weights(tiny_recipe):
 
 def test_gan_step_applies_each_weight_once(monkeypatch):
     """loss_g == pixel + w_vgg * vgg + w_adv * adv + w_tv * tv, and D is not updated by G's loss."""
-    from fastsr.recipe import from_dict
-
     from fastsr.losses import build_generator_loss
+    from fastsr.recipe import from_dict
 
     recipe = from_dict({"loss": {"w_vgg": 0.5, "w_adv": 0.25, "w_tv": 0.125, "vgg_weights": "random",
                                  "vgg_layer": "relu2_2"}})

@@ -16,7 +16,9 @@ from fastsr.data.sources import Sample
 def load_val_pair(sample: Sample, scale: int, method: str = "matlab") -> tuple[str, torch.Tensor, torch.Tensor]:
     """(name, HR 1x3xHxW, LR 1x3xhxw) on the CPU; the LR is the paired file when the sample has one,
     else the degradation of the HR (see `lr_for_eval`). An image too small to score is refused."""
-    from fastsr.metrics import min_image_size  # here: fastsr.metrics imports torchmetrics (seconds)
+    from fastsr.metrics import (
+        min_image_size,  # here: fastsr.metrics imports torchmetrics (seconds)
+    )
 
     hr = load_image(sample.hr)
     h, w = scaled_size(hr.shape[0], hr.shape[1], scale)

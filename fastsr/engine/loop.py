@@ -16,7 +16,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fastsr.engine.checkpoint import checkpoint_dir, complete_checkpoints, write_training_checkpoint
+from fastsr.engine.checkpoint import (
+    checkpoint_dir,
+    complete_checkpoints,
+    write_training_checkpoint,
+)
 from fastsr.engine.lossguard import LossGuard, NonFiniteLoss
 from fastsr.engine.phases import Phase, learning_rate
 from fastsr.engine.runlog import RunLog

@@ -17,10 +17,22 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from fastsr.config import RecipeError
-from fastsr.data import BatchSource, ImageError, make_batch_source, open_cache, resolve_source
+from fastsr.data import (
+    BatchSource,
+    ImageError,
+    make_batch_source,
+    open_cache,
+    resolve_source,
+)
 from fastsr.data.screen import apply_policy, screen_train, screen_val, without
 from fastsr.engine.checkpoint import (
-    Position, Trainables, WeightsError, load_weights, read_config, resolve_resume, restore_training_state,
+    Position,
+    Trainables,
+    WeightsError,
+    load_weights,
+    read_config,
+    resolve_resume,
+    restore_training_state,
 )
 from fastsr.engine.runlog import RunLog
 from fastsr.engine.runtime import Precision, Runtime, allow_tf32, resolve_runtime

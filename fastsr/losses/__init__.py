@@ -14,7 +14,11 @@ from typing import Literal
 from fastsr.config import Invalid, non_negative
 from fastsr.losses.adversarial import GAN_KINDS, d_loss, g_adv_loss, ragan_g_loss
 from fastsr.losses.perceptual import (
-    VGG19_LAYERS, PerceptualLoss, VGGFeatures, VGGWeightsUnavailable, check_vgg_layer,
+    VGG19_LAYERS,
+    PerceptualLoss,
+    VGGFeatures,
+    VGGWeightsUnavailable,
+    check_vgg_layer,
 )
 from fastsr.losses.pixel import pixel_loss
 from fastsr.losses.terms import LOSS_TERMS, GeneratorLoss, TermConfig

@@ -11,7 +11,6 @@ from torch import nn
 
 from fastsr.losses.terms import LOSS_TERMS, TermConfig
 
-
 _DISTANCES = {"mse": F.mse_loss, "l1": F.l1_loss}
 PIXEL_KINDS = tuple(_DISTANCES)
 
