@@ -51,7 +51,7 @@ def test_rrdbnet_param_count_small(scale):
 
 
 @pytest.mark.parametrize("scale", [2, 4])
-@pytest.mark.parametrize("size", [(16, 16), (7, 9)])
+@pytest.mark.parametrize("size", [(16, 16), (7, 9), (1, 1), (1, 4)])  # odd and 1-pixel sides too (upscale takes 1x1)
 def test_rrdbnet_output_shape(scale, size):
     model = RRDBNet(scale, **SMALL).eval()
     assert model.scale == scale

@@ -117,7 +117,8 @@ class RRDBNet(nn.Module):
         h, w = lr.shape[-2:]
         x = lr
         if self.unshuffle > 1:
-            x = F.pad(x, (0, w % 2, 0, h % 2), mode="reflect")
+            # reflect, as spandrel pads; a side of one pixel has nothing to reflect, so it repeats
+            x = F.pad(x, (0, w % 2, 0, h % 2), mode="reflect" if min(h, w) > 1 else "replicate")
             x = F.pixel_unshuffle(x, self.unshuffle)
         feat = self.conv_first(x)
         feat = feat + self.conv_body(self.body(feat))
