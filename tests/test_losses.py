@@ -227,14 +227,14 @@ def test_gan_kinds_give_each_graph_building_forward_its_own_backward(kind):
 
 
 def test_generator_loss_applies_each_weight_once_and_names_each_term():
-    from fastsr.losses import build_generator_loss
+    from fastsr.losses import GAN_KINDS, build_generator_loss
     from fastsr.recipe import from_dict
 
     terms = [{"name": "pixel", "kind": "l1", "weight": 0.5}, {"name": "pixel", "kind": "mse", "weight": 2.0, "label": "mse"},
              {"name": "tv", "weight": 0.25}, {"name": "adv", "gan": "ragan", "weight": 0.125},
              {"name": "vgg", "weight": 0.0}]  # weight 0: left out
     loss, gan, notes = build_generator_loss(from_dict({"loss": {"terms": terms}}).loss)
-    assert gan == "ragan" and notes == [] and loss.names == ["pixel", "mse", "tv", "adv"]
+    assert isinstance(gan, GAN_KINDS["ragan"]) and notes == [] and loss.names == ["pixel", "mse", "tv", "adv"]
     sr, hr = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
     critic = lambda x: x.mean(dim=(1, 2, 3))  # noqa: E731 - a stand-in discriminator
     total, values = loss(sr, hr, critic)

@@ -63,7 +63,7 @@ def stop_requests():
             signal.signal(sig, handler)
 
 
-def validate(model: nn.Module, run: Run, step: int) -> tuple[float, float]:
+def score_and_log(model: nn.Module, run: Run, step: int) -> tuple[float, float]:
     """Score the model and bicubic on the validation pairs (evaluation runs the model in eval mode and
     restores its mode), save the side-by-side pictures, log both."""
     recipe = run.recipe
@@ -180,7 +180,7 @@ class Loop:
         self._check_losses()
         run = self.run
         if run.main and self.last_val_step != self.pos.step:
-            psnr, bic = validate(run.eval_model(), run, self.pos.step)
+            psnr, bic = score_and_log(run.eval_model(), run, self.pos.step)
             self.last_val_step, self.last_val_info = self.pos.step, f"val {psnr:.2f} dB (bicubic {bic:.2f})"
         run.accelerator.wait_for_everyone()
 

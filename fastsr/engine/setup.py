@@ -36,7 +36,7 @@ from fastsr.engine.checkpoint import (
 )
 from fastsr.engine.runlog import RunLog
 from fastsr.engine.runtime import Precision, Runtime, allow_tf32, resolve_runtime
-from fastsr.losses import GeneratorLoss, build_generator_loss
+from fastsr.losses import GAN, GeneratorLoss, build_generator_loss
 from fastsr.models import DISCRIMINATORS, GENERATORS
 from fastsr.recipe import Recipe, save_recipe
 
@@ -54,7 +54,7 @@ class Run:
     val_pairs: list
     parts: Trainables  # the eager modules (evaluated, averaged and saved) and their optimisers
     loss: GeneratorLoss | None  # phase B's generator loss (None without phase B)
-    gan: str  # the GAN kind that trains the discriminator
+    gan: GAN | None  # the GAN kind that trains the discriminator (phase B)
     position: Position
     resumed_from: Path | None
     notes: list[str] = field(default_factory=list)
@@ -103,7 +103,7 @@ def set_up(recipe: Recipe, console: Console) -> Run:
         load_weights(g, Path(t.init_from))
     gan_phase = t.epochs_finetune > 0
     d = DISCRIMINATORS.create(recipe.discriminator) if gan_phase else None
-    loss, gan, loss_notes = build_generator_loss(recipe.loss) if gan_phase else (None, "vanilla", [])
+    loss, gan, loss_notes = build_generator_loss(recipe.loss) if gan_phase else (None, None, [])
     betas = tuple(t.betas)
     parts = Trainables(
         generator=g,

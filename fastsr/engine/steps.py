@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from fastsr.engine.runtime import Precision
-from fastsr.losses import GAN_KINDS, GeneratorLoss, pixel_loss
+from fastsr.losses import GAN, GeneratorLoss, pixel_loss
 
 FP32 = Precision("no")
 
@@ -36,7 +36,7 @@ def pretrain_step(g, batch, opt_g, accelerator, pixel: str, precision: Precision
     return {"pixel": loss.detach()}
 
 
-def gan_step(g, d, batch, opt_g, opt_d, accelerator, loss: GeneratorLoss, gan: str = "vanilla",
+def gan_step(g, d, batch, opt_g, opt_d, accelerator, loss: GeneratorLoss, gan: GAN,
              precision: Precision = FP32, apply=_always) -> dict[str, torch.Tensor]:
     hr, lr = batch
     with precision.autocast():
@@ -49,7 +49,7 @@ def gan_step(g, d, batch, opt_g, opt_d, accelerator, loss: GeneratorLoss, gan: s
     # Discriminator: the GAN kind runs its forwards, each with its own backward.
     d.requires_grad_(True)
     opt_d.zero_grad(set_to_none=True)
-    loss_d = GAN_KINDS[gan]().discriminator_loss(critic, hr, sr.detach(), lambda part: precision.backward(accelerator, part))
+    loss_d = gan.discriminator_loss(critic, hr, sr.detach(), lambda part: precision.backward(accelerator, part))
     stepped = apply(loss_d)
     if stepped:
         precision.step(opt_d)

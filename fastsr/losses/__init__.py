@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from fastsr.config import Invalid, non_negative
-from fastsr.losses.adversarial import GAN_KINDS, d_loss, g_adv_loss, ragan_g_loss
+from fastsr.losses.adversarial import GAN, GAN_KINDS, d_loss, g_adv_loss, ragan_g_loss
 from fastsr.losses.perceptual import (
     VGG19_LAYERS,
     PerceptualLoss,
@@ -77,14 +77,14 @@ def phase_b_terms(loss: LossConfig) -> list[TermConfig]:
             make("vgg").config(name="vgg", weight=loss.w_vgg, layer=loss.vgg_layer)]
 
 
-def build_generator_loss(loss: LossConfig) -> tuple[GeneratorLoss, str, list[str]]:
+def build_generator_loss(loss: LossConfig) -> tuple[GeneratorLoss, GAN, list[str]]:
     """(phase B's generator loss, the GAN kind that trains the discriminator, notes). Terms of weight 0
     are left out; a VGG term whose weights can't be had stops the run, or with `vgg_missing=skip` is
     left out with a note."""
-    terms, gan, notes = [], "vanilla", []
+    terms, gan, notes = [], GAN_KINDS["vanilla"](), []
     for config in phase_b_terms(loss):
         if config.name == "adv":
-            gan = config.gan
+            gan = GAN_KINDS[config.gan]()
         if config.weight == 0:
             continue
         shared = {key: getattr(loss, key) for key in getattr(LOSS_TERMS.entry(config.name).cls, "shared", ())}
@@ -100,7 +100,7 @@ def build_generator_loss(loss: LossConfig) -> tuple[GeneratorLoss, str, list[str
 
 
 __all__ = [
-    "GAN_KINDS", "LOSS_TERMS", "VGG19_LAYERS", "GeneratorLoss", "LossConfig", "PerceptualLoss", "TermConfig",
+    "GAN", "GAN_KINDS", "LOSS_TERMS", "VGG19_LAYERS", "GeneratorLoss", "LossConfig", "PerceptualLoss", "TermConfig",
     "VGGFeatures", "VGGWeightsUnavailable", "build_generator_loss", "d_loss", "g_adv_loss", "phase_b_terms",
     "pixel_loss", "ragan_g_loss", "tv_loss",
 ]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +73,18 @@ def ragan_d_fake(fake_logits: torch.Tensor, real_logits: torch.Tensor) -> torch.
 def ragan_g_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """G's relativistic loss: [BCE(C(x_r) - mean C(x_f) -> 0) + BCE(C(x_f) - mean C(x_r) -> 1)] / 2."""
     return (_bce(real_logits - fake_logits.mean(), 0.0) + _bce(fake_logits - real_logits.mean(), 1.0)) / 2
+
+
+class GAN(Protocol):
+    """A GAN kind: the discriminator's update and the generator's adversarial loss."""
+
+    def discriminator_loss(self, critic: Critic, real: torch.Tensor, fake: torch.Tensor,
+                           backward: Backward) -> torch.Tensor:
+        """Run D's forwards on `real` and detached `fake` images, each graph with its own `backward`; the
+        total D loss (for the log and the loss guard)."""
+
+    def generator_loss(self, critic: Critic, real: torch.Tensor, sr: torch.Tensor) -> torch.Tensor:
+        """G's adversarial loss for its output `sr` (D frozen)."""
 
 
 class Vanilla:
