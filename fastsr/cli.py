@@ -229,6 +229,11 @@ def resolve_device(device: str):
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
+def _add_plugin_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first: it registers an architecture defined outside fastsr; repeat for several")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastsr", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
@@ -247,8 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--pictures", type=Path, help="save LR / methods / HR side by side here")
     p.add_argument("--device", default="auto")
-    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                   help="import MODULE first: it registers an architecture defined outside fastsr; repeat for several")
+    _add_plugin_option(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("upscale", help="upscale whole images (tiled, so large images fit in memory)")
@@ -260,8 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=256, help="LR tile size (0: whole image at once)")
     p.add_argument("--overlap", type=int, default=32, help="LR pixels shared by neighbouring tiles")
     p.add_argument("--device", default="auto")
-    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                   help="import MODULE first: it registers an architecture defined outside fastsr; repeat for several")
+    _add_plugin_option(p)
     p.set_defaults(func=cmd_upscale)
 
     p = sub.add_parser("quickstart", help="train SRCNN and a small SRGAN on the bundled samples, then compare")

@@ -235,7 +235,8 @@ def _suggest(key: str, keys: list[str]) -> str:
 def build_section(cls, raw: Any, prefix: str, source: str, *, owner: str | None = None,
                   suggest_from: list[str] | None = None):
     """An instance of the dataclass `cls` from the mapping `raw` (the section at `prefix`), every value
-    checked against its type; `owner` names the part whose section this is, for unknown keys."""
+    checked against its type, then the whole by the section's `check()`; `owner` names the part whose
+    section this is, for unknown keys."""
     if not isinstance(raw, dict):
         raise RecipeError(f"{source}: '{prefix.rstrip('.')}' must be a section (a mapping), got {raw!r}")
     hints = typing.get_type_hints(cls)
@@ -259,7 +260,7 @@ def build_section(cls, raw: Any, prefix: str, source: str, *, owner: str | None 
         else:
             kwargs[name] = _coerce(value, hint, key, source)
     section = cls(**kwargs)
-    if hasattr(section, "check") and owner is None:  # a part's registry runs its own check
+    if hasattr(section, "check"):
         try:
             section.check()
         except Invalid as bad:

@@ -47,11 +47,14 @@ class GeneratorLoss(nn.Module):
         self.names = [name for name, _, _ in terms]
         self.weights = [weight for _, weight, _ in terms]
         self.terms = nn.ModuleList(module for _, _, module in terms)
+        # The networks' terms are evaluated first, then the fp32 ones: a fixed order of the graph's branches,
+        # and so of the float sums of their gradients. The total is summed in the list's order.
+        self._order = sorted(range(len(terms)), key=lambda i: self.terms[i].fp32)
 
     def prepare(self, prepare: Callable[[nn.Module], nn.Module]) -> GeneratorLoss:
         """A copy sharing the terms' networks, each term with a network passed through `prepare` (the
         runtime's layout and compile), as the models' training copies are."""
-        prepared = [(n, w, prepare(t) if any(True for _ in t.parameters()) else t)
+        prepared = [(n, w, prepare(t) if next(t.parameters(), None) is not None else t)
                     for n, w, t in zip(self.names, self.weights, self.terms)]
         return GeneratorLoss(prepared)
 
@@ -59,9 +62,8 @@ class GeneratorLoss(nn.Module):
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         sr32 = sr.float()
         values = {}
-        # The networks' terms first, then the fp32 ones (a fixed order of the graph's branches, and so of
-        # the float sums of their gradients); the total in the list's order.
-        for name, term in sorted(zip(self.names, self.terms), key=lambda named: named[1].fp32):
+        for i in self._order:
+            name, term = self.names[i], self.terms[i]
             if term.fp32:
                 values[name] = term(sr32, hr, critic)
             else:
