@@ -1,4 +1,4 @@
-"""`fastsr train | eval | upscale | quickstart | download-div2k | prepare`.
+"""`fastsr train | recipes | eval | upscale | quickstart | download-div2k | prepare`.
 
 Every user error (a bad recipe key, a corrupt image, weights that don't fit) ends as one line on
 stderr and exit code 2; `--debug` shows the traceback instead.
@@ -14,9 +14,6 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-
 
 def user_errors() -> tuple[type[Exception], ...]:
     from fastsr.config import RecipeError
@@ -50,6 +47,22 @@ def cmd_train(args, console: Console) -> int:
         print(f"fastsr: {stopped}", file=sys.stderr)
         return EXIT_PREEMPTED
     return 0
+
+
+def cmd_recipes(args, console: Console) -> None:
+    """The packaged recipes and what each trains, on what."""
+    from rich.table import Table
+
+    from fastsr.recipe import PACKAGED, load_recipe, packaged_recipes
+
+    table = Table(title="Packaged recipes: fastsr train NAME [key=value ...]", caption=f"files in {PACKAGED}")
+    for column in ("Name", "Generator", "Phases (epochs)", "Data"):
+        table.add_column(column, no_wrap=True)
+    for name, path in packaged_recipes().items():
+        r = load_recipe(path)
+        phases = ", ".join(f"{p} {n}" for p, n in (("A", r.train.epochs_pretrain), ("B", r.train.epochs_finetune)) if n)
+        table.add_row(name, f"{r.model.name} x{r.scale}", phases, r.data.source)
+    console.print(table)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,9 +181,9 @@ def cmd_quickstart(args, console: Console) -> None:
 
     start = time.perf_counter()
     out = [f"out_dir={args.out}"]
-    srcnn = train(load_recipe(RECIPES / "quickstart_srcnn.yaml", out), console)
-    srgan = train(load_recipe(RECIPES / "quickstart.yaml", out), console)
-    recipe = load_recipe(RECIPES / "quickstart.yaml", out)
+    srcnn = train(load_recipe("quickstart_srcnn", out), console)
+    recipe = load_recipe("quickstart", out)
+    srgan = train(recipe, console)
     methods = ["bicubic", f"SRCNN={srcnn / 'generator.safetensors'}", f"SRGAN={srgan / 'generator.safetensors'}"]
     pictures = Path(args.out) / "compare"
     run_eval(methods, recipe.data.source, recipe.scale, console, pictures=pictures,
@@ -240,9 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train from a recipe (also: accelerate launch fastsr/train.py RECIPE)")
-    p.add_argument("recipe", type=Path)
+    p.add_argument("recipe", help="a recipe file, or the name of a packaged recipe (fastsr recipes lists them)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.batch_size=32 data.source=/data/DIV2K")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("recipes", help="list the packaged recipes")
+    p.set_defaults(func=cmd_recipes)
 
     p = sub.add_parser("eval", help="PSNR/SSIM table of methods on the same held-out images")
     p.add_argument("--model", action="append", required=True,

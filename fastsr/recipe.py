@@ -8,6 +8,7 @@ take, a scale the generator can be built for) and the loading of plugins before 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,8 +50,34 @@ class Recipe:
         return Path(self.out_dir) / self.name
 
 
-def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
-    """Read a recipe file (following `base:`), apply `key=value` overrides, validate."""
+# The recipes shipped inside the package, so an installed wheel has them; a checkout's `recipes/` links here.
+PACKAGED = Path(__file__).resolve().parent / "recipes"
+
+
+def packaged_recipes() -> dict[str, Path]:
+    """Name -> file of every packaged recipe (`srgan_x4` -> .../fastsr/recipes/srgan_x4.yaml)."""
+    return {p.stem: p for p in sorted(PACKAGED.glob("*.yaml"))}
+
+
+def find_recipe(spec: str | Path) -> Path:
+    """A recipe file: `spec` itself when it is a file, else the packaged recipe of that name."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    packaged = packaged_recipes()
+    name = path.name.removesuffix(".yaml").removesuffix(".yml")
+    if path.parent == Path(".") and name in packaged:
+        return packaged[name]
+    close = difflib.get_close_matches(name, list(packaged), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise RecipeError(f"{spec}: recipe not found: not a file, nor a packaged recipe{hint}; "
+                      f"`fastsr recipes` lists them ({', '.join(packaged)})")
+
+
+def load_recipe(spec: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read a recipe (a file, following `base:`, or a packaged recipe's name), apply `key=value`
+    overrides, validate."""
+    path = find_recipe(spec)
     return from_dict(read_raw(path, overrides), source=str(path))
 
 
