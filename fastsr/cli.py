@@ -1,4 +1,4 @@
-"""`fastsr train | recipes | eval | upscale | quickstart | download-div2k | prepare`.
+"""`fastsr train | recipes | eval | upscale | quickstart | download-div2k | download-benchmarks | prepare`.
 
 Every user error (a bad recipe key, a corrupt image, weights that don't fit) ends as one line on
 stderr and exit code 2; `--debug` shows the traceback instead.
@@ -26,6 +26,8 @@ def user_errors() -> tuple[type[Exception], ...]:
     return (RecipeError, ImageError, WeightsError, VGGWeightsUnavailable, DownloadError, FileNotFoundError,
             PermissionError, CheckpointWriteError, NonFiniteLoss, OutOfMemory)
 
+
+PROTOCOL = ["psnr", "ssim"]  # what `fastsr eval` scores unless --metrics says otherwise
 
 # errno values of a write that failed for want of space: no space, quota exceeded, file too large
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -85,32 +87,54 @@ def parse_method(spec: str, scale: int):
     return label or getattr(type(model), "label", Path(path).stem), model
 
 
-def run_eval(methods: list[str], data: str, scale: int, console: Console, *, pictures: Path | None = None,
-             json_out: Path | None = None, device: str = "auto"):
-    from fastsr.data import load_val_set, resolve_source
-    from fastsr.evaluate import evaluate, format_table, scores_to_json
+def run_eval(methods: list[str], sources: list[str], scale: int, console: Console, *, data_root: str | None = None,
+             metrics: list[str] = PROTOCOL, metric_weights: dict[str, str] | None = None,
+             pictures: Path | None = None, json_out: Path | None = None, csv_out: Path | None = None,
+             device: str = "auto"):
+    """Score `methods` on each of `sources` (test-set names, folders, `samples`) and print one table."""
+    from fastsr.data import ImageError, load_val_set, resolve_source
+    from fastsr.data.benchmarks import DEFAULT_ROOT
+    from fastsr.data.sources import source_label
+    from fastsr.evaluate import SetResult, build_metrics, evaluate, format_table, results_to_json, write_csv
+    from fastsr.util import write_atomic
 
     device = resolve_device(device)
     models = dict(parse_method(m, scale) for m in methods)
     for model in models.values():
         model.to(device)
-    pairs = load_val_set(resolve_source(data, "eval", scale), scale)
-    scores = evaluate(models, pairs, scale, device, pictures=pictures)
-    caption = (f"x{scale}, {len(pairs)} images of {data}; Y channel (BT.601 studio range), {scale}-pixel border "
-               f"shaved, uint8 levels, mean of per-image values")
-    console.print(format_table(scores, caption))
+    root = data_root or DEFAULT_ROOT
+    sets = {}  # every set is read (and its images checked) before any scoring
+    for spec in sources:
+        label = source_label(spec)
+        if label in sets:
+            raise ImageError(f"--data {spec}: a second set named {label}; give each set once")
+        sets[label] = load_val_set(resolve_source(spec, "eval", scale, benchmark_root=root), scale)
+    scorers = build_metrics(metrics, scale, device, metric_weights)
+    results = []
+    for label, pairs in sets.items():
+        where = pictures / label if pictures else None
+        results.append(SetResult(label, [p[0] for p in pairs], evaluate(models, pairs, scale, device, metrics=scorers,
+                                                                        pictures=where)))
+    caption = (f"x{scale}; mean of per-image values; PSNR (dB) and SSIM on the Y channel (BT.601 studio range), "
+               f"uint8 levels, {scale}-pixel border shaved" + (", LPIPS/DISTS on RGB" if len(metrics) > 2 else ""))
+    console.print(format_table(results, metrics, caption))
+    meta = {"scale": scale, "channel": "Y", "crop_border": scale, "sources": dict(zip(sets, sources))}
     if json_out:
-        meta = {"data": data, "scale": scale, "channel": "Y", "crop_border": scale}
         json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(scores_to_json(scores, [p[0] for p in pairs], meta), indent=2))
+        write_atomic(json_out, json.dumps(results_to_json(results, metrics, meta), indent=2).encode())
+    if csv_out:
+        csv_out.parent.mkdir(parents=True, exist_ok=True)
+        write_csv(csv_out, results, metrics)
     if pictures:
         console.print(f"side-by-side pictures (LR / methods / HR): {pictures}")
-    return scores
+    return results
 
 
 def cmd_eval(args, console: Console) -> None:
     load_plugins(args.plugin)
-    run_eval(args.model, args.data, args.scale, console, pictures=args.pictures, json_out=args.json, device=args.device)
+    run_eval(args.model, args.data or ["samples"], args.scale, console, data_root=args.data_root,
+             metrics=args.metrics, metric_weights=dict(args.metric_weights), pictures=args.pictures,
+             json_out=args.json, csv_out=args.csv, device=args.device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,7 +210,7 @@ def cmd_quickstart(args, console: Console) -> None:
     srgan = train(recipe, console)
     methods = ["bicubic", f"SRCNN={srcnn / 'generator.safetensors'}", f"SRGAN={srgan / 'generator.safetensors'}"]
     pictures = Path(args.out) / "compare"
-    run_eval(methods, recipe.data.source, recipe.scale, console, pictures=pictures,
+    run_eval(methods, [recipe.data.source], recipe.scale, console, pictures=pictures,
              json_out=Path(args.out) / "results.json")
     for note in (r["message"] for r in read_log(srgan / "log.jsonl") if r["kind"] == "note"):
         console.print(f"[yellow]note on SRGAN:[/] {note}")
@@ -201,6 +225,14 @@ def cmd_download(args, console: Console) -> None:
     from fastsr.data.div2k import download_div2k
 
     download_div2k(args.dest, scales=tuple(args.scales))
+
+
+def cmd_download_benchmarks(args, console: Console) -> None:
+    from fastsr.data.benchmarks import download_benchmarks
+
+    for note in download_benchmarks(args.dest, tuple(args.sets)):
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(f"test sets in {args.dest}: fastsr eval --data set5 --data set14 ... --data-root {args.dest}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,6 +274,23 @@ def resolve_device(device: str):
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
 
+def _metric_list(text: str) -> list[str]:
+    from fastsr.evaluate import METRIC_LABELS
+
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in METRIC_LABELS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"{','.join(unknown) or text!r}: choose from {', '.join(METRIC_LABELS)}")
+    return list(dict.fromkeys(names))
+
+
+def _name_path(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=PATH, e.g. lpips=alexnet-owt-7be5be79.pth")
+    return name.strip().lower(), path
+
+
 def _add_plugin_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                    help="import MODULE first: it registers an architecture defined outside fastsr; repeat for several")
@@ -260,12 +309,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("recipes", help="list the packaged recipes")
     p.set_defaults(func=cmd_recipes)
 
-    p = sub.add_parser("eval", help="PSNR/SSIM table of methods on the same held-out images")
+    p = sub.add_parser("eval", help="PSNR/SSIM (LPIPS, DISTS) table of methods on the same held-out images")
     p.add_argument("--model", action="append", required=True,
                    help="bicubic, WEIGHTS.safetensors or LABEL=WEIGHTS.safetensors; repeat for several")
-    p.add_argument("--data", default="samples", help="samples, a DIV2K root (valid split), an image folder or file")
+    p.add_argument("--data", action="append", metavar="SET",
+                   help="a test set (set5, set14, b100, urban100, manga109, under --data-root), samples (default), "
+                        "a DIV2K root (valid split), an image folder or file; repeat for a column each")
+    p.add_argument("--data-root", help="where the test sets are (fastsr download-benchmarks DIR); default data/benchmarks")
+    p.add_argument("--metrics", type=_metric_list, default=PROTOCOL,
+                   help="comma-separated, of psnr, ssim, lpips (AlexNet), dists; default psnr,ssim")
+    p.add_argument("--metric-weights", action="append", type=_name_path, default=[], metavar="NAME=PATH",
+                   help="a local weights file for lpips or dists (no download); repeat for each")
     p.add_argument("--scale", type=int, default=4)
-    p.add_argument("--json", type=Path, help="also write the results here")
+    p.add_argument("--json", type=Path, help="also write per-set and per-image values here")
+    p.add_argument("--csv", type=Path, help="also write per-image and per-set values here, a row each")
     p.add_argument("--pictures", type=Path, help="save LR / methods / HR side by side here")
     p.add_argument("--device", default="auto")
     _add_plugin_option(p)
@@ -291,6 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dest", type=Path)
     p.add_argument("--scales", type=int, nargs="+", default=[4])
     p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("download-benchmarks", help="download Set5, Set14, B100, Urban100 (needs a network)")
+    p.add_argument("dest", type=Path)
+    p.add_argument("--sets", nargs="+", default=["set5", "set14", "b100", "urban100"],
+                   help="of set5 set14 b100 urban100 (manga109: a note on adding it by hand)")
+    p.set_defaults(func=cmd_download_benchmarks)
 
     p = sub.add_parser("prepare", help="decode the training images once into a cache folder, for fast random crops")
     p.add_argument("source", metavar="SRC", help="samples, a DIV2K root (train split) or an image folder")

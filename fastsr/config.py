@@ -35,6 +35,11 @@ class RecipeError(ValueError):
 class DataConfig:
     source: str = "samples"  # `samples`, a DIV2K root, or an image folder
     val_source: str | None = None  # default: the held-out split of `source`
+    # Validate on several sets instead, each logged under its own name (val/Set5/psnr, ...), each read as
+    # `fastsr eval --data` reads it: test-set names (set5, set14, b100, urban100, manga109, under
+    # benchmark_root), image folders (whole), a DIV2K root (its valid split), `samples`.
+    val_sets: list[str] = field(default_factory=list)
+    benchmark_root: str = "data/benchmarks"  # where the test sets are (`fastsr download-benchmarks`)
     hr_crop: int = 96  # HR patch size; a multiple of the scale
     repeat: int = 1  # crops taken from each training image per epoch
     augment: bool = True  # random flips and 90-degree rotations
@@ -56,6 +61,10 @@ class DataConfig:
     def check(self) -> None:
         positive(self, "hr_crop", "repeat", "crops_per_image")
         non_negative(self, "workers", "val_images")
+        if self.val_sets and self.val_source is not None:
+            raise Invalid("val_sets", "and data.val_source are both set: list every validation set in data.val_sets")
+        if len(set(self.val_sets)) != len(self.val_sets):
+            raise Invalid("val_sets", f"names a set twice ({self.val_sets})")
 
 
 @dataclass
@@ -82,6 +91,9 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10  # steps between loss read-backs (each one synchronises the device)
     val_every: int = 500  # steps between validations (0: only at the end of each phase)
+    # What validation scores, for the model and for bicubic: PSNR/SSIM (Y, the protocol's) and the
+    # perceptual LPIPS (AlexNet) and DISTS, which need their backbone weights (fastsr.perceptual_metrics).
+    val_metrics: list[Literal["psnr", "ssim", "lpips", "dists"]] = field(default_factory=lambda: ["psnr", "ssim"])
     save_every: int = 500  # steps between checkpoints (0: only at the end of each phase)
     keep_checkpoints: int = 2
     # A NaN or infinite loss: `stop` ends the run naming the step, writing no checkpoint after it (the
@@ -92,6 +104,8 @@ class TrainConfig:
 
     def check(self) -> None:
         positive(self, "batch_size", "log_every", "keep_checkpoints")
+        if "psnr" not in self.val_metrics or len(set(self.val_metrics)) != len(self.val_metrics):
+            raise Invalid("val_metrics", f"must include psnr and name each metric once (got {self.val_metrics})")
         non_negative(self, "epochs_pretrain", "epochs_finetune", "val_every", "save_every", "max_skipped_steps")
         if self.lr <= 0 or (self.lr_finetune is not None and self.lr_finetune <= 0):
             raise Invalid("lr", "and train.lr_finetune must be positive")

@@ -1,12 +1,16 @@
 """Scoring methods on the same held-out pairs by the SR protocol, and showing them side by side.
 
 Used by the trainer's validation, `fastsr eval` and the quick start, so every number fastsr prints
-comes from one code path: the same (HR, LR) pairs for every method, Y-channel PSNR/SSIM on uint8
-levels with `scale` pixels shaved from each border, the mean of per-image values.
+comes from one code path: the same (HR, LR) pairs for every method, each output rounded to uint8 levels
+with `scale` pixels shaved from each border, then Y-channel PSNR/SSIM and, when asked, the perceptual
+metrics LPIPS and DISTS on the RGB image; the mean of per-image values for each test set.
 """
 
 from __future__ import annotations
 
+import csv
+import io
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,37 +23,83 @@ from fastsr.data import save_image
 from fastsr.infer import upscale
 from fastsr.metrics import psnr, ssim
 from fastsr.ops import quantize
+from fastsr.util import write_atomic
 
 Pair = tuple[str, torch.Tensor, torch.Tensor]  # (name, HR 1x3xHxW, LR 1x3xhxw), [0, 1]
+
+PROTOCOL_METRICS = ("psnr", "ssim")  # Y channel, uint8 levels, border shaved (fastsr.metrics)
+METRIC_LABELS = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "dists": "DISTS"}
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A per-image metric of (SR, HR), both 1x3xHxW in [0, 1] on the CPU, SR already rounded to uint8 levels."""
+
+    name: str
+    lower_is_better: bool
+    score: Callable[[torch.Tensor, torch.Tensor], float]
+
+
+def build_metrics(names: Sequence[str], scale: int, device, weights: dict[str, str] | None = None) -> list[Metric]:
+    """The metrics called `names` (psnr, ssim, lpips, dists), each shaving `scale` pixels from every border.
+    The perceptual ones run their networks on `device`, with backbone weights from `weights[name]` or the
+    torch hub cache (fastsr.perceptual_metrics says where they come from)."""
+    out = []
+    for name in names:
+        if name == "psnr":
+            out.append(Metric(name, False, lambda sr, hr: psnr(sr, hr, crop_border=scale).item()))
+        elif name == "ssim":
+            out.append(Metric(name, False, lambda sr, hr: ssim(sr, hr, crop_border=scale).item()))
+        else:
+            from fastsr.perceptual_metrics import build_perceptual_metric  # loads networks: only when asked
+
+            net = build_perceptual_metric(name, device, (weights or {}).get(name))
+            out.append(Metric(name, True, _shaved(net, scale, device)))
+    return out
+
+
+def _shaved(net, border: int, device) -> Callable[[torch.Tensor, torch.Tensor], float]:
+    def score(sr: torch.Tensor, hr: torch.Tensor) -> float:
+        crop = (..., slice(border, -border or None), slice(border, -border or None))
+        return float(net(sr[crop].to(device), hr[crop].to(device)).item())
+    return score
 
 
 @dataclass
 class Score:
+    """One method's per-image values of each metric on one set."""
+
     method: str
-    psnr: list[float] = field(default_factory=list)  # per image
-    ssim: list[float] = field(default_factory=list)
+    values: dict[str, list[float]] = field(default_factory=dict)
 
-    @property
-    def mean_psnr(self) -> float:
-        return sum(self.psnr) / len(self.psnr)
+    def mean(self, metric: str) -> float:
+        return sum(self.values[metric]) / len(self.values[metric])
 
-    @property
-    def mean_ssim(self) -> float:
-        return sum(self.ssim) / len(self.ssim)
+
+@dataclass
+class SetResult:
+    """The scores of every method on one test set."""
+
+    name: str  # as shown in tables and logs: `Set5`, `samples`, a folder's name
+    images: list[str]
+    scores: list[Score]
 
 
 @torch.inference_mode()
-def evaluate(methods: dict[str, nn.Module], pairs: list[Pair], scale: int, device, *, tile: int = 256,
-             pictures: Path | None = None, max_pictures: int = 4) -> list[Score]:
-    """Score each method on every pair; optionally save LR / methods / HR pictures of the first few."""
-    scores = [Score(name) for name in methods]
+def evaluate(methods: dict[str, nn.Module], pairs: list[Pair], scale: int, device, *,
+             metrics: list[Metric] | None = None, tile: int = 256, pictures: Path | None = None,
+             max_pictures: int = 4) -> list[Score]:
+    """Score each method on every pair (PSNR and SSIM unless `metrics` says otherwise); optionally save
+    LR / methods / HR pictures of the first few."""
+    metrics = metrics if metrics is not None else build_metrics(PROTOCOL_METRICS, scale, device)
+    scores = [Score(name, {m.name: [] for m in metrics}) for name in methods]
     for i, (name, hr, lr) in enumerate(pairs):
         lr_dev = lr.to(device)
         outputs = {}
         for score, model in zip(scores, methods.values()):
             sr = quantize(upscale(model, lr_dev, scale, tile=tile).float().cpu())
-            score.psnr.append(psnr(sr, hr, crop_border=scale).item())
-            score.ssim.append(ssim(sr, hr, crop_border=scale).item())
+            for m in metrics:
+                score.values[m.name].append(m.score(sr, hr))
             outputs[score.method] = sr
         if pictures is not None and i < max_pictures:
             save_side_by_side(pictures / f"{name}.png", lr, outputs, hr)
@@ -72,27 +122,61 @@ def save_side_by_side(path: Path, lr: torch.Tensor, outputs: dict[str, torch.Ten
     save_image(path, np.asarray(canvas))
 
 
-def format_table(scores: list[Score], caption: str):
-    """The seed's table: method, PSNR, SSIM (Y channel, mean over images), as a rich Table."""
+def _header(metrics: Sequence[str]) -> str:
+    return " / ".join(METRIC_LABELS.get(m, m) + ("↓" if m not in PROTOCOL_METRICS else "") for m in metrics)
+
+
+def _cell(score: Score, metrics: Sequence[str]) -> str:
+    return " / ".join(f"{score.mean(m):.2f}" if m == "psnr" else f"{score.mean(m):.4f}" for m in metrics)
+
+
+def format_table(results: list[SetResult], metrics: Sequence[str], caption: str, title: str = "Held-out results"):
+    """The paper's table: a row per method, a column per test set holding the mean of each metric
+    (PSNR in dB and SSIM on Y; ↓ marks lower-is-better); the best PSNR of each set in bold."""
     from rich.table import Table
 
-    table = Table(title="Held-out results", caption=caption)
+    table = Table(title=title, caption=caption)
     table.add_column("Method")
-    table.add_column("PSNR (dB, Y)", justify="right")
-    table.add_column("SSIM (Y)", justify="right")
-    best = max(s.mean_psnr for s in scores)
-    for s in scores:
-        style = "bold" if s.mean_psnr == best else None
-        table.add_row(s.method, f"{s.mean_psnr:.2f}", f"{s.mean_ssim:.4f}", style=style)
+    for result in results:
+        table.add_column(f"{result.name} ({len(result.images)})\n{_header(metrics)}", justify="right")
+    best = {r.name: max(s.mean(metrics[0]) if metrics[0] in PROTOCOL_METRICS else -s.mean(metrics[0])
+                        for s in r.scores) for r in results}
+    for row, method in enumerate(s.method for s in results[0].scores):
+        cells = []
+        for r in results:
+            score = r.scores[row]
+            value = score.mean(metrics[0]) if metrics[0] in PROTOCOL_METRICS else -score.mean(metrics[0])
+            text = _cell(score, metrics)
+            cells.append(f"[bold]{text}[/]" if value == best[r.name] and len(r.scores) > 1 else text)
+        table.add_row(method, *cells)
     return table
 
 
-def scores_to_json(scores: list[Score], names: list[str], meta: dict) -> dict:
+def results_to_json(results: list[SetResult], metrics: Sequence[str], meta: dict) -> dict:
+    """Per-set means and per-image values of every method, with the protocol's settings in `meta`."""
     return {
         **meta,
-        "images": names,
-        "methods": {
-            s.method: {"psnr": s.mean_psnr, "ssim": s.mean_ssim, "psnr_per_image": s.psnr, "ssim_per_image": s.ssim}
-            for s in scores
+        "metrics": list(metrics),
+        "lower_is_better": [m for m in metrics if m not in PROTOCOL_METRICS],
+        "sets": {
+            r.name: {
+                "images": r.images,
+                "methods": {s.method: {**{m: s.mean(m) for m in metrics}, "per_image": s.values} for s in r.scores},
+            }
+            for r in results
         },
     }
+
+
+def write_csv(path: Path, results: list[SetResult], metrics: Sequence[str]) -> None:
+    """One row per (set, method, image), then one per (set, method) with an empty `image`: the set's mean."""
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["set", "method", "image", *metrics])
+    for r in results:
+        for s in r.scores:
+            for i, image in enumerate(r.images):
+                writer.writerow([r.name, s.method, image, *(repr(s.values[m][i]) for m in metrics)])
+        for s in r.scores:
+            writer.writerow([r.name, s.method, "", *(repr(s.mean(m)) for m in metrics)])
+    write_atomic(path, lambda f: f.write(text.getvalue().encode()))

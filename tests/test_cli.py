@@ -52,7 +52,9 @@ def test_eval_scores_all_methods_on_the_same_pairs(photo_folder, tmp_path, capsy
     table = capsys.readouterr().out
     assert "Bicubic" in table and "Mine" in table and "SRCNN" in table and "Y channel" in table
     results = json.loads(out.read_text())
-    assert results["images"] == ["v0", "v1"] and results["channel"] == "Y" and results["crop_border"] == 4
+    assert results["channel"] == "Y" and results["crop_border"] == 4 and results["metrics"] == ["psnr", "ssim"]
+    assert list(results["sets"]) == ["val"] and results["sets"]["val"]["images"] == ["v0", "v1"]
+    methods = results["sets"]["val"]["methods"]
     # Recompute bicubic by hand: HR cropped to a multiple of 4, LR = MATLAB bicubic rounded to uint8.
     expected_psnr, expected_ssim = [], []
     for name in ("v0", "v1"):
@@ -61,12 +63,12 @@ def test_eval_scores_all_methods_on_the_same_pairs(photo_folder, tmp_path, capsy
         sr = quantize(imresize(quantize(imresize(hr, scale=1 / 4)), scale=4))
         expected_psnr.append(psnr(sr, hr, crop_border=4).item())
         expected_ssim.append(ssim(sr, hr, crop_border=4).item())
-    bicubic = results["methods"]["Bicubic"]
-    np.testing.assert_allclose(bicubic["psnr_per_image"], expected_psnr, atol=1e-4)
-    np.testing.assert_allclose(bicubic["ssim_per_image"], expected_ssim, atol=1e-5)
+    bicubic = methods["Bicubic"]
+    np.testing.assert_allclose(bicubic["per_image"]["psnr"], expected_psnr, atol=1e-4)
+    np.testing.assert_allclose(bicubic["per_image"]["ssim"], expected_ssim, atol=1e-5)
     assert bicubic["psnr"] == pytest.approx(np.mean(expected_psnr), abs=1e-4)
-    assert results["methods"]["Mine"] == results["methods"]["SRCNN"]
-    picture = Image.open(tmp_path / "pics" / "v1.png")
+    assert methods["Mine"] == methods["SRCNN"]
+    picture = Image.open(tmp_path / "pics" / "val" / "v1.png")
     hr_w, hr_h = 80, 68  # v1 is 81x70: cropped to multiples of 4
     assert picture.size == (hr_w * 5, hr_h + 22)  # LR, Bicubic, Mine, SRCNN, HR
 

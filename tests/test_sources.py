@@ -1,7 +1,10 @@
-"""resolve_source: the built-in samples, a DIV2K tree with paired LR, plain folders, and clear errors;
-and the offline parts of download_div2k."""
+"""resolve_source: the built-in samples, a DIV2K tree with paired LR, plain folders, test sets by name,
+and clear errors; and the offline parts of download_div2k and download_benchmarks."""
 
+import hashlib
 import http.server
+import io
+import tarfile
 import threading
 import zipfile
 
@@ -10,7 +13,8 @@ import pytest
 from PIL import Image
 
 from fastsr.data import DownloadError, ImageError, Sample, download_div2k, load_image, resolve_source
-from fastsr.data.sources import SAMPLES_TRAIN, SAMPLES_VAL
+from fastsr.data.benchmarks import download_benchmarks
+from fastsr.data.sources import SAMPLES_TRAIN, SAMPLES_VAL, source_label
 
 
 def _png(path, h=24, w=24):
@@ -137,11 +141,16 @@ def test_download_fetches_and_extracts(tmp_path):
                [n.replace(".png", "x4.png") for n in VALID_NAMES])
     dest.mkdir()
     (dest / "DIV2K_valid_HR.zip.part").write_bytes(b"stale partial bytes")  # file:// cannot resume: restarts
-    download_div2k(dest, parts=("valid_HR", "valid_LR_bicubic"), base_url=server.as_uri())
+    download_div2k(dest, parts=("valid_HR", "valid_LR_bicubic"), base_url=server.as_uri(),
+                   md5={p.name: _md5(p) for p in server.iterdir()})
     assert len(list((dest / "DIV2K_valid_HR").glob("*.png"))) == 100
     assert not (dest / "DIV2K_valid_HR.zip.part").exists()
     val = resolve_source(str(dest), "val", 4)
     assert len(val) == 100 and val[0].lr == dest / "DIV2K_valid_LR_bicubic" / "X4" / "0801x4.png"
+
+
+def _md5(path):
+    return hashlib.md5(path.read_bytes()).hexdigest()
 
 
 def test_download_skips_complete_parts_and_uses_hand_downloaded_zips(tmp_path):
@@ -150,7 +159,8 @@ def test_download_skips_complete_parts_and_uses_hand_downloaded_zips(tmp_path):
         _png(tmp_path / "DIV2K_valid_HR" / name, 2, 2)
     download_div2k(tmp_path, parts=("valid_HR",), base_url=unreachable)  # complete: nothing fetched
     _div2k_zip(tmp_path / "DIV2K_valid_LR_bicubic_X2.zip", "DIV2K_valid_LR_bicubic/X2", VALID_NAMES)
-    download_div2k(tmp_path, scales=(2,), parts=("valid_LR_bicubic",), base_url=unreachable)
+    download_div2k(tmp_path, scales=(2,), parts=("valid_LR_bicubic",), base_url=unreachable,
+                   md5={"DIV2K_valid_LR_bicubic_X2.zip": _md5(tmp_path / "DIV2K_valid_LR_bicubic_X2.zip")})
     assert len(list((tmp_path / "DIV2K_valid_LR_bicubic" / "X2").glob("*.png"))) == 100
 
 
@@ -166,7 +176,68 @@ def test_download_failure_is_one_line(tmp_path, base_url):
 def test_incomplete_zip_is_reported(tmp_path):
     _div2k_zip(tmp_path / "DIV2K_valid_HR.zip", "DIV2K_valid_HR", VALID_NAMES[:3])
     with pytest.raises(DownloadError, match="extracted 3 PNGs.*expected 100"):
-        download_div2k(tmp_path, parts=("valid_HR",), base_url="http://127.0.0.1:1/")
+        download_div2k(tmp_path, parts=("valid_HR",), base_url="http://127.0.0.1:1/", md5={})
+
+
+def test_a_zip_that_fails_its_published_md5_is_moved_aside_not_extracted(tmp_path):
+    """A hand-downloaded (or truncated) file that is not the published one: refused before extraction."""
+    _div2k_zip(tmp_path / "DIV2K_valid_HR.zip", "DIV2K_valid_HR", VALID_NAMES)
+    with pytest.raises(DownloadError) as e:
+        download_div2k(tmp_path, parts=("valid_HR",), base_url="http://127.0.0.1:1/")  # the real published MD5
+    msg = str(e.value)
+    assert "\n" not in msg and "9fcdda83005c5e5997799b69f955ff88" in msg and "rerun" in msg
+    assert not (tmp_path / "DIV2K_valid_HR").exists() and (tmp_path / "DIV2K_valid_HR.zip.bad").is_file()
+
+
+# Test sets: the benchmark.tar layout (benchmark/<Set>/HR/*.png beside LR_bicubic/), served from file://.
+
+BENCH_COUNTS = {"Set5": 5, "Set14": 14, "B100": 100, "Urban100": 100}
+
+
+def _benchmark_tar(path, counts=BENCH_COUNTS):
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(png, format="PNG")
+    with tarfile.open(path, "w") as tar:
+        for folder, n in counts.items():
+            for i in range(n):
+                for member in (f"benchmark/{folder}/HR/img{i:03d}.png", f"benchmark/{folder}/LR_bicubic/X4/img{i:03d}x4.png"):
+                    info = tarfile.TarInfo(member)
+                    info.size = len(png.getvalue())
+                    tar.addfile(info, io.BytesIO(png.getvalue()))
+
+
+def test_download_benchmarks_extracts_the_hr_images_into_the_layout(tmp_path):
+    server, dest = tmp_path / "server", tmp_path / "benchmarks"
+    server.mkdir()
+    _benchmark_tar(server / "benchmark.tar")
+    url, md5 = (server / "benchmark.tar").as_uri(), _md5(server / "benchmark.tar")
+    notes = download_benchmarks(dest, ("set5", "bsd100", "manga109"), url=url, md5=md5)
+    assert sorted(p.name for p in dest.iterdir()) == ["B100", "Set5", "benchmark.tar"]  # only what was asked
+    assert len(list((dest / "Set5" / "HR").iterdir())) == 5 and not (dest / "Set5" / "LR_bicubic").exists()
+    assert len(notes) == 1 and "Manga109 is distributed on request" in notes[0] and "Manga109/HR" in notes[0]
+    assert [s.name for s in resolve_source("set5", "eval", 4, benchmark_root=dest)] == [f"img{i:03d}" for i in range(5)]
+    assert len(resolve_source("B100", "val", 4, benchmark_root=str(dest))) == 100
+    (server / "benchmark.tar").unlink()
+    download_benchmarks(dest, ("set5", "b100"), url=url, md5=md5)  # complete: nothing fetched
+
+
+def test_download_benchmarks_checks_the_archive(tmp_path):
+    _benchmark_tar(tmp_path / "benchmark.tar", {"Set5": 4})  # by hand, but a set short
+    with pytest.raises(DownloadError, match="extracted 4 images into .*Set5/HR, expected 5"):
+        download_benchmarks(tmp_path, ("set5",), url="http://127.0.0.1:1/benchmark.tar", md5=None)
+    with pytest.raises(DownloadError, match="not the published 4ace41d3"):
+        download_benchmarks(tmp_path, ("set5",), url="http://127.0.0.1:1/benchmark.tar")
+    with pytest.raises(DownloadError, match="unknown test set 'set6'"):
+        download_benchmarks(tmp_path, ("set6",))
+
+
+def test_test_sets_by_name_say_how_to_get_them(tmp_path):
+    with pytest.raises(ImageError, match=f"Set14: no images at {tmp_path}/Set14/HR; .*fastsr download-benchmarks"):
+        resolve_source("set14", "eval", 4, benchmark_root=tmp_path)
+    with pytest.raises(ImageError, match="Set5 is a test set"):
+        resolve_source("set5", "train", 4, benchmark_root=tmp_path)
+    assert [source_label(s) for s in ("set5", "BSD100", "samples", str(tmp_path))] == ["Set5", "B100", "samples",
+                                                                                     tmp_path.name]
 
 
 class _RangeHandler(http.server.BaseHTTPRequestHandler):
@@ -195,7 +266,8 @@ def test_download_resumes_from_the_part_file(tmp_path):
     server.payload, server.ranges = payload, []
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        download_div2k(dest, parts=("valid_HR",), base_url=f"http://127.0.0.1:{server.server_port}/")
+        download_div2k(dest, parts=("valid_HR",), base_url=f"http://127.0.0.1:{server.server_port}/",
+                       md5={"DIV2K_valid_HR.zip": _md5(tmp_path / "full.zip")})
     finally:
         server.shutdown()
     assert server.ranges == [1000]

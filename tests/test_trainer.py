@@ -34,7 +34,8 @@ def test_two_phase_run_leaves_everything_a_user_needs(tiny_recipe):
     assert all(r["images"] == 2 and r["bicubic_psnr"] > 20 for r in val)
     assert load_recipe(run / "recipe.yaml") == recipe
     assert (run / "curves.png").stat().st_size > 1000
-    assert sorted(p.name for p in (run / "samples" / "step_00000006").iterdir()) == ["v0.png", "v1.png"]
+    pictures = run / "samples" / "step_00000006" / recipe.data.source.rsplit("/", 1)[-1]  # the source folder's name
+    assert sorted(p.name for p in pictures.iterdir()) == ["v0.png", "v1.png"]
     newest = complete_checkpoints(run)[-1]
     assert len(complete_checkpoints(run)) == recipe.train.keep_checkpoints
     assert sorted(p.name for p in newest.iterdir()) == [
@@ -48,6 +49,33 @@ def test_two_phase_run_leaves_everything_a_user_needs(tiny_recipe):
     assert all(torch.equal(exported[k], ema[k]) for k in ema)
     model = load_generator(run / "generator.safetensors")
     assert model(torch.rand(1, 3, 8, 8)).shape == (1, 3, 32, 32)
+
+
+def test_validation_on_several_sets_logs_each(tiny_recipe, photo_folder, tmp_path):
+    """data.val_sets: a test set by name under data.benchmark_root and a folder, each scored and logged
+    under its own name, with its own pictures; the numbers equal `fastsr eval`'s on the same images."""
+    from fastsr.cli import main
+
+    bench = tmp_path / "benchmarks"
+    (bench / "Set5" / "HR").mkdir(parents=True)
+    for name in ("v0.png", "v1.png"):
+        (bench / "Set5" / "HR" / name).write_bytes((photo_folder / "val" / name).read_bytes())
+    other = photo_folder / "train"
+    recipe = tiny_recipe(data={"val_sets": ["set5", str(other)], "benchmark_root": str(bench)},
+                         train={"epochs_finetune": 0})
+    run = train(recipe)
+    val = records(run, "val")
+    assert [(r["set"], r["images"]) for r in val] == [("Set5", 2), ("train", 6)]
+    assert all({"psnr", "ssim", "bicubic_psnr", "bicubic_ssim"} <= set(r) for r in val)
+    step = val[0]["step"]
+    assert sorted(p.name for p in (run / "samples" / f"step_{step:08d}").iterdir()) == ["Set5", "train"]
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", f"M={run / 'generator.safetensors'}", "--model", "bicubic", "--data", "set5",
+                 "--data", str(other), "--data-root", str(bench), "--json", str(out)]) == 0
+    sets = json.loads(out.read_text())["sets"]
+    for r in val:
+        assert sets[r["set"]]["methods"]["M"]["psnr"] == pytest.approx(r["psnr"], abs=1e-9)
+        assert sets[r["set"]]["methods"]["Bicubic"]["ssim"] == pytest.approx(r["bicubic_ssim"], abs=1e-9)
 
 
 def test_srcnn_trains_and_beats_its_start(tiny_recipe):

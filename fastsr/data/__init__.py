@@ -6,7 +6,8 @@ screen that finds unusable images before a run."""
 from fastsr.data.batches import BACKENDS, BatchSource, make_batch_source
 from fastsr.data.cache import open_cache
 from fastsr.data.degradation import crop_pair, degrade, lr_crop, lr_for_eval
-from fastsr.data.div2k import DownloadError, download_div2k
+from fastsr.data.div2k import download_div2k
+from fastsr.data.download import DownloadError
 from fastsr.data.images import IMAGE_EXTS, ImageError, image_to_tensor, list_images, load_image, read_header, save_image
 from fastsr.data.plan import Crop, CropPlan, draw_crop
 from fastsr.data.sources import BUILTIN_SOURCES, Sample, resolve_source

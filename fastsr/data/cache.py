@@ -34,7 +34,7 @@ import numpy as np
 
 from fastsr.data.images import ImageError, load_image
 from fastsr.data.sources import BUILTIN_SOURCES, Sample, resolve_source
-from fastsr.util import file_sha256, progress_bar, write_atomic
+from fastsr.util import file_digest, progress_bar, write_atomic
 
 FORMAT = "fastsr-cache"
 VERSION = 1
@@ -280,6 +280,6 @@ def _npy_intact(path: Path, shape: list[int]) -> bool:
 
 def _sha256_or_none(path: Path) -> str | None:
     try:
-        return file_sha256(path)
+        return file_digest(path)
     except OSError:
         return None

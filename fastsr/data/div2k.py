@@ -1,34 +1,37 @@
 """Fetching and unpacking the official DIV2K zips into the layout `resolve_source` reads.
 
-Downloads are large (the train HR zip is ~3.5 GB), so they stream to ``NAME.zip.part``, resume from its
-size with an HTTP Range request after an interruption, and become ``NAME.zip`` only when complete.
-A part whose folder already holds all its images is skipped, so rerunning is cheap. A zip already in
-`dest` (say, downloaded by hand because this machine cannot reach the server) is extracted as is.
-The zips are kept after extraction; delete them to reclaim the space.
+Downloads are large (the train HR zip is ~3.5 GB): `fastsr.data.download` streams, resumes and checks
+each against its published MD5. A part whose folder already holds all its images is skipped, so
+rerunning is cheap. The zips are kept after extraction; delete them to reclaim the space.
 """
 
 from __future__ import annotations
 
 import os
-import urllib.error
-import urllib.request
 import zipfile
 from pathlib import Path
 
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from fastsr.data.download import DownloadError, fetch_verified
 
 BASE_URL = "https://data.vision.ee.ethz.ch/cvl/DIV2K/"
 PARTS = ("train_HR", "valid_HR", "train_LR_bicubic", "valid_LR_bicubic")
 _COUNTS = {"train": 800, "valid": 100}
-_CHUNK = 1 << 20
 
-
-class DownloadError(OSError):
-    """A DIV2K zip could not be fetched or unpacked; the message is one line saying what to do."""
+# The MD5 of each zip, as torchSR lists them (github.com/Coloquinte/torchSR, torchsr/datasets/div2k.py).
+MD5 = {
+    "DIV2K_train_HR.zip": "bdc2d9338d4e574fe81bf7d158758658",
+    "DIV2K_valid_HR.zip": "9fcdda83005c5e5997799b69f955ff88",
+    "DIV2K_train_LR_bicubic_X2.zip": "9a637d2ef4db0d0a81182be37fb00692",
+    "DIV2K_train_LR_bicubic_X3.zip": "ad80b9fe40c049a07a8a6c51bfab3b6d",
+    "DIV2K_train_LR_bicubic_X4.zip": "76c43ec4155851901ebbe8339846d93d",
+    "DIV2K_valid_LR_bicubic_X2.zip": "1512c9a3f7bde2a1a21a73044e46b9cb",
+    "DIV2K_valid_LR_bicubic_X3.zip": "18b1d310f9f88c13618c287927b29898",
+    "DIV2K_valid_LR_bicubic_X4.zip": "21962de700c8d368c6ff83314480eff0",
+}
 
 
 def download_div2k(dest: str | os.PathLike, scales: tuple[int, ...] = (4,), parts: tuple[str, ...] = PARTS,
-                   base_url: str = BASE_URL) -> Path:
+                   base_url: str = BASE_URL, md5: dict[str, str] = MD5) -> Path:
     """Make `dest` a DIV2K root holding the asked `parts` (LR parts once per scale); returns `dest`."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -36,8 +39,7 @@ def download_div2k(dest: str | os.PathLike, scales: tuple[int, ...] = (4,), part
         if _count_pngs(dest / folder) == count:
             continue
         archive = dest / zip_name
-        if not archive.is_file():
-            _fetch(base_url.rstrip("/") + "/" + zip_name, archive, dest)
+        fetch_verified(base_url.rstrip("/") + "/" + zip_name, archive, md5.get(zip_name))
         _extract(archive, dest, folder, count)
     return dest
 
@@ -58,40 +60,6 @@ def _plan(parts: tuple[str, ...], scales: tuple[int, ...]) -> list[tuple[str, st
 
 def _count_pngs(folder: Path) -> int:
     return sum(1 for _ in folder.glob("*.png")) if folder.is_dir() else 0
-
-
-def _fetch(url: str, archive: Path, dest: Path) -> None:
-    """Stream `url` into `archive`.part (resuming from its size) and rename it when complete."""
-    part = archive.with_name(archive.name + ".part")
-    have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            offset = have if getattr(response, "status", None) == 206 else 0  # 200: server restarts
-            length = response.headers.get("Content-Length")
-            total = offset + int(length) if length else None
-            _stream(response, part, offset, total, archive.name)
-    except urllib.error.HTTPError as e:
-        if e.code != 416 or not have:  # 416: the .part already holds the whole file
-            raise _download_error(url, dest, e) from None
-    except (urllib.error.URLError, OSError) as e:
-        raise _download_error(url, dest, e) from None
-    os.replace(part, archive)
-
-
-def _stream(response, part: Path, offset: int, total: int | None, label: str) -> None:
-    columns = (TextColumn(label), BarColumn(), DownloadColumn(), TransferSpeedColumn())
-    with open(part, "ab" if offset else "wb") as f, Progress(*columns) as progress:
-        task = progress.add_task(label, total=total, completed=offset)
-        while chunk := response.read(_CHUNK):
-            f.write(chunk)
-            progress.advance(task, len(chunk))
-
-
-def _download_error(url: str, dest: Path, e: Exception) -> DownloadError:
-    reason = " ".join(str(getattr(e, "reason", e)).split())
-    return DownloadError(f"could not download {url} ({reason}); download the zips by hand into {dest} "
-                         "and rerun: they will be extracted")
 
 
 def _extract(archive: Path, dest: Path, folder: str, count: int) -> None:

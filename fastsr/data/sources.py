@@ -7,7 +7,9 @@ A spec is one of:
   official MATLAB-bicubic LR files paired in when ``DIV2K_{train,valid}_LR_bicubic/X{scale}/`` exists;
 - any folder: its ``train/`` and ``val/`` (or ``valid/``) sub-folders, or else its images with the last
   10% (sorted by name) held out for validation;
-- one image file, as a validation/evaluation source.
+- one image file, as a validation/evaluation source;
+- the name of a standard test set (``set5``, ``set14``, ``b100``, ``urban100``, ``manga109``: see
+  `fastsr.data.benchmarks`), found under a benchmark root, as a validation/evaluation source.
 The "eval" split is "val", except that a plain folder (no train/ and val/) is evaluated whole: an eval
 set such as Set5 is such a folder. Splits are decided by names alone, so every process and every run sees the same lists.
 """
@@ -19,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from fastsr.data import benchmarks
 from fastsr.data.images import IMAGE_EXTS, ImageError, list_images
 
 Split = Literal["train", "val", "eval"]
@@ -29,7 +32,7 @@ SAMPLES_TRAIN = (
     "clock_motion.png",
 )
 SAMPLES_VAL = ("astronaut.png", "chelsea.png", "coffee.png")
-BUILTIN_SOURCES = ("samples",)
+BUILTIN_SOURCES = ("samples", *benchmarks.BENCHMARKS)
 
 _DIV2K_HR = {"train": "DIV2K_train_HR", "val": "DIV2K_valid_HR"}
 _DIV2K_LR = {"train": "DIV2K_train_LR_bicubic", "val": "DIV2K_valid_LR_bicubic"}
@@ -52,12 +55,17 @@ class Sample:
             object.__setattr__(self, "name", self.hr.stem)
 
 
-def resolve_source(spec: str, split: Split, scale: int) -> list[Sample]:
-    """The samples of `split` ("train", "val" or "eval") named by `spec`; `scale` selects paired LR files."""
+def resolve_source(spec: str, split: Split, scale: int,
+                   benchmark_root: str | os.PathLike = benchmarks.DEFAULT_ROOT) -> list[Sample]:
+    """The samples of `split` ("train", "val" or "eval") named by `spec`; `scale` selects paired LR files;
+    a test set's name is looked up under `benchmark_root`."""
     if split not in ("train", "val", "eval"):
         raise ValueError(f"split must be 'train', 'val' or 'eval', got {split!r}")
     if spec == "samples":
         return _samples_source("val" if split == "eval" else split)
+    bench = benchmarks.benchmark(spec)
+    if bench is not None:
+        return _benchmark(bench, benchmark_root, split)
     path = Path(spec).expanduser()
     if path.is_file():
         return _single_file(path, split)
@@ -88,6 +96,24 @@ def _samples_source(split: Split) -> list[Sample]:
         raise ImageError(f"{root}: this scikit-image lacks the sample photographs {', '.join(missing)}; "
                          "install scikit-image>=0.22 or use another data source")
     return [Sample(root / n) for n in names]
+
+
+def _benchmark(bench: benchmarks.Benchmark, root: str | os.PathLike, split: Split) -> list[Sample]:
+    if split == "train":
+        raise ImageError(f"{bench.folder} is a test set: use it for validation (data.val_sets) or fastsr eval, "
+                         "not as data.source")
+    folder = benchmarks.hr_dir(bench, root)
+    if not folder.is_dir():
+        raise ImageError(benchmarks.missing_message(bench, root))
+    return [Sample(p) for p in list_images(folder)]
+
+
+def source_label(spec: str) -> str:
+    """A source's name in tables and logs: a test set's own name (`Set5`), `samples`, else the folder's name."""
+    bench = benchmarks.benchmark(spec)
+    if bench is not None:
+        return bench.folder
+    return spec if spec == "samples" else (Path(spec).expanduser().resolve().name or spec)
 
 
 def _single_file(path: Path, split: Split) -> list[Sample]:

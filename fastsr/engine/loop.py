@@ -63,16 +63,20 @@ def stop_requests():
             signal.signal(sig, handler)
 
 
-def score_and_log(model: nn.Module, run: Run, step: int) -> tuple[float, float]:
-    """Score the model and bicubic on the validation pairs (evaluation runs the model in eval mode and
-    restores its mode), save the side-by-side pictures, log both."""
+def score_and_log(model: nn.Module, run: Run, step: int) -> str:
+    """Score the model and bicubic on each validation set (evaluation runs the model in eval mode and
+    restores its mode), save the side-by-side pictures, log a record per set; return a one-line summary."""
     recipe = run.recipe
-    pictures = recipe.run_dir / "samples" / f"step_{step:08d}"
-    bicubic, sr = evaluate({"Bicubic": Bicubic(recipe.scale), "model": model}, run.val_pairs, recipe.scale,
-                           run.accelerator.device, pictures=pictures)
-    run.log.write(kind="val", step=step, psnr=sr.mean_psnr, ssim=sr.mean_ssim, bicubic_psnr=bicubic.mean_psnr,
-                  bicubic_ssim=bicubic.mean_ssim, images=len(run.val_pairs))
-    return sr.mean_psnr, bicubic.mean_psnr
+    shown = []
+    for name, pairs in run.val_sets.items():
+        pictures = recipe.run_dir / "samples" / f"step_{step:08d}" / name
+        bicubic, sr = evaluate({"Bicubic": Bicubic(recipe.scale), "model": model}, pairs, recipe.scale,
+                               run.accelerator.device, metrics=run.val_metrics, pictures=pictures)
+        values = {m.name: sr.mean(m.name) for m in run.val_metrics}
+        run.log.write(kind="val", step=step, set=name, **values,
+                      **{f"bicubic_{m}": bicubic.mean(m) for m in values}, images=len(pairs))
+        shown.append(f"{name} {values['psnr']:.2f} dB (bicubic {bicubic.mean('psnr'):.2f})")
+    return "val " + ", ".join(shown)
 
 
 class Loop:
@@ -180,8 +184,7 @@ class Loop:
         self._check_losses()
         run = self.run
         if run.main and self.last_val_step != self.pos.step:
-            psnr, bic = score_and_log(run.eval_model(), run, self.pos.step)
-            self.last_val_step, self.last_val_info = self.pos.step, f"val {psnr:.2f} dB (bicubic {bic:.2f})"
+            self.last_val_step, self.last_val_info = self.pos.step, score_and_log(run.eval_model(), run, self.pos.step)
         run.accelerator.wait_for_everyone()
 
     def checkpoint(self) -> None:

@@ -53,10 +53,12 @@ def plot_curves(log_path: Path, png_path: Path) -> None:
     ax_loss.set_title("training losses")
     if loss_keys:
         ax_loss.legend()
+    for name in dict.fromkeys(r.get("set", "val") for r in val):  # one colour per validation set
+        points = [r for r in val if r.get("set", "val") == name]
+        line, = ax_val.plot([r["step"] for r in points], [r["psnr"] for r in points], marker="o", label=name)
+        ax_val.plot([r["step"] for r in points], [r["bicubic_psnr"] for r in points], linestyle="--",
+                    color=line.get_color(), label=f"{name} bicubic")
     if val:
-        steps = [r["step"] for r in val]
-        ax_val.plot(steps, [r["psnr"] for r in val], marker="o", label="model")
-        ax_val.plot(steps, [r["bicubic_psnr"] for r in val], linestyle="--", label="bicubic")
         ax_val.legend()
     ax_val.set_xlabel("step")
     ax_val.set_title("validation PSNR (dB, Y)")

@@ -25,6 +25,7 @@ from fastsr.data import (
     resolve_source,
 )
 from fastsr.data.screen import apply_policy, screen_train, screen_val, without
+from fastsr.data.sources import source_label
 from fastsr.engine.checkpoint import (
     Position,
     Trainables,
@@ -36,6 +37,7 @@ from fastsr.engine.checkpoint import (
 )
 from fastsr.engine.runlog import RunLog
 from fastsr.engine.runtime import Precision, Runtime, allow_tf32, resolve_runtime
+from fastsr.evaluate import Metric, build_metrics
 from fastsr.losses import GAN, GeneratorLoss, build_generator_loss
 from fastsr.models import DISCRIMINATORS, GENERATORS
 from fastsr.recipe import Recipe, save_recipe
@@ -51,7 +53,8 @@ class Run:
     runtime: Runtime
     precision: Precision
     loader: BatchSource
-    val_pairs: list
+    val_sets: dict[str, list]  # name -> validation pairs, in the recipe's order
+    val_metrics: list[Metric]  # what validation scores (train.val_metrics)
     parts: Trainables  # the eager modules (evaluated, averaged and saved) and their optimisers
     loss: GeneratorLoss | None  # phase B's generator loss (None without phase B)
     gan: GAN | None  # the GAN kind that trains the discriminator (phase B)
@@ -87,7 +90,7 @@ def set_up(recipe: Recipe, console: Console) -> Run:
     t = recipe.train
     torch.manual_seed(t.seed)
 
-    train_samples, cache, val_pairs, notes = screened_data(recipe, accelerator, console)
+    train_samples, cache, val_sets, notes = screened_data(recipe, accelerator, console)
     loader, loader_note = make_batch_source(
         recipe.data, train_samples, recipe.scale, t.batch_size, cache=cache, seed=t.seed, rank=accelerator.process_index,
         world_size=accelerator.num_processes, device=accelerator.device)
@@ -114,7 +117,8 @@ def set_up(recipe: Recipe, console: Console) -> Run:
     checkpoint = resolve_resume(t.resume, recipe.run_dir)
     position = restore_training_state(checkpoint, parts) if checkpoint is not None else Position()
     notes = [*notes, *([loader_note] if loader_note else []), *loss_notes]
-    return Run(recipe, console, accelerator, runtime, precision, loader, val_pairs, parts, loss, gan, position,
+    val_metrics = build_metrics(t.val_metrics, recipe.scale, accelerator.device)
+    return Run(recipe, console, accelerator, runtime, precision, loader, val_sets, val_metrics, parts, loss, gan, position,
                checkpoint, notes)
 
 
@@ -159,11 +163,18 @@ def check_init_from(path: str, config: dict) -> None:
 
 
 def screened_data(recipe: Recipe, accelerator, console: Console):
-    """(usable training samples, the opened data.cache or None, validation pairs, one note per skipped
-    image), with the recipe's `data.bad_images` policy applied to every image the run cannot use."""
+    """(usable training samples, the opened data.cache or None, validation pairs by set name, one note per
+    skipped image), with the recipe's `data.bad_images` policy applied to every image the run cannot use."""
     data, scale = recipe.data, recipe.scale
     train_samples = resolve_source(data.source, "train", scale)
-    val_samples = resolve_source(data.val_source or data.source, "val", scale)
+    # A listed set is read as `fastsr eval --data` reads it (a plain folder whole); the default, the
+    # held-out split of the source (or data.val_source).
+    val_specs, split = (data.val_sets, "eval") if data.val_sets else ([data.val_source or data.source], "val")
+    val_samples = {source_label(spec): resolve_source(spec, split, scale, benchmark_root=data.benchmark_root)
+                   for spec in val_specs}
+    if len(val_samples) != len(val_specs):
+        raise RecipeError(f"data.val_sets {val_specs}: two sets have the same name ({', '.join(val_samples)}); "
+                          "rename a folder")
     cache = open_cache(data.cache, data.source) if data.cache else None  # the run's one read of its manifest
     checking = f"checking {len(train_samples)} training images" + ("" if data.cache else " (decoding each once)")
     with console.status(checking) if accelerator.is_main_process else nullcontext():
@@ -174,9 +185,12 @@ def screened_data(recipe: Recipe, accelerator, console: Console):
     problems = sorted(set(problems))
     notes = apply_policy(problems, data.bad_images, "training")
     train_samples = without(train_samples, problems)
-    val_pairs, val_problems = screen_val(val_samples, scale, data.degradation, data.val_images or None)
-    notes += apply_policy(val_problems, data.bad_images, "validation")
-    for what, found in (("training", train_samples), ("validation", val_pairs)):
-        if not found:
-            raise ImageError(f"data.source {data.source}: no usable {what} images left after skipping the bad ones")
-    return train_samples, cache, val_pairs, notes
+    if not train_samples:
+        raise ImageError(f"data.source {data.source}: no usable training images left after skipping the bad ones")
+    val_sets = {}
+    for (name, samples), spec in zip(val_samples.items(), val_specs):
+        val_sets[name], val_problems = screen_val(samples, scale, data.degradation, data.val_images or None)
+        notes += apply_policy(val_problems, data.bad_images, "validation")
+        if not val_sets[name]:
+            raise ImageError(f"validation set {spec}: no usable images left after skipping the bad ones")
+    return train_samples, cache, val_sets, notes

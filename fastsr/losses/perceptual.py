@@ -21,7 +21,7 @@ from torch import nn
 from fastsr.config import Invalid
 from fastsr.losses.pixel import PIXEL_KINDS, pixel_loss
 from fastsr.losses.terms import LOSS_TERMS, TermConfig
-from fastsr.util import file_sha256
+from fastsr.util import file_digest
 
 # VGG19's convolution stack (torchvision's cfg "E"): ints are conv output channels, "M" a max-pool.
 _VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
@@ -123,7 +123,7 @@ def _load_file_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
             return load_file(str(path))
-        digest = file_sha256(path)
+        digest = file_digest(path)
         if not digest.startswith(VGG19_SHA256_PREFIX):
             raise ValueError(f"not torchvision's vgg19-{VGG19_SHA256_PREFIX}.pth (its SHA-256 is {digest[:16]}...), "
                              "and fastsr unpickles no other file: convert it to .safetensors")
