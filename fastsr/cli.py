@@ -22,9 +22,10 @@ def user_errors() -> tuple[type[Exception], ...]:
     from fastsr.engine.loop import OutOfMemory
     from fastsr.engine.lossguard import NonFiniteLoss
     from fastsr.losses import VGGWeightsUnavailable
+    from fastsr.perceptual_metrics import MetricWeightsUnavailable
 
-    return (RecipeError, ImageError, WeightsError, VGGWeightsUnavailable, DownloadError, FileNotFoundError,
-            PermissionError, CheckpointWriteError, NonFiniteLoss, OutOfMemory)
+    return (RecipeError, ImageError, WeightsError, VGGWeightsUnavailable, MetricWeightsUnavailable, DownloadError,
+            FileNotFoundError, PermissionError, CheckpointWriteError, NonFiniteLoss, OutOfMemory)
 
 
 PROTOCOL = ["psnr", "ssim"]  # what `fastsr eval` scores unless --metrics says otherwise

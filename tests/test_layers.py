@@ -8,9 +8,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fastsr"
 
 # Lowest first. A module belongs to the longest prefix listed.
 LAYERS = [
-    ["fastsr", "fastsr.ops", "fastsr.util", "fastsr.config", "fastsr.registry", "fastsr.metrics"],  # foundations
+    ["fastsr", "fastsr.ops", "fastsr.util", "fastsr.config", "fastsr.registry", "fastsr.metrics",
+     "fastsr.pretrained"],  # foundations
     ["fastsr.data"],
-    ["fastsr.models", "fastsr.losses", "fastsr.infer", "fastsr.evaluate"],  # the parts
+    ["fastsr.models", "fastsr.losses", "fastsr.perceptual_metrics", "fastsr.infer", "fastsr.evaluate"],  # the parts
     ["fastsr.recipe"],
     ["fastsr.engine"],  # the run
     ["fastsr.cli", "fastsr.train", "fastsr.cluster"],  # entry points

@@ -9,43 +9,20 @@ from __future__ import annotations
 
 import difflib
 import os
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from fastsr.config import Invalid
 from fastsr.losses.pixel import PIXEL_KINDS, pixel_loss
 from fastsr.losses.terms import LOSS_TERMS, TermConfig
-from fastsr.util import file_digest
-
-# VGG19's convolution stack (torchvision's cfg "E"): ints are conv output channels, "M" a max-pool.
-_VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
-              512, 512, 512, 512, "M", 512, 512, 512, 512, "M")  # fmt: skip
+from fastsr.pretrained import VGG_CFGS, ImageNetFile, WeightsUnavailable, vgg_features
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# Seconds a stalled network read may block before the ImageNet weight download gives up.
-_DOWNLOAD_TIMEOUT_S = 10.0
-
-
-def _vgg19_layers() -> nn.Sequential:
-    """Build VGG19's ``features`` exactly as torchvision does (same indices and state-dict keys),
-    without allocating the 120M-parameter classifier that the perceptual loss never uses."""
-    layers: list[nn.Module] = []
-    prev = 3
-    for v in _VGG19_CFG:
-        if v == "M":
-            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-        else:
-            layers += [nn.Conv2d(prev, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
-            prev = v
-    return nn.Sequential(*layers)
 
 
 def _vgg19_layer_ends() -> dict[str, int]:
@@ -56,7 +33,7 @@ def _vgg19_layer_ends() -> dict[str, int]:
     """
     ends: dict[str, int] = {}
     block, conv, index = 1, 0, 0
-    for v in _VGG19_CFG:
+    for v in VGG_CFGS[19]:
         if v == "M":
             block, conv, index = block + 1, 0, index + 1
         else:
@@ -70,66 +47,24 @@ def _vgg19_layer_ends() -> dict[str, int]:
 VGG19_LAYERS: dict[str, int] = _vgg19_layer_ends()
 
 
-class VGGWeightsUnavailable(RuntimeError):
+class VGGWeightsUnavailable(WeightsUnavailable):
     """The VGG19 ImageNet weights could not be loaded (no network, missing or unreadable file)."""
-
-
-def _hub_checkpoint_path() -> Path:
-    """Where torchvision looks for (and downloads) the ImageNet VGG19 file."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / "vgg19-dcbb9e9d.pth"
-
-
-def _unavailable(tried: str, cause: BaseException) -> VGGWeightsUnavailable:
-    """One-line error: what was tried, why it failed, and the two ways to supply the file."""
-    from torchvision.models import VGG19_Weights
-
-    reason = " ".join(str(cause).split())  # some loaders' messages span several lines
-    return VGGWeightsUnavailable(
-        f"VGG19 ImageNet weights unavailable: {tried} ({type(cause).__name__}: {reason}). "
-        f"Download {VGG19_Weights.IMAGENET1K_V1.url} and either put it at "
-        f"{_hub_checkpoint_path()} or pass loss.vgg_weights=/path/to/vgg19-dcbb9e9d.pth (or a .safetensors copy)"
-    )
-
-
-def _load_imagenet_state_dict() -> dict[str, torch.Tensor]:
-    """torchvision's VGG19 IMAGENET1K_V1 state dict: from the torch hub cache, else downloaded.
-
-    The download runs under a socket timeout so a firewalled machine fails in seconds instead of
-    hanging (torch's downloader sets no timeout of its own).
-    """
-    from torchvision.models import VGG19_Weights
-
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)
-    try:
-        return VGG19_Weights.IMAGENET1K_V1.get_state_dict(progress=False)
-    except Exception as e:  # URLError, timeouts, hash mismatch, corrupt cache file...
-        raise _unavailable(
-            f"tried the torch hub cache {_hub_checkpoint_path()} and a download", e
-        ) from e
-    finally:
-        socket.setdefaulttimeout(previous)
 
 
 # torchvision names its files by the first hex digits of their SHA-256: vgg19-dcbb9e9d.pth.
 VGG19_SHA256_PREFIX = "dcbb9e9d"
 
 
-def _load_file_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """A user-supplied vgg19 state dict. Nothing a user hands in is unpickled: a `.safetensors` file is
-    read as such; a `.pth` only if it is torchvision's own file (its SHA-256 says so), and then still
-    with `weights_only=True`."""
-    path = Path(path)
-    try:
-        if path.suffix == ".safetensors":
-            return load_file(str(path))
-        digest = file_digest(path)
-        if not digest.startswith(VGG19_SHA256_PREFIX):
-            raise ValueError(f"not torchvision's vgg19-{VGG19_SHA256_PREFIX}.pth (its SHA-256 is {digest[:16]}...), "
-                             "and fastsr unpickles no other file: convert it to .safetensors")
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # missing file, not safetensors, another .pth...
-        raise _unavailable(f"tried to load {path}", e) from e
+def _vgg19_file() -> ImageNetFile:
+    """torchvision's VGG19 IMAGENET1K_V1 file and the loss-section key that names a local copy (built when
+    used, from the prefix above)."""
+    file = f"vgg19-{VGG19_SHA256_PREFIX}.pth"
+    return ImageNetFile("VGG19 ImageNet weights", file, f"loss.vgg_weights=/path/to/{file}", VGGWeightsUnavailable)
+
+
+def _hub_checkpoint_path() -> Path:
+    """Where torchvision looks for (and downloads) the ImageNet VGG19 file."""
+    return _vgg19_file().hub_path
 
 
 class VGGFeatures(nn.Module):
@@ -161,13 +96,13 @@ class VGGFeatures(nn.Module):
                 f"unknown VGG19 layer {layer!r}; valid layers: {', '.join(VGG19_LAYERS)}"
             )
         self.layer = layer
-        self.features = _vgg19_layers()[: VGG19_LAYERS[layer]]
+        self.features = vgg_features(19)[: VGG19_LAYERS[layer]]
         if weights is not None:
             if weights == "imagenet":
-                state = _load_imagenet_state_dict()
+                state = _vgg19_file().from_hub()
                 source = "the torchvision IMAGENET1K_V1 weights"
             else:
-                state = _load_file_state_dict(weights)
+                state = _vgg19_file().from_file(weights)
                 source = str(weights)
             self._load(state, source)
         self.register_buffer(
@@ -180,16 +115,7 @@ class VGGFeatures(nn.Module):
     def _load(self, state: dict[str, torch.Tensor], source: str) -> None:
         """Copy the truncated stack's weights from a full-model (``features.N.*``) or
         features-only (``N.*``) vgg19 state dict."""
-        wanted = self.features.state_dict().keys()
-        prefix = "features." if any(k.startswith("features.") for k in state) else ""
-        missing = [k for k in wanted if prefix + k not in state]
-        if missing:
-            raise VGGWeightsUnavailable(
-                f"{source} is not a torchvision vgg19 state dict (missing {missing[0]!r} and "
-                f"{len(missing) - 1} more keys); expected vgg19-dcbb9e9d.pth, set with "
-                f"loss.vgg_weights=/path/to/vgg19-dcbb9e9d.pth"
-            )
-        self.features.load_state_dict({k: state[prefix + k] for k in wanted})
+        self.features.load_state_dict(_vgg19_file().features(state, self.features.state_dict(), source))
 
     def train(self, mode: bool = True) -> VGGFeatures:
         """Ignore ``mode``: the feature extractor is always in eval mode."""

@@ -1,0 +1,182 @@
+"""LPIPS and DISTS with randomly initialised backbones, saved to files and loaded the way a user's
+weights are: zero for identical photographs, growing with blur, per image, and the weight-file rules."""
+
+import dataclasses
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from skimage import data as skdata
+from skimage.filters import gaussian
+
+from fastsr import perceptual_metrics
+from fastsr.losses.perceptual import _vgg19_file
+from fastsr.perceptual_metrics import (
+    BACKBONES,
+    PERCEPTUAL_METRICS,
+    MetricWeightsUnavailable,
+    build_perceptual_metric,
+)
+from fastsr.pretrained import vgg_features
+
+SIZE = 96
+
+
+def _tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+
+
+def _photos() -> list[np.ndarray]:
+    """Three real photographs, subsampled whole to 96 to 150 pixels and cut to 96x96, in [0, 1]."""
+    return [p[:SIZE, :SIZE] / 255.0 for p in
+            (skdata.astronaut()[::4, ::4], skdata.chelsea()[::2, ::2], skdata.coffee()[::3, ::3])]
+
+
+PHOTOS = torch.cat([_tensor(p) for p in _photos()])
+
+
+def _blurred(sigma: float) -> torch.Tensor:
+    return torch.cat([_tensor(gaussian(p, sigma=sigma, channel_axis=-1)) for p in _photos()])
+
+
+def _alexnet_features(prefix: str) -> dict[str, torch.Tensor]:
+    from torchvision.models import alexnet
+
+    return {prefix + k: v for k, v in alexnet().features.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def backbone_files(tmp_path_factory):
+    """Random backbones as .safetensors: AlexNet's with the full model's keys (`features.N.*`, as in
+    torchvision's file; the classifier, which no metric reads, left out), VGG16's as `features` alone."""
+    root = tmp_path_factory.mktemp("backbones")
+    torch.manual_seed(0)
+    files = {"lpips": root / "alexnet.safetensors", "dists": root / "vgg16.safetensors"}
+    save_file(_alexnet_features(prefix="features."), str(files["lpips"]))
+    save_file(vgg_features(16).state_dict(), str(files["dists"]))
+    return files
+
+
+@pytest.fixture(scope="module")
+def metrics(backbone_files):
+    return {name: build_perceptual_metric(name, "cpu", backbone_files[name]) for name in PERCEPTUAL_METRICS}
+
+
+@pytest.mark.parametrize("name", PERCEPTUAL_METRICS)
+def test_identical_photographs_score_zero(metrics, name):
+    values = metrics[name](PHOTOS, PHOTOS.clone())
+    assert values.shape == (3,)
+    assert values.abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("name", PERCEPTUAL_METRICS)
+def test_more_blur_scores_worse(metrics, name):
+    metric = metrics[name]
+    assert metric.lower_is_better
+    slight, strong = metric(_blurred(1.0), PHOTOS), metric(_blurred(3.0), PHOTOS)
+    assert (slight > 1e-4).all() and (strong > slight).all(), (slight, strong)  # identical ones score 0 (above)
+
+
+@pytest.mark.parametrize("name", PERCEPTUAL_METRICS)
+def test_values_are_per_image(metrics, name):
+    metric, blurred = metrics[name], _blurred(2.0)
+    batch = metric(blurred, PHOTOS)
+    alone = torch.cat([metric(blurred[i:i + 1], PHOTOS[i:i + 1]) for i in range(3)])
+    assert alone.shape == (3,)
+    torch.testing.assert_close(batch, alone, rtol=1e-5, atol=1e-6)
+    assert len(set(batch.tolist())) == 3  # the images' own values, not a batch mean repeated
+
+
+_DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+
+
+@pytest.mark.parametrize("device", _DEVICES)
+@pytest.mark.parametrize("name", PERCEPTUAL_METRICS)
+def test_same_values_on_every_device(metrics, backbone_files, name, device):
+    metric = build_perceptual_metric(name, torch.device(device), backbone_files[name])
+    blurred = _blurred(2.0)
+    values = metric(blurred.to(device), PHOTOS.to(device))
+    assert values.device.type == device
+    # cuDNN convolutions run on TF32 by default: a few parts in 1e3 on a GPU
+    torch.testing.assert_close(values.cpu(), metrics[name](blurred, PHOTOS), rtol=1e-2, atol=1e-4)
+
+
+def test_learned_weights_are_torchmetrics_files_and_backbone_is_the_users(metrics, backbone_files):
+    # torchmetrics loads the linear layers with strict=False: check they really arrived
+    from safetensors.torch import load_file
+    from torchmetrics.functional.image import dists, lpips
+
+    lpips_metric, dists_metric = metrics["lpips"].network, metrics["dists"].network
+    shipped = torch.load(lpips.__file__.replace("lpips.py", "lpips_models/alex.pth"), map_location="cpu",
+                         weights_only=True)
+    assert shipped and all(torch.equal(lpips_metric.state_dict()[k], v) for k, v in shipped.items())
+    alpha_beta = torch.load(dists._PATH_WEIGHT_DISTS, map_location="cpu", weights_only=True)
+    assert torch.equal(dists_metric.alpha, alpha_beta["alpha"]) and torch.equal(dists_metric.beta, alpha_beta["beta"])
+    alex = load_file(str(backbone_files["lpips"]))
+    assert torch.equal(lpips_metric.state_dict()["net.slice5.10.weight"], alex["features.10.weight"])
+    vgg = load_file(str(backbone_files["dists"]))
+    assert torch.equal(dists_metric.state_dict()["stage5.28.weight"], vgg["28.weight"])
+
+
+def test_backbone_urls_are_torchvisions():
+    from torchvision.models import AlexNet_Weights, VGG16_Weights, VGG19_Weights
+
+    assert BACKBONES["lpips"].url == AlexNet_Weights.IMAGENET1K_V1.url
+    assert BACKBONES["dists"].url == VGG16_Weights.IMAGENET1K_V1.url  # DISTS's VGG16_Weights.DEFAULT
+    assert _vgg19_file().url == VGG19_Weights.IMAGENET1K_V1.url
+
+
+@pytest.mark.parametrize("name", PERCEPTUAL_METRICS)
+def test_missing_file_says_what_to_download_and_where(name, tmp_path):
+    file = BACKBONES[name]
+    with pytest.raises(MetricWeightsUnavailable) as info:
+        build_perceptual_metric(name, "cpu", tmp_path / file.file)
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(tmp_path / file.file) in message and file.url in message and str(file.hub_path) in message
+    assert f"--metric-weights {name}=/path/to/{file.file}" in message
+
+
+@pytest.mark.skipif(any(f.hub_path.exists() for f in BACKBONES.values()), reason="weights in the hub cache")
+@pytest.mark.parametrize("name", PERCEPTUAL_METRICS)
+def test_no_network_and_no_cache_fails_in_one_line(name):
+    with pytest.raises(MetricWeightsUnavailable) as info:
+        build_perceptual_metric(name, "cpu")
+    message = str(info.value)
+    assert "\n" not in message and BACKBONES[name].url in message and str(BACKBONES[name].hub_path) in message
+
+
+class _Exploit:
+    """Unpickling this would run code: a .pth a user hands in must never get that far."""
+
+    def __reduce__(self):
+        return (print, ("unpickled!",))
+
+
+def test_pth_is_unpickled_only_if_it_is_torchvisions_file(tmp_path, monkeypatch, capsys):
+    path = tmp_path / BACKBONES["lpips"].file  # the right name is not enough
+    torch.save({"features.0.weight": _Exploit()}, path)
+    with pytest.raises(MetricWeightsUnavailable, match="not torchvision's alexnet-owt-7be5be79.pth .*convert it to .safetensors"):
+        build_perceptual_metric("lpips", "cpu", path)
+    assert "unpickled!" not in capsys.readouterr().out
+    # A file with the known hash (here: a random AlexNet saved as .pth, named as if it were torchvision's) loads.
+    torch.save(_alexnet_features(prefix=""), path)
+    known = dataclasses.replace(BACKBONES["lpips"], file=f"alexnet-owt-{hashlib.sha256(path.read_bytes()).hexdigest()[:8]}.pth")
+    monkeypatch.setitem(perceptual_metrics.BACKBONES, "lpips", known)
+    assert build_perceptual_metric("lpips", "cpu", path)(PHOTOS[:1], PHOTOS[:1]).item() == 0
+
+
+def test_file_of_another_network_is_refused_naming_the_option(backbone_files):
+    with pytest.raises(MetricWeightsUnavailable, match=r"not a torchvision vgg16 state dict .* --metric-weights dists="):
+        build_perceptual_metric("dists", "cpu", backbone_files["lpips"])  # AlexNet given for DISTS
+
+
+def test_bad_inputs_are_one_line_errors(metrics):
+    with pytest.raises(ValueError, match="lpips: images must be at least 31x31"):
+        metrics["lpips"](PHOTOS[:, :, :30, :30], PHOTOS[:, :, :30, :30])
+    with pytest.raises(ValueError, match=r"dists: expected sr and hr both shaped \(N, 3, H, W\)"):
+        metrics["dists"](PHOTOS[:1], PHOTOS[1:])
+    with pytest.raises(ValueError, match="unknown perceptual metric 'ssim'; valid: lpips, dists"):
+        build_perceptual_metric("ssim", "cpu")
