@@ -65,13 +65,16 @@ def stop_requests():
 
 def score_and_log(model: nn.Module, run: Run, step: int) -> tuple[float, float]:
     """Score the model and bicubic on the validation pairs (evaluation runs the model in eval mode and
-    restores its mode), save the side-by-side pictures, log both."""
+    restores its mode), save the side-by-side pictures, log both (the pictures by their paths in the run
+    directory)."""
     recipe = run.recipe
     pictures = recipe.run_dir / "samples" / f"step_{step:08d}"
     bicubic, sr = evaluate({"Bicubic": Bicubic(recipe.scale), "model": model}, run.val_pairs, recipe.scale,
                            run.accelerator.device, pictures=pictures)
     run.log.write(kind="val", step=step, psnr=sr.mean_psnr, ssim=sr.mean_ssim, bicubic_psnr=bicubic.mean_psnr,
                   bicubic_ssim=bicubic.mean_ssim, images=len(run.val_pairs))
+    saved = sorted(pictures.glob("*.png"))
+    run.log.write(kind="pictures", step=step, set="val", files=[str(p.relative_to(recipe.run_dir)) for p in saved])
     return sr.mean_psnr, bicubic.mean_psnr
 
 
