@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -26,6 +26,7 @@ from fastsr.data import (
     resolve_source,
 )
 from fastsr.data.screen import apply_policy, screen_train, screen_val, without
+from fastsr.engine import trackers
 from fastsr.engine.checkpoint import (
     Position,
     Trainables,
@@ -35,7 +36,6 @@ from fastsr.engine.checkpoint import (
     resolve_resume,
     restore_training_state,
 )
-from fastsr.engine import trackers
 from fastsr.engine.runlog import RunLog
 from fastsr.engine.runtime import Precision, Runtime, allow_tf32, resolve_runtime
 from fastsr.losses import GAN, GeneratorLoss, build_generator_loss
