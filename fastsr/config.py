@@ -101,6 +101,9 @@ class TrainConfig:
     # stops only after more than `max_skipped_steps` of them.
     nonfinite: Literal["stop", "skip"] = "stop"
     max_skipped_steps: int = 10
+    # Experiment trackers that also get the log's scalars and pictures, through Accelerate (`tensorboard`,
+    # `wandb`, `mlflow`, `aim`, ...: any it supports); local ones write under the run directory.
+    log_with: list[str] = field(default_factory=list)
 
     def check(self) -> None:
         positive(self, "batch_size", "log_every", "keep_checkpoints")
@@ -121,6 +124,17 @@ class TrainConfig:
             steps = getattr(self, key) or []
             if any(s <= 0 for s in steps) or steps != sorted(set(steps)):
                 raise Invalid(key, f"must be increasing positive step counts (got {steps})")
+        if self.log_with:
+            # Accelerate's own list, imported only when asked for: importing Accelerate costs a second
+            from accelerate.utils import LoggerType
+
+            known = [t.value for t in LoggerType if t is not LoggerType.ALL]
+            for name in self.log_with:
+                if name not in known:
+                    close = difflib.get_close_matches(name, known, n=1)
+                    hint = f" (did you mean '{close[0]}'?)" if close else ""
+                    raise Invalid("log_with", f"{name!r} is not a tracker Accelerate supports{hint}: "
+                                              f"one of {', '.join(known)}")
 
 
 @dataclass

@@ -199,7 +199,7 @@ def test_distributed_processes_agree_on_bad_images_and_a_nan_on_one_rank(photo_f
 def test_distributed_two_processes_train_identical_weights(photo_folder, tmp_path):
     recipe = _recipe_file(photo_folder, tmp_path, data={"repeat": 4, "backend": "torch"},
                           train={"epochs_pretrain": 1, "epochs_finetune": 1, "batch_size": 2, "log_every": 1,
-                                 "lr_scaling": "linear"})
+                                 "lr_scaling": "linear", "log_with": ["tensorboard"]})
     proc = _launch(recipe, tmp_path / "w", "--num_processes", "2", "--main_process_port", str(_free_port()))
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
@@ -211,6 +211,7 @@ def test_distributed_two_processes_train_identical_weights(photo_folder, tmp_pat
     start = next(r for r in records if r["kind"] == "run")
     assert start["processes"] == 2 and start["steps_per_epoch"] == 6 * 4 // (2 * 2)
     assert {r["lr"] for r in records if r["kind"] == "train"} == {2e-3}  # lr 1e-3 x 2 processes (linear rule)
+    assert len(list((run / "tiny").glob("events.out.tfevents.*"))) == 1  # the tracker runs on rank 0 only
 
 
 @pytest.mark.slow

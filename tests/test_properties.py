@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from accelerate.utils import LoggerType
 from hypothesis import Phase, assume, given, settings
 from hypothesis import strategies as st
 
@@ -294,6 +295,7 @@ _VALID_BY_KEY = {
     "train.save_every": _non_negative_int,
     "train.keep_checkpoints": _positive_int,
     "train.max_skipped_steps": _non_negative_int,
+    "train.log_with": st.lists(st.sampled_from([t.value for t in LoggerType if t is not LoggerType.ALL]), unique=True),
     "train.seed": st.integers(),
 }
 

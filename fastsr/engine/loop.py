@@ -75,6 +75,8 @@ def score_and_log(model: nn.Module, run: Run, step: int) -> str:
         values = {m.name: sr.mean(m.name) for m in run.val_metrics}
         run.log.write(kind="val", step=step, set=name, **values,
                       **{f"bicubic_{m}": bicubic.mean(m) for m in values}, images=len(pairs))
+        saved = sorted(pictures.glob("*.png"))  # logged by their paths in the run directory
+        run.log.write(kind="pictures", step=step, set=name, files=[str(p.relative_to(recipe.run_dir)) for p in saved])
         shown.append(f"{name} {values['psnr']:.2f} dB (bicubic {bicubic.mean('psnr'):.2f})")
     return "val " + ", ".join(shown)
 

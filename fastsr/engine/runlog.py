@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from fastsr.util import write_atomic
@@ -11,11 +12,13 @@ from fastsr.util import write_atomic
 
 class RunLog:
     """Appends one JSON object per line to run_dir/log.jsonl (resumed runs keep appending). Every record of a
-    run (`kind`, `step`, its fields) passes through `write`: the one place to send them anywhere else too."""
+    run (`kind`, `step`, its fields) passes through `write`: the one place to send them anywhere else too,
+    which `forward` does (the experiment trackers, engine/trackers.py), after the line is written."""
 
-    def __init__(self, path: Path, enabled: bool = True):
+    def __init__(self, path: Path, enabled: bool = True, forward: Callable[[dict], None] | None = None):
         self.path = Path(path)
         self.enabled = enabled
+        self.forward = forward
 
     def write(self, **record) -> None:
         if not self.enabled:
@@ -23,6 +26,8 @@ class RunLog:
         record = {"time": round(time.time(), 3), **record}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.forward is not None:
+            self.forward(record)
 
 
 def read_log(path: Path) -> list[dict]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ from fastsr.data import (
 )
 from fastsr.data.screen import apply_policy, screen_train, screen_val, without
 from fastsr.data.sources import source_label
+from fastsr.engine import trackers
 from fastsr.engine.checkpoint import (
     Position,
     Trainables,
@@ -81,9 +83,10 @@ class Run:
 
 
 def set_up(recipe: Recipe, console: Console) -> Run:
+    trackers.check_installed(recipe.train.log_with)
     cuda = torch.cuda.is_available()
     runtime = resolve_runtime(recipe.runtime, cuda)
-    accelerator = Accelerator(cpu=not cuda)
+    accelerator = Accelerator(cpu=not cuda, log_with=recipe.train.log_with or None, project_dir=str(recipe.run_dir))
     if cuda:
         allow_tf32()
     precision = Precision(runtime.mixed_precision, accelerator.device.type)
@@ -124,7 +127,7 @@ def set_up(recipe: Recipe, console: Console) -> Run:
 
 def open_run_dir(run: Run) -> None:
     """The run directory (a fresh run never mixes its logs and checkpoints with an earlier one's: an
-    earlier run there is moved aside), the resolved recipe, the log and the notes."""
+    earlier run there is moved aside), the resolved recipe, the trackers, the log and the notes."""
     run_dir = run.run_dir
     if run.main:
         if run.resumed_from is None and run_dir.is_dir() and any(run_dir.iterdir()):
@@ -135,8 +138,12 @@ def open_run_dir(run: Run) -> None:
         save_recipe(run.recipe, run_dir / "recipe.yaml")
         if run.resumed_from is not None:
             run.console.print(f"resuming from {run.resumed_from} at step {run.position.step}")
+        if run.recipe.train.log_with:
+            trackers.start(run.accelerator, run.recipe,
+                           resumed_at=run.position.step if run.resumed_from is not None else None)
     run.accelerator.wait_for_everyone()
-    run.log = RunLog(run_dir / "log.jsonl", enabled=run.main)
+    forward = partial(trackers.forward, run.accelerator, run_dir) if run.recipe.train.log_with else None
+    run.log = RunLog(run_dir / "log.jsonl", enabled=run.main, forward=forward)
     for note in run.notes:
         if run.main:
             run.console.print(f"[yellow]note:[/] {note}")

@@ -26,25 +26,28 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
     console = console or Console()
     run = set_up(recipe, console)  # everything that can fail on a user's input, before touching the run dir
     open_run_dir(run)
-    prepare_for_training(run)
-    loop = Loop(run, build_phases(run))
-    run.log.write(kind="run", step=run.position.step, loader=run.loader.name, processes=run.accelerator.num_processes,
-                  device=str(run.accelerator.device), steps_per_epoch=loop.steps_per_epoch,
-                  compile=run.runtime.compile, mixed_precision=run.runtime.mixed_precision,
-                  channels_last=run.runtime.channels_last)
-    if run.main:
-        console.print(f"[bold]{recipe.name}[/]: {', '.join(f'{p.name} {p.epochs} epochs' for p in loop.phases)}; "
-                      f"{loop.steps_per_epoch} steps/epoch of {loop.images_per_step} crops ({run.loader.name} loader); "
-                      f"{run.accelerator.num_processes} process(es) on {run.accelerator.device} "
-                      f"({run.runtime.describe()}); run dir {run.run_dir}")
-    loop.run_phases()
+    try:
+        prepare_for_training(run)
+        loop = Loop(run, build_phases(run))
+        run.log.write(kind="run", step=run.position.step, loader=run.loader.name,
+                      processes=run.accelerator.num_processes, device=str(run.accelerator.device),
+                      steps_per_epoch=loop.steps_per_epoch, compile=run.runtime.compile,
+                      mixed_precision=run.runtime.mixed_precision, channels_last=run.runtime.channels_last)
+        if run.main:
+            console.print(f"[bold]{recipe.name}[/]: {', '.join(f'{p.name} {p.epochs} epochs' for p in loop.phases)}; "
+                          f"{loop.steps_per_epoch} steps/epoch of {loop.images_per_step} crops "
+                          f"({run.loader.name} loader); {run.accelerator.num_processes} process(es) on "
+                          f"{run.accelerator.device} ({run.runtime.describe()}); run dir {run.run_dir}")
+        loop.run_phases()
 
-    if run.main:
-        final = run.run_dir / "generator.safetensors"
-        save_weights(run.eval_model(), final, run.parts.generator.config)
-        if run.log.path.is_file():
-            plot_curves(run.log.path, run.run_dir / "curves.png")
-        console.print(f"done: {final}; {loop.last_val_info}; pictures in {run.run_dir / 'samples'}, "
-                      f"curves in {run.run_dir / 'curves.png'}")
-    run.accelerator.wait_for_everyone()
+        if run.main:
+            final = run.run_dir / "generator.safetensors"
+            save_weights(run.eval_model(), final, run.parts.generator.config)
+            if run.log.path.is_file():
+                plot_curves(run.log.path, run.run_dir / "curves.png")
+            console.print(f"done: {final}; {loop.last_val_info}; pictures in {run.run_dir / 'samples'}, "
+                          f"curves in {run.run_dir / 'curves.png'}")
+        run.accelerator.wait_for_everyone()
+    finally:
+        run.accelerator.end_training()  # the trackers' files closed, whether the run finished or failed
     return run.run_dir
