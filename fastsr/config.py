@@ -94,6 +94,9 @@ class TrainConfig:
     # What validation scores, for the model and for bicubic: PSNR/SSIM (Y, the protocol's) and the
     # perceptual LPIPS (AlexNet) and DISTS, which need their backbone weights (fastsr.perceptual_metrics).
     val_metrics: list[Literal["psnr", "ssim", "lpips", "dists"]] = field(default_factory=lambda: ["psnr", "ssim"])
+    # Local backbone files of the perceptual metrics, as `fastsr eval --metric-weights`: `lpips=PATH`, `dists=PATH`
+    # (default: the torch hub cache, else a download).
+    metric_weights: list[str] = field(default_factory=list)
     save_every: int = 500  # steps between checkpoints (0: only at the end of each phase)
     keep_checkpoints: int = 2
     # A NaN or infinite loss: `stop` ends the run naming the step, writing no checkpoint after it (the
@@ -109,6 +112,13 @@ class TrainConfig:
         positive(self, "batch_size", "log_every", "keep_checkpoints")
         if "psnr" not in self.val_metrics or len(set(self.val_metrics)) != len(self.val_metrics):
             raise Invalid("val_metrics", f"must include psnr and name each metric once (got {self.val_metrics})")
+        for entry in self.metric_weights:
+            name, sep, path = entry.partition("=")
+            if not sep or not path or name not in ("lpips", "dists"):
+                raise Invalid("metric_weights", f"entries are lpips=PATH or dists=PATH (got {entry!r})")
+
+    def metric_weight_files(self) -> dict[str, str]:
+        return dict(entry.split("=", 1) for entry in self.metric_weights)
         non_negative(self, "epochs_pretrain", "epochs_finetune", "val_every", "save_every", "max_skipped_steps")
         if self.lr <= 0 or (self.lr_finetune is not None and self.lr_finetune <= 0):
             raise Invalid("lr", "and train.lr_finetune must be positive")

@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
-from fastsr.data import save_image
+from fastsr.data import ImageError, save_image
 from fastsr.infer import upscale
 from fastsr.metrics import psnr, ssim
 from fastsr.ops import quantize
@@ -99,7 +99,10 @@ def evaluate(methods: dict[str, nn.Module], pairs: list[Pair], scale: int, devic
         for score, model in zip(scores, methods.values()):
             sr = quantize(upscale(model, lr_dev, scale, tile=tile).float().cpu())
             for m in metrics:
-                score.values[m.name].append(m.score(sr, hr))
+                try:
+                    score.values[m.name].append(m.score(sr, hr))
+                except ValueError as err:  # an image a perceptual network cannot take (too small)
+                    raise ImageError(f"{name}: {err}; remove it from the evaluation images or leave {m.name} out") from None
             outputs[score.method] = sr
         if pictures is not None and i < max_pictures:
             save_side_by_side(pictures / f"{name}.png", lr, outputs, hr)

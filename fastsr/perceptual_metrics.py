@@ -39,8 +39,8 @@ from fastsr.pretrained import ImageNetFile, WeightsUnavailable, vgg_features
 
 PERCEPTUAL_METRICS = ("lpips", "dists")
 
-# How a user of `fastsr eval` passes a local copy of a metric's backbone file.
-WEIGHTS_OPTION = "--metric-weights {metric}=/path/to/{file}"
+# How a user passes a local copy of a metric's backbone file, to `fastsr eval` and to a run's validation.
+WEIGHTS_OPTION = "--metric-weights {metric}=/path/to/{file} (train.metric_weights=[{metric}=...] for validation)"
 
 
 class MetricWeightsUnavailable(WeightsUnavailable):

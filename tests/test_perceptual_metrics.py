@@ -180,3 +180,66 @@ def test_bad_inputs_are_one_line_errors(metrics):
         metrics["dists"](PHOTOS[:1], PHOTOS[1:])
     with pytest.raises(ValueError, match="unknown perceptual metric 'ssim'; valid: lpips, dists"):
         build_perceptual_metric("ssim", "cpu")
+
+
+# In `fastsr eval` and in a run's validation (the weights given as files, as a user without a network would).
+
+
+def test_eval_table_json_and_csv_hold_the_perceptual_metrics(backbone_files, photo_folder, tmp_path, capsys):
+    import csv
+    import json
+
+    from fastsr.cli import main
+    from fastsr.data import load_val_set, resolve_source
+    from fastsr.infer import upscale
+    from fastsr.models import Bicubic
+    from fastsr.ops import quantize
+
+    out, table_csv = tmp_path / "r.json", tmp_path / "r.csv"
+    args = ["eval", "--model", "bicubic", "--data", str(photo_folder / "val"), "--metrics", "psnr,ssim,lpips,dists",
+            "--json", str(out), "--csv", str(table_csv)]
+    for name, path in backbone_files.items():
+        args += ["--metric-weights", f"{name}={path}"]
+    assert main(args) == 0
+    table = capsys.readouterr().out
+    assert "LPIPS↓" in table and "DISTS↓" in table
+    results = json.loads(out.read_text())
+    assert results["lower_is_better"] == ["lpips", "dists"]
+    bicubic = results["sets"]["val"]["methods"]["Bicubic"]
+    # Recomputed by hand: the metric on the uint8 bicubic output and the HR, 4 pixels shaved from each border.
+    pairs = load_val_set(resolve_source(str(photo_folder / "val"), "eval", 4), 4)
+    for name in ("lpips", "dists"):
+        metric = build_perceptual_metric(name, "cpu", backbone_files[name])
+        expected = [metric(quantize(upscale(Bicubic(4), lr, 4))[..., 4:-4, 4:-4], hr[..., 4:-4, 4:-4]).item()
+                    for _, hr, lr in pairs]
+        np.testing.assert_allclose(bicubic["per_image"][name], expected, rtol=1e-6)
+        assert all(v > 0 for v in expected)
+    rows = list(csv.DictReader(table_csv.open()))
+    assert [r["image"] for r in rows] == ["v0", "v1", ""]  # per image, then the set's mean
+    assert float(rows[-1]["lpips"]) == pytest.approx(bicubic["lpips"])
+
+
+def test_missing_metric_weights_are_one_line(photo_folder, tmp_path, capsys, monkeypatch):
+    from fastsr.cli import main
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))  # an empty cache
+    assert main(["eval", "--model", "bicubic", "--data", str(photo_folder / "val"), "--metrics", "psnr,lpips",
+                 "--metric-weights", f"lpips={tmp_path / 'nowhere.pth'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fastsr: error: ") and "\n" not in err and "nowhere.pth" in err
+    with pytest.raises(SystemExit):  # argparse: "--metrics: 'lpipz': choose from psnr, ssim, lpips, dists"
+        main(["eval", "--model", "bicubic", "--metrics", "psnr,lpipz"])
+    assert "'lpipz': choose from psnr, ssim, lpips, dists" in capsys.readouterr().err
+
+
+def test_validation_logs_the_perceptual_metrics(backbone_files, tiny_recipe):
+    import json
+
+    from fastsr.engine.trainer import train
+
+    weights = [f"{name}={path}" for name, path in backbone_files.items()]
+    run = train(tiny_recipe(train={"epochs_finetune": 0, "val_metrics": ["psnr", "ssim", "lpips", "dists"],
+                                   "metric_weights": weights}))
+    val = [r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r["kind"] == "val"]
+    assert val and all({"lpips", "dists", "bicubic_lpips", "bicubic_dists"} <= set(r) for r in val)
+    assert all(r["lpips"] > 0 for r in val)

@@ -37,14 +37,20 @@ def as_logged(value: float) -> float:
     return float(np.float32(value))  # TensorBoard keeps scalars as float32
 
 
-def test_tensorboard_holds_the_logs_scalars_and_pictures(tiny_recipe):
-    recipe = tiny_recipe(train={"log_with": ["tensorboard"], "val_every": 2})
+def test_tensorboard_holds_the_logs_scalars_and_pictures(tiny_recipe, photo_folder, tmp_path):
+    bench = tmp_path / "benchmarks"
+    (bench / "Set5" / "HR").mkdir(parents=True)
+    (bench / "Set5" / "HR" / "b0.png").write_bytes((photo_folder / "train" / "t0.png").read_bytes())
+    recipe = tiny_recipe(train={"log_with": ["tensorboard"], "val_every": 2},
+                         data={"val_sets": ["set5", str(photo_folder / "val")], "benchmark_root": str(bench)})
     run = train(recipe)
     tb = events(run)
     val = records(run, "val")
-    assert [r["step"] for r in val] == [2, 3, 4, 6]  # every 2 steps and at the end of each phase
-    for key in ("psnr", "ssim", "bicubic_psnr"):
-        assert [(e.step, e.value) for e in tb.Scalars(f"val/val/{key}")] == [(r["step"], as_logged(r[key])) for r in val]
+    assert [(r["step"], r["set"]) for r in val] == [(s, name) for s in (2, 3, 4, 6) for name in ("Set5", "val")]
+    for name in ("Set5", "val"):  # each set under its own name
+        for key in ("psnr", "ssim", "bicubic_psnr"):
+            assert [(e.step, e.value) for e in tb.Scalars(f"val/{name}/{key}")] == [
+                (r["step"], as_logged(r[key])) for r in val if r["set"] == name]
     train_records = records(run, "train")
     loss_keys = {k for r in train_records for k in r if k.startswith("loss_")}
     assert {"loss_pixel", "loss_adv", "loss_vgg", "loss_d"} <= loss_keys
@@ -52,13 +58,13 @@ def test_tensorboard_holds_the_logs_scalars_and_pictures(tiny_recipe):
         assert [(e.step, e.value) for e in tb.Scalars(f"train/{key}")] == [
             (r["step"], as_logged(r[key])) for r in train_records if key in r]
     # The side-by-side pictures of every validation, as the log names them and as the PNGs hold them.
-    pictures = records(run, "pictures")
+    pictures = [p for p in records(run, "pictures") if p["set"] == "val"]
     assert [(p["step"], p["files"]) for p in pictures] == [
-        (s, [f"samples/step_{s:08d}/v0.png", f"samples/step_{s:08d}/v1.png"]) for s in (2, 3, 4, 6)]
-    assert tb.Tags()["images"] == ["pictures/val/v0", "pictures/val/v1"]
+        (s, [f"samples/step_{s:08d}/val/v0.png", f"samples/step_{s:08d}/val/v1.png"]) for s in (2, 3, 4, 6)]
+    assert sorted(tb.Tags()["images"]) == ["pictures/Set5/b0", "pictures/val/v0", "pictures/val/v1"]
     shown = tb.Images("pictures/val/v1")
     assert [e.step for e in shown] == [2, 3, 4, 6]
-    png = Image.open(run / "samples/step_00000006/v1.png")
+    png = Image.open(run / "samples/step_00000006/val/v1.png")
     assert (shown[-1].width, shown[-1].height) == png.size
     # The resolved recipe is the trackers' config, flattened to scalars.
     (hparams,) = (run / "tiny").glob("*/hparams.yml")

@@ -120,7 +120,7 @@ def set_up(recipe: Recipe, console: Console) -> Run:
     checkpoint = resolve_resume(t.resume, recipe.run_dir)
     position = restore_training_state(checkpoint, parts) if checkpoint is not None else Position()
     notes = [*notes, *([loader_note] if loader_note else []), *loss_notes]
-    val_metrics = build_metrics(t.val_metrics, recipe.scale, accelerator.device)
+    val_metrics = build_metrics(t.val_metrics, recipe.scale, accelerator.device, t.metric_weight_files())
     return Run(recipe, console, accelerator, runtime, precision, loader, val_sets, val_metrics, parts, loss, gan, position,
                checkpoint, notes)
 

@@ -67,11 +67,11 @@ def forward(accelerator: Accelerator, run_dir: Path, record: dict) -> None:
     if kind == "train":
         accelerator.log({f"train/{k}": v for k, v in numbers(record).items()}, step=step)
     elif kind == "val":
-        where = record.get("set", "val")
+        where = record["set"]
         accelerator.log({f"val/{where}/{k}": v for k, v in numbers(record).items()}, step=step)
     elif kind == "pictures":
         takers = [t for t in accelerator.trackers if t.name in IMAGE_FORMS]
-        where = record.get("set", "val")
+        where = record["set"]
         for file in record["files"] if takers else ():
             tag, image = f"pictures/{where}/{Path(file).stem}", np.asarray(Image.open(run_dir / file).convert("RGB"))
             for tracker in takers:
