@@ -117,8 +117,6 @@ class TrainConfig:
             if not sep or not path or name not in ("lpips", "dists"):
                 raise Invalid("metric_weights", f"entries are lpips=PATH or dists=PATH (got {entry!r})")
 
-    def metric_weight_files(self) -> dict[str, str]:
-        return dict(entry.split("=", 1) for entry in self.metric_weights)
         non_negative(self, "epochs_pretrain", "epochs_finetune", "val_every", "save_every", "max_skipped_steps")
         if self.lr <= 0 or (self.lr_finetune is not None and self.lr_finetune <= 0):
             raise Invalid("lr", "and train.lr_finetune must be positive")
@@ -145,6 +143,10 @@ class TrainConfig:
                     hint = f" (did you mean '{close[0]}'?)" if close else ""
                     raise Invalid("log_with", f"{name!r} is not a tracker Accelerate supports{hint}: "
                                               f"one of {', '.join(known)}")
+
+    def metric_weight_files(self) -> dict[str, str]:
+        """train.metric_weights as {metric: file}."""
+        return dict(entry.split("=", 1) for entry in self.metric_weights)
 
 
 @dataclass

@@ -276,6 +276,8 @@ _VALID_BY_KEY = {
     "data.crops_per_image": st.sampled_from([1, 2, 4]),
     "data.workers": _non_negative_int,
     "data.val_images": _non_negative_int,
+    "data.val_sets": st.lists(st.sampled_from(["set5", "set14", "b100", "urban100", "manga109", "samples", "/v"]),
+                              unique=True),
     "loss.w_vgg": _non_negative_float,
     "loss.w_adv": _non_negative_float,
     "loss.w_tv": _non_negative_float,
@@ -297,6 +299,8 @@ _VALID_BY_KEY = {
     "train.max_skipped_steps": _non_negative_int,
     "train.log_with": st.lists(st.sampled_from([t.value for t in LoggerType if t is not LoggerType.ALL]), unique=True),
     "train.seed": st.integers(),
+    "train.val_metrics": st.lists(st.sampled_from(["ssim", "lpips", "dists"]), unique=True).map(lambda m: ["psnr", *m]),
+    "train.metric_weights": st.lists(st.sampled_from(["lpips=/w/alexnet.pth", "dists=vgg16.safetensors"]), unique=True),
 }
 
 # What any successfully loaded recipe must satisfy (the rules `_check_values` states in its messages).

@@ -130,7 +130,7 @@ def test_a_plugin_architecture_is_trained_evaluated_and_upscaled(photo_folder, t
     scored = _cli("eval", "--plugin", "plugin_arch", "--model", "bicubic", "--model", f"Plain={weights}",
                   "--data", val, "--json", str(tmp_path / "scores.json"), extra_path=str(TESTS))
     assert scored.returncode == 0, scored.stderr
-    assert set(json.loads((tmp_path / "scores.json").read_text())["methods"]) == {"Bicubic", "Plain"}
+    assert set(json.loads((tmp_path / "scores.json").read_text())["sets"]["val"]["methods"]) == {"Bicubic", "Plain"}
     out = tmp_path / "v0_x4.png"
     upscaled = _cli("upscale", str(photo_folder / "val" / "v0.png"), "--weights", str(weights), "-o", str(out),
                     "--plugin", "plugin_arch", extra_path=str(TESTS))
