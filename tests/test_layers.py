@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "fastsr"
 LAYERS = [
     ["fastsr", "fastsr.ops", "fastsr.util", "fastsr.config", "fastsr.registry", "fastsr.metrics"],  # foundations
     ["fastsr.data"],
-    ["fastsr.models", "fastsr.losses", "fastsr.infer", "fastsr.evaluate"],  # the parts
+    ["fastsr.models", "fastsr.losses", "fastsr.infer", "fastsr.evaluate", "fastsr.export"],  # the parts
     ["fastsr.recipe"],
     ["fastsr.engine"],  # the run
     ["fastsr.cli", "fastsr.train", "fastsr.cluster"],  # entry points
