@@ -1,4 +1,4 @@
-"""`fastsr train | recipes | eval | upscale | quickstart | download-div2k | download-benchmarks | prepare`.
+"""`fastsr train | recipes | eval | upscale | export | quickstart | download-div2k | download-benchmarks | prepare`.
 
 Every user error (a bad recipe key, a corrupt image, weights that don't fit) ends as one line on
 stderr and exit code 2; `--debug` shows the traceback instead.
@@ -21,11 +21,12 @@ def user_errors() -> tuple[type[Exception], ...]:
     from fastsr.engine.checkpoint import CheckpointWriteError, WeightsError
     from fastsr.engine.loop import OutOfMemory
     from fastsr.engine.lossguard import NonFiniteLoss
+    from fastsr.export import ExportError
     from fastsr.losses import VGGWeightsUnavailable
     from fastsr.perceptual_metrics import MetricWeightsUnavailable
 
     return (RecipeError, ImageError, WeightsError, VGGWeightsUnavailable, MetricWeightsUnavailable, DownloadError,
-            FileNotFoundError, PermissionError, CheckpointWriteError, NonFiniteLoss, OutOfMemory)
+            FileNotFoundError, PermissionError, CheckpointWriteError, NonFiniteLoss, OutOfMemory, ExportError)
 
 
 PROTOCOL = ["psnr", "ssim"]  # what `fastsr eval` scores unless --metrics says otherwise
@@ -195,6 +196,28 @@ def cmd_upscale(args, console: Console) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# export
+
+
+def cmd_export(args, console: Console) -> None:
+    """Export a generator to ONNX, checked in onnxruntime against PyTorch before the file is written."""
+    from fastsr.engine.checkpoint import load_generator
+    from fastsr.export import CHECK_SHAPE, INPUT, OUTPUT, ExportError, export_onnx
+
+    load_plugins(args.plugin)
+    out = Path(args.output) if args.output else Path(args.weights).with_suffix(".onnx")
+    if out.suffix != ".onnx":
+        raise ExportError(f"{out}: the output of fastsr export is an .onnx file; name it so")
+    model = load_generator(args.weights)
+    done = export_onnx(model, out, opset=args.opset, fp16=args.fp16, tolerance=args.tolerance,
+                       source=str(args.weights))
+    console.print(f"{args.weights} -> {out} ({model.config['name']} x{model.scale}, opset {done.opset}, {done.dtype} "
+                  f"'{INPUT}' Nx3xHxW in [0, 1] -> '{OUTPUT}'), exported in {done.seconds:.1f} s")
+    console.print(f"onnxruntime vs PyTorch on a random {'x'.join(map(str, CHECK_SHAPE))} input: max abs difference "
+                  f"{done.max_abs_diff:.2e} (tolerance {done.tolerance:g})")
+
+
+# ---------------------------------------------------------------------------------------------
 # quickstart
 
 
@@ -340,6 +363,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     _add_plugin_option(p)
     p.set_defaults(func=cmd_upscale)
+
+    p = sub.add_parser("export", help="export a generator to ONNX (dynamic batch and size), checked in onnxruntime")
+    p.add_argument("weights", type=Path, metavar="WEIGHTS", help="a generator.safetensors, its .json beside it")
+    p.add_argument("-o", "--output", help="the .onnx file to write (default: WEIGHTS with the suffix .onnx)")
+    p.add_argument("--opset", type=int,
+                   help="ONNX opset (default 18, the torch exporter's own; others are reached by converting its graph)")
+    p.add_argument("--fp16", action="store_true",
+                   help="a float16 graph: its input 'lr' and output 'sr' are float16 too (default: float32)")
+    p.add_argument("--tolerance", type=float,
+                   help="the largest onnxruntime-vs-PyTorch difference accepted (default 1e-4; 2e-2 with --fp16)")
+    _add_plugin_option(p)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("quickstart", help="train SRCNN and a small SRGAN on the bundled samples, then compare")
     p.add_argument("--out", default="runs/quickstart")

@@ -1,5 +1,7 @@
-"""Shared fixtures: a tiny image folder cut from a real photograph, and a tiny recipe over it."""
+"""Shared fixtures: a tiny image folder cut from a real photograph, a tiny recipe over it, and the cleanup
+after a test that registered the plugin architecture (tests/plugin_arch.py)."""
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +10,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from fastsr.config import merge
+from fastsr.models import GENERATORS
 from fastsr.recipe import from_dict
 
 
@@ -46,3 +49,11 @@ def tiny_recipe(photo_folder, tmp_path):
         return from_dict(tiny_recipe_dict(photo_folder, tmp_path / "runs", **sections))
 
     return make
+
+
+@pytest.fixture
+def plugin_cleanup():
+    """Forget the plugin after the test, so no other test sees an architecture it did not import."""
+    yield
+    GENERATORS._entries.pop("plainnet", None)
+    sys.modules.pop("plugin_arch", None)

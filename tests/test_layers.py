@@ -11,7 +11,7 @@ LAYERS = [
     ["fastsr", "fastsr.ops", "fastsr.util", "fastsr.config", "fastsr.registry", "fastsr.metrics",
      "fastsr.pretrained"],  # foundations
     ["fastsr.data"],
-    ["fastsr.models", "fastsr.losses", "fastsr.perceptual_metrics", "fastsr.infer", "fastsr.evaluate"],  # the parts
+    ["fastsr.models", "fastsr.losses", "fastsr.perceptual_metrics", "fastsr.infer", "fastsr.evaluate", "fastsr.export"],  # the parts
     ["fastsr.recipe"],
     ["fastsr.engine"],  # the run
     ["fastsr.cli", "fastsr.train", "fastsr.cluster"],  # entry points

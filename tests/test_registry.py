@@ -96,14 +96,6 @@ def test_a_model_records_the_config_that_rebuilds_it():
 # Plugins
 
 
-@pytest.fixture
-def plugin_cleanup():
-    """Forget the plugin after the test, so no other test sees an architecture it did not import."""
-    yield
-    GENERATORS._entries.pop("plainnet", None)
-    sys.modules.pop("plugin_arch", None)
-
-
 def _plugin_recipe(photo_folder: Path, tmp_path: Path) -> Path:
     recipe = {"name": "plain", "out_dir": str(tmp_path / "runs"), "scale": 4, "plugins": ["plugin_arch"],
               "model": {"name": "plainnet", "channels": 4},

@@ -130,3 +130,36 @@ def test_resize_is_transpose_equivariant_and_preserves_constants(h, w, out_h, ou
 def test_scale_sizes_follow_matlab_ceil(h, w, scale):
     out = imresize(torch.rand(h, w), scale=scale)
     assert out.shape == (math.ceil(scale * h), math.ceil(scale * w))
+
+
+# ---------------------------------------------------------------------------------------------
+# Traced (torch.export, the ONNX export): the weights are computed in the graph from the input's size
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4, 8, 2.5, 1, 1 / 4])
+def test_the_traced_taps_give_the_eager_result_bit_for_bit(scale, monkeypatch):
+    """The graph keeps taps that MATLAB's rule drops (their weights are 0) and drops the first and last of an
+    unwidened kernel; at every size that must add up to the eager, pruned sum exactly."""
+    images = {n: torch.rand(1, 2, n, 3, dtype=torch.float64) for n in range(1, 60)}
+    eager = {n: imresize(x, scale=scale) for n, x in images.items()}
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    for n, x in images.items():
+        assert torch.equal(imresize(x, scale=scale), eager[n]), n
+
+
+class _Resize(torch.nn.Module):
+    def __init__(self, scale):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x):
+        return imresize(x, scale=self.scale)
+
+
+@pytest.mark.parametrize("scale", [3, 4])  # enlarging, as the models do
+def test_exported_with_free_sizes_it_equals_eager_at_other_sizes(scale):
+    axes = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
+    program = torch.export.export(_Resize(scale), (torch.rand(2, 3, 24, 20),), dynamic_shapes=(axes,))
+    for shape in [(1, 3, 1, 1), (3, 3, 7, 13), (1, 3, 40, 9)]:
+        x = torch.rand(shape)
+        assert torch.equal(program.module()(x), imresize(x, scale=scale)), shape

@@ -69,6 +69,15 @@ class _RRDB(nn.Module):
         return x + self.residual_scale * self.rdb3(self.rdb2(self.rdb1(x)))
 
 
+def _pad_to_even(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Give an odd side one more pixel, reflected as spandrel pads (position n reads n - 2); a side of
+    one pixel has nothing to reflect, so it repeats (n - 2 clamped to 0). A gather rather than a branch on
+    the size, so that an exported graph, which has no fixed size, does both."""
+    n = x.shape[dim]
+    position = torch.arange(n + n % 2, device=x.device)
+    return x.index_select(dim, (n - 1 - (n - 1 - position).abs()).clamp(min=0))
+
+
 @GENERATORS.register("rrdbnet", RRDBNetConfig)
 class RRDBNet(nn.Module):
     """RRDBNet generator: LR image in [0, 1] (N, 3, h, w) -> SR image (N, 3, h*scale, w*scale).
@@ -82,7 +91,7 @@ class RRDBNet(nn.Module):
 
     For x2 the ecosystem's convention (Real-ESRGAN x2plus): the input is pixel-unshuffled by 2 (so
     ``conv_first`` takes 12 channels) and both x2 stages are kept; odd sides are first reflect-padded to
-    even and the output cropped back to ``h*2, w*2``.
+    even (a side of one pixel repeated) and the output cropped back to ``h*2, w*2``.
 
     Args:
         scale: upscaling factor, 2 or 4.
@@ -117,9 +126,7 @@ class RRDBNet(nn.Module):
         h, w = lr.shape[-2:]
         x = lr
         if self.unshuffle > 1:
-            # reflect, as spandrel pads; a side of one pixel has nothing to reflect, so it repeats
-            x = F.pad(x, (0, w % 2, 0, h % 2), mode="reflect" if min(h, w) > 1 else "replicate")
-            x = F.pixel_unshuffle(x, self.unshuffle)
+            x = F.pixel_unshuffle(_pad_to_even(_pad_to_even(x, -2), -1), self.unshuffle)
         feat = self.conv_first(x)
         feat = feat + self.conv_body(self.body(feat))
         feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))

@@ -14,7 +14,9 @@ This module follows MATLAB's ``contributions()`` literally (weights and indices 
 symmetric border handling, dimension with the smaller scale resized first), and matches real MATLAB
 output to ~1e-12 in float64. It is differentiable and runs on any device: the weights are computed
 once on the CPU, cached, and applied as a short sum over kernel taps of gathered rows/columns, which
-needs only a few output-sized temporaries even for 2K images.
+needs only a few output-sized temporaries even for 2K images. Traced (``torch.export``, the ONNX
+export), the weights are computed inside the graph from the input's size, so an exported model takes
+any size and gives the same numbers.
 """
 
 from __future__ import annotations
@@ -51,16 +53,25 @@ def _cubic(x: torch.Tensor) -> torch.Tensor:
     return inner + outer
 
 
-@functools.lru_cache(maxsize=128)
 def _contributions(
     in_len: int, out_len: int, scale: float, antialias: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-output-pixel weights and 0-based input indices along one dimension (MATLAB's algorithm).
 
-    Returns ``(weights, indices)``, both shaped ``(out_len, taps)``; weights are float64 on the CPU,
-    rows sum to 1, and indices already include the symmetric border reflection. Cached because a
-    training set resizes the same few shapes over and over.
+    Returns ``(weights, indices)``, both shaped ``(out_len, taps)``; weights are float64, rows sum to
+    1, and indices already include the symmetric border reflection. Eager calls are cached, because a
+    training set resizes the same few shapes over and over. A traced call (``torch.export``, the ONNX
+    export, ``torch.compile``) may see symbolic sizes: it computes the same weights inside the graph,
+    from the input's size, so one exported graph takes any size.
     """
+    if torch.compiler.is_compiling():
+        return _weights_and_indices(in_len, out_len, scale, antialias, traced=True)
+    return _cached_contributions(in_len, out_len, scale, antialias)
+
+
+def _weights_and_indices(
+    in_len: int, out_len: int, scale: float, antialias: bool, traced: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     widen = antialias and scale < 1  # shrinking: stretch the kernel to low-pass filter as well
     width = _CUBIC_WIDTH / scale if widen else _CUBIC_WIDTH
     x = torch.arange(1, out_len + 1, dtype=torch.float64)
@@ -73,9 +84,23 @@ def _contributions(
     weights = weights / weights.sum(dim=1, keepdim=True)
     # Symmetric padding: positions 1..n, then n..1 (the edge pixel repeated), periodically.
     mirror = torch.cat([torch.arange(in_len), torch.arange(in_len - 1, -1, -1)])
-    indices = mirror[torch.remainder(indices.long() - 1, 2 * in_len)]
-    used = weights.ne(0).any(dim=0)
-    return weights[:, used].contiguous(), indices[:, used].contiguous()
+    # the period as a tensor: the ONNX exporter cannot take a symbolic size as remainder's Python divisor
+    indices = mirror[torch.remainder(indices.long() - 1, torch.tensor(2) * in_len)]
+    if not traced:  # MATLAB drops the taps whose weight is 0 for every output pixel
+        used = weights.ne(0).any(dim=0)
+        return weights[:, used].contiguous(), indices[:, used].contiguous()
+    # A graph cannot choose its shapes by the weights' values, so it keeps every tap that could be used:
+    # a zero weight adds an exact 0 and leaves the sum unchanged. Unwidened (width 4), the first tap lies
+    # at distance u - left >= 2 and the last beyond -2, where the cubic is 0, so those two go, as
+    # MATLAB's rule drops them (tests/test_resize.py: the traced taps give the eager result bit for bit).
+    return (weights, indices) if widen else (weights[:, 1:-1], indices[:, 1:-1])
+
+
+@functools.lru_cache(maxsize=128)
+def _cached_contributions(
+    in_len: int, out_len: int, scale: float, antialias: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _weights_and_indices(in_len, out_len, scale, antialias, traced=False)
 
 
 def _resize_rows(x: torch.Tensor, out_len: int, scale: float, antialias: bool) -> torch.Tensor:
