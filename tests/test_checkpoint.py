@@ -26,6 +26,24 @@ def test_weights_round_trip_rebuilds_the_model(tmp_path):
     assert not loaded.training
 
 
+def test_an_srresnet_with_upsample_input_round_trips_and_old_configs_load(tmp_path):
+    residual = SRResNet(scale=4, res_blocks=1, channels=8, upsample_input="bicubic")
+    torch.nn.init.normal_(residual.tail.weight, std=0.01)  # as if trained: not the bare upsampler
+    path = tmp_path / "residual" / "generator.safetensors"
+    save_weights(residual.eval(), path, residual.config)
+    x = torch.rand(1, 3, 10, 12)
+    loaded = load_generator(path)
+    assert loaded.upsample_input == "bicubic"
+    torch.testing.assert_close(loaded(x), residual(x), rtol=0, atol=0)
+    # a generator.json written before the option existed has no `upsample_input`: the paper's SRResNet
+    model = small().eval()
+    old = tmp_path / "old" / "generator.safetensors"
+    save_weights(model, old, {k: v for k, v in model.config.items() if k != "upsample_input"})
+    loaded = load_generator(old)
+    assert loaded.config == model.config and loaded.upsample_input == "none"
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
 def test_mismatched_weights_name_the_file(tmp_path):
     path = tmp_path / "g.safetensors"
     save_weights(small(blocks=2), path, small(blocks=2).config)

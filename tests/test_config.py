@@ -30,6 +30,12 @@ def test_seed_loss_weights_are_the_defaults():
     assert (r.loss.w_adv, r.loss.w_vgg, r.loss.w_tv) == (1e-3, 6e-3, 1e-6)
 
 
+def test_paper_recipes_keep_the_papers_srresnet_and_the_quick_start_learns_a_residual():
+    for paper in ("srresnet_x4.yaml", "srgan_x4.yaml"):
+        assert load_recipe(RECIPES / paper).model.upsample_input == "none"
+    assert load_recipe(RECIPES / "quickstart.yaml").model.upsample_input == "bicubic"
+
+
 def test_base_inheritance_and_overrides():
     r = load_recipe(RECIPES / "srgan_x4.yaml", ["train.batch_size=32", "model.res_blocks=8", "train.lr=2e-4"])
     base = load_recipe(RECIPES / "srresnet_x4.yaml")

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fastsr.models import (
@@ -28,10 +29,12 @@ def _seed():
     "make",
     [
         lambda s: SRResNet(scale=s, res_blocks=1, channels=8),
+        lambda s: SRResNet(scale=s, res_blocks=1, channels=8, upsample_input="bicubic"),
+        lambda s: SRResNet(scale=s, res_blocks=1, channels=8, upsample_input="bilinear"),
         lambda s: SRCNN(scale=s, channels=(8, 4)),
         lambda s: Bicubic(scale=s),
     ],
-    ids=["srresnet", "srcnn", "bicubic"],
+    ids=["srresnet", "srresnet-bicubic", "srresnet-bilinear", "srcnn", "bicubic"],
 )
 def test_generator_output_shape_odd_input(make, scale):
     model = make(scale).eval()
@@ -61,6 +64,34 @@ def _srresnet_param_formula(scale, blocks, c):
 
 def _count(model):
     return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("upsample_input, upsampler", [
+    ("bicubic", lambda lr: imresize(lr, scale=4)),
+    ("bilinear", lambda lr: F.interpolate(lr, scale_factor=4, mode="bilinear", align_corners=False)),
+])
+def test_srresnet_with_upsample_input_starts_as_the_upsampler_and_learns(upsample_input, upsampler):
+    model = SRResNet(scale=4, res_blocks=2, channels=8, upsample_input=upsample_input)
+    lr, hr = torch.rand(2, 3, 11, 13), torch.rand(2, 3, 44, 52)
+    with torch.no_grad():
+        assert torch.equal(model.eval()(lr), upsampler(lr))  # the bicubic baseline itself, for `bicubic`
+    model.train()
+    F.mse_loss(model(lr), hr).backward()
+    assert model.tail.weight.grad.abs().sum() > 0  # the zeroed last conv is not a dead end
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    model.zero_grad()
+    F.mse_loss(model(lr), hr).backward()
+    assert model.head[0].weight.grad.abs().sum() > 0  # and after one step the whole network learns
+
+
+def test_srresnet_without_upsample_input_is_the_paper_unchanged():
+    paper = SRResNet(scale=4, res_blocks=2, channels=8)
+    residual = SRResNet(scale=4, res_blocks=2, channels=8, upsample_input="bicubic")
+    assert paper.config["upsample_input"] == "none"
+    assert paper.tail.weight.abs().sum() > 0  # PyTorch's initialisation, not zeroed
+    assert _count(paper) == _count(residual)  # the option adds no parameters
+    with pytest.raises(ValueError, match="upsample_input must be one of"):
+        SRResNet(upsample_input="nearest")
 
 
 def test_srresnet_param_count_matches_formula():
@@ -123,10 +154,11 @@ def test_bicubic_has_no_parameters_and_is_imresize():
     "model",
     [
         SRResNet(scale=2, res_blocks=2, channels=16),
+        SRResNet(scale=4, res_blocks=1, channels=8, upsample_input="bicubic"),
         SRCNN(scale=3, kernels=(9, 1, 5), channels=(16, 8), residual=False),
         Bicubic(scale=8),
     ],
-    ids=["srresnet", "srcnn", "bicubic"],
+    ids=["srresnet", "srresnet-bicubic", "srcnn", "bicubic"],
 )
 def test_config_round_trip(model):
     config = json.loads(json.dumps(model.config))  # JSON-serialisable, survives a file

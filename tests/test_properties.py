@@ -265,6 +265,7 @@ _VALID_BY_KEY = {
     "scale": st.sampled_from([2, 4, 8]),
     "model.res_blocks": _positive_int,
     "model.channels": _positive_int,
+    "model.upsample_input": st.sampled_from(["none", "bicubic", "bilinear"]),  # a part's key: no hint on Recipe
     # Another name is another part with other keys (tests/test_registry.py): these properties keep BASE's.
     "model.name": st.just("srresnet"),
     "discriminator.name": st.just("srgan"),

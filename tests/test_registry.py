@@ -39,6 +39,7 @@ def refused(recipe: str, *overrides: str) -> str:
     ("esrgan_x4.yaml", "model.res_blocks=4", "unknown key 'model.res_blocks' for generator 'rrdbnet'"),
     ("esrgan_x4.yaml", "model.blocks=0", "model.blocks must be positive (got 0)"),
     ("srcnn_x4.yaml", "model.kernels=[9,2,5]", "model.kernels must be three odd sizes"),
+    ("quickstart.yaml", "model.upsample_input=bicubc", "model.upsample_input='bicubc' is not one of: none, bicubic"),
     ("srgan_x4.yaml", "model.name=srresnett",
      "model.name='srresnett' is not a registered generator (did you mean 'srresnet'?)"),
     ("srgan_x4.yaml", "model.name=[1]", "model.name must be a name"),
