@@ -171,16 +171,18 @@ class Invalid(ValueError):
 # Reading: bases and overrides
 
 
-def read_raw(path: str | Path, overrides: list[str] = ()) -> dict:
-    """The untyped mapping of a recipe file, its `base:` chain merged in and `key=value` overrides applied."""
-    raw = _read_with_bases(Path(path), chain=())
+def read_raw(path: str | Path, overrides: list[str] = (), part_defaults: dict[str, str] | None = None) -> dict:
+    """The untyped mapping of a recipe file, its `base:` chain merged in and `key=value` overrides applied;
+    `part_defaults` names the part a section without `name:` means (`{"model": "srresnet"}`)."""
+    defaults = part_defaults or {}
+    raw = _read_with_bases(Path(path), (), defaults)
     for item in overrides:
         key, value = _parse_override(item)
-        raw = merge(raw, _nested(key, value))
+        raw = merge(raw, _nested(key, value), defaults)
     return raw
 
 
-def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict:
+def _read_with_bases(path: Path, chain: tuple[Path, ...], defaults: dict[str, str]) -> dict:
     if not path.is_file():
         where = f" (base of {chain[-1]})" if chain else ""
         raise RecipeError(f"{path}: recipe not found{where}; check the path")
@@ -203,19 +205,23 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict:
     base = data.pop("base", None)
     if base is None:
         return data
-    parent = _read_with_bases(path.parent / base, chain + (resolved,))
-    return merge(parent, data)
+    parent = _read_with_bases(path.parent / base, chain + (resolved,), defaults)
+    return merge(parent, data, defaults)
 
 
-def merge(base: dict, top: dict) -> dict:
-    """`top` over `base`, section by section; a section naming another part (`name:`) replaces the base's."""
+def merge(base: dict, top: dict, part_defaults: dict[str, str] | None = None) -> dict:
+    """`top` over `base`, section by section; a section naming another part (`name:`) replaces the base's.
+    A part section without a name is the part `part_defaults` gives for its key, so naming that part
+    merges with it."""
     out = dict(base)
     for key, value in top.items():
         below = out.get(key)
-        if isinstance(value, dict) and isinstance(below, dict) and value.get("name", below.get("name")) == below.get("name"):
-            out[key] = merge(below, value)
-        else:
-            out[key] = value
+        if isinstance(value, dict) and isinstance(below, dict):
+            below_name = below.get("name", (part_defaults or {}).get(key))
+            if value.get("name", below_name) == below_name:
+                out[key] = merge(below, value)
+                continue
+        out[key] = value
     return out
 
 

@@ -78,7 +78,12 @@ def load_recipe(spec: str | Path, overrides: list[str] = ()) -> Recipe:
     """Read a recipe (a file, following `base:`, or a packaged recipe's name), apply `key=value`
     overrides, validate."""
     path = find_recipe(spec)
-    return from_dict(read_raw(path, overrides), source=str(path))
+    return from_dict(read_raw(path, overrides, part_defaults()), source=str(path))
+
+
+def part_defaults() -> dict[str, str]:
+    """The part a recipe's part section without a `name:` means: {"model": "srresnet", "discriminator": "srgan"}."""
+    return {f.name: f.default_factory().name for f in dataclasses.fields(Recipe) if "registry" in f.metadata}
 
 
 def from_dict(raw: dict, source: str = "recipe") -> Recipe:

@@ -11,7 +11,7 @@ from skimage import data as skdata
 
 from fastsr.config import merge
 from fastsr.models import GENERATORS
-from fastsr.recipe import from_dict
+from fastsr.recipe import from_dict, part_defaults
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +40,7 @@ def tiny_recipe_dict(photo_folder: Path, out_dir: Path, **sections) -> dict:
         "train": {"epochs_pretrain": 1, "epochs_finetune": 1, "batch_size": 4, "lr": 1e-3,
                   "log_every": 1, "val_every": 0, "save_every": 0},
     }
-    return merge(raw, sections)  # as a derived recipe would: a section naming another part replaces it
+    return merge(raw, sections, part_defaults())  # as a derived recipe would: a section naming another part replaces it
 
 
 @pytest.fixture

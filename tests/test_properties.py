@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 from accelerate.utils import LoggerType
-from hypothesis import Phase, assume, given, settings
+from hypothesis import Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
 from fastsr.config import RecipeError
@@ -448,6 +448,10 @@ def test_last_override_of_a_key_wins(key, data):
 @settings(max_examples=60, deadline=None)
 @given(layers=st.lists(st.lists(_valid_override(), max_size=4), min_size=1, max_size=5),
        overrides=st.lists(_valid_override(), max_size=3))
+@example(
+    layers=[[("discriminator.channels", 1, "1")]],
+    overrides=[("discriminator.name", "srgan", "srgan")],
+)  # found by hypothesis: naming the default part (srgan) merges with a section that names none
 def test_base_chain_most_derived_file_then_overrides_win(layers, overrides):
     # layers[0] names the shipped BASE (itself a child of srresnet_x4.yaml) as its base; each later
     # file names the one before. Every key ends with the value of the last place that set it.
