@@ -1,8 +1,9 @@
-"""What every benchmark script shares: naming the machine, and appending a run to RESULTS.md."""
+"""What every benchmark script shares: naming the machine, appending a run to RESULTS.md, and the GPU check's summary."""
 
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 from pathlib import Path
@@ -34,3 +35,30 @@ def publish(title: str, details: str, command: str, body: str, save: bool) -> No
         with RESULTS.open("a") as f:
             f.write(record)
         print(f"appended to {RESULTS}")
+
+
+# The GPU check's one table: each benchmark also hands its numbers to `numbers`, which appends them to the
+# JSON-lines file named by $FASTSR_SUMMARY when set (benchmarks/gpu_check.sh sets it); `python
+# benchmarks/report.py FILE` prints them all as one table.
+SUMMARY_ENV = "FASTSR_SUMMARY"
+
+
+def numbers(benchmark: str, what: str, value: float, unit: str) -> None:
+    path = os.environ.get(SUMMARY_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"benchmark": benchmark, "what": what, "value": value, "unit": unit}) + "\n")
+
+
+def summary_table(path: str) -> str:
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    lines = [f"Machine: {machine()}; torch {torch.__version__}", "", "| benchmark | what | value | unit |",
+             "|---|---|---|---|"]
+    lines += [f"| {r['benchmark']} | {r['what']} | {r['value']:.4g} | {r['unit']} |" for r in rows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(summary_table(sys.argv[1]))
