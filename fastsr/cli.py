@@ -132,11 +132,17 @@ def run_eval(methods: list[str], sources: list[str], scale: int, console: Consol
     return results
 
 
-def cmd_eval(args, console: Console) -> None:
+def cmd_eval(args, console: Console) -> int:
     load_plugins(args.plugin)
+    unused = [name for name, _ in args.metric_weights if name not in args.metrics]
+    if unused:
+        print(f"fastsr: error: --metric-weights {unused[0]}=...: {unused[0]} is not among --metrics "
+              f"{','.join(args.metrics)}; add it there or drop the weights", file=sys.stderr)
+        return 2
     run_eval(args.model, args.data or ["samples"], args.scale, console, data_root=args.data_root,
              metrics=args.metrics, metric_weights=dict(args.metric_weights), pictures=args.pictures,
              json_out=args.json, csv_out=args.csv, device=args.device)
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -227,6 +227,8 @@ def test_missing_metric_weights_are_one_line(photo_folder, tmp_path, capsys, mon
                  "--metric-weights", f"lpips={tmp_path / 'nowhere.pth'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("fastsr: error: ") and "\n" not in err and "nowhere.pth" in err
+    assert main(["eval", "--model", "bicubic", "--metric-weights", "dists=vgg16.pth"]) == 2  # dists not asked for
+    assert "dists is not among --metrics psnr,ssim" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: "--metrics: 'lpipz': choose from psnr, ssim, lpips, dists"
         main(["eval", "--model", "bicubic", "--metrics", "psnr,lpipz"])
     assert "'lpipz': choose from psnr, ssim, lpips, dists" in capsys.readouterr().err
