@@ -209,7 +209,7 @@ def test_auto_picks_the_device_backend_only_for_a_cache_that_fits(photos, monkey
     samples, cache = photos
     need = padded_bytes(ImageStore.from_samples(samples, cache).sizes, 4) / 1e9
     loader, note = make_batch_source(_config(cache=str(cache)), samples, 4, 4)
-    assert loader.name == "device" and "uses the device backend" in note and f"{need:.2f} GB" in note
+    assert loader.name == "device" and "uses the device backend" in note and f"{need:.3g} GB" in note
     assert "data.device_budget_gb default" in note  # 4 GB on the CPU
     loader, note = make_batch_source(_config(cache=str(cache), device_budget_gb=need * 0.9), samples, 4, 4)
     assert loader.name == "dali" and "not the device backend" in note and f"data.device_budget_gb={need * 0.9:g}" in note

@@ -63,19 +63,17 @@ def make_batch_source(data, samples: Sequence[Sample], scale: int, batch_size: i
                     screened=True)
     why_not_device = None  # why `auto` passed over the device backend
     if data.backend == "device" or (data.backend == "auto" and store.cached is not None and data.degradation == "matlab"):
-        need, (budget, budget_source) = padded_bytes(store.sizes, scale) / 1e9, device_budget_gb(data.device_budget_gb, device)
-        size = f"the {len(samples)} training images take {need:.2f} GB in {torch.device(device).type} memory"
-        if data.backend == "device" and data.degradation != "matlab":
+        if data.degradation != "matlab":
             raise RecipeError(f"data.backend=device makes the MATLAB bicubic LR only; "
                               f"data.degradation={data.degradation} needs data.backend=torch")
-        if need <= budget:
-            note = None if data.backend == "device" else (
-                f"data.backend=auto uses the device backend: {size}, within {budget:.2f} GB ({budget_source})")
+        fits, why = _fits_device(store, scale, data.device_budget_gb, device)
+        if fits:
+            note = None if data.backend == "device" else f"data.backend=auto uses the device backend: {why}"
             return DeviceLoader(store, plan, device=device, progress=None if rank == 0 else False), note
-        why_not_device = f"{size}, over {budget:.2f} GB ({budget_source})"
         if data.backend == "device":
-            raise RecipeError(f"data.backend=device: {why_not_device}; raise data.device_budget_gb, or use "
-                              "data.backend=auto (DALI or torch read crops from the files or the cache)")
+            raise RecipeError(f"data.backend=device: {why}; raise data.device_budget_gb, or use data.backend=auto "
+                              "(DALI or torch read crops from the files or the cache)")
+        why_not_device = why
     note = None
     if data.backend in ("auto", "dali"):
         from fastsr.data.dali_backend import DaliUnavailable, make_dali_loader
@@ -91,3 +89,12 @@ def make_batch_source(data, samples: Sequence[Sample], scale: int, batch_size: i
     source = TorchLoader(store, plan, method=data.degradation, workers=data.workers, device=device,
                          cache_images=data.cache_images)
     return source, note
+
+
+def _fits_device(store: ImageStore, scale: int, budget_gb: float | None, device: str | torch.device) -> tuple[bool, str]:
+    """Whether the images fit in device memory under data.device_budget_gb, and a phrase saying so."""
+    need = padded_bytes(store.sizes, scale) / 1e9
+    budget, source = device_budget_gb(budget_gb, device)
+    fits = need <= budget
+    return fits, (f"the {len(store.files)} training images take {need:.3g} GB in {torch.device(device).type} memory, "
+                  f"{'within' if fits else 'over'} {budget:.3g} GB ({source})")
