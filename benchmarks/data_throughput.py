@@ -1,18 +1,20 @@
 """Crops per second of the training data paths, side by side in one run.
 
-    python benchmarks/data_throughput.py [--data DIR] [--quick] [--no-record]
+    python benchmarks/data_throughput.py [--data DIR] [--quick] [--torch-threads N] [--no-record]
 
 Rows (each at HR 96 and HR 128, x4, batch 16, on the GPU when there is one, else the CPU):
 - seed approach: what the one-file script did: a Dataset that decodes the whole image with PIL
   for every sample, cuts a random crop and resizes it (PIL bicubic), in DataLoader worker processes;
 - torch loader: fastsr's portable loader, from the image files (decode per crop) and from the cache;
-- DALI: from the PNG files (1 and 8 crops per decode, `data.crops_per_image`) and from the cache.
+- DALI: from the PNG files (1 and 8 crops per decode, `data.crops_per_image`) and from the cache;
+- device backend: the cache loaded into device memory once (untimed), every batch cut there.
 Without `--data` it measures DIV2K-sized stand-ins (2040x1356 PNGs made from scikit-image's photos
 with camera-like noise, so they compress like photographs); with `--data` the train split of any
 source fastsr reads (a DIV2K root, a folder). The cache is made with `fastsr prepare` once, untimed.
 
-The table is printed and appended to benchmarks/RESULTS.md with the machine named. The last line is
-the cached DALI path's speed-up over the seed approach at HR 96, as `N.Nx`.
+The table is printed and appended to benchmarks/RESULTS.md with the machine named, with the rate at
+which the crop plan alone is drawn (every backend executes it, so it bounds them all). The last line
+is the cached DALI path's speed-up over the seed approach at HR 96, as `N.Nx`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from fastsr.data import CropPlan, ImageStore, Sample, TorchLoader, resolve_source
+from fastsr.data import CropPlan, DeviceLoader, ImageStore, Sample, TorchLoader, resolve_source
 from fastsr.data.cache import prepare_cache
 from report import publish  # benchmarks/report.py: this folder is on sys.path when a script runs
 
@@ -113,8 +115,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, help="timed seconds per row (default 3 with --quick, else 10)")
     ap.add_argument("--quick", action="store_true", help="a few minutes on a 2-core machine")
     ap.add_argument("--work", default=None, help="folder for generated images and the cache (default: a temp dir)")
+    ap.add_argument("--torch-threads", type=int,
+                    help="torch's intra-op threads in this process (the device backend's on a CPU; default: torch's)")
     ap.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     count = args.images or (8 if args.quick else 32)
     seconds = args.seconds or (3.0 if args.quick else 10.0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -154,6 +160,13 @@ def main(argv: list[str] | None = None) -> None:
 
         return epochs_of(DaliLoader(images, plan(images, hr_crop, k), threads=workers, device=device))
 
+    def device_loader(images, hr_crop):
+        return epochs_of(DeviceLoader(images, plan(images, hr_crop), device=device))
+
+    tic = time.perf_counter()
+    planned = sum(len(visit) for batch in plan(from_cache, 96).epoch(0) for visit in batch)
+    plan_rate = planned / (time.perf_counter() - tic)
+
     rows = {
         "seed approach (PIL decode per crop)": lambda c: seed_batches(files, c, workers, device),
         "torch loader, PNG files": lambda c: torch_loader(from_files, c),
@@ -161,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
         "DALI, PNG files, 1 crop per decode": lambda c: dali(from_files, c),
         "DALI, PNG files, 8 crops per decode": lambda c: dali(from_files, c, 8),
         "DALI, cache": lambda c: dali(from_cache, c),
+        "device backend, cache": lambda c: device_loader(from_cache, c),
     }
     crops = (96, 128)
     results: dict[str, dict[int, float]] = {}
@@ -178,11 +192,15 @@ def main(argv: list[str] | None = None) -> None:
                      f"{' | '.join(f'{r[c] / seed[c]:.1f}x' for c in crops)} |")
     table = "\n".join(lines)
     speedup = results["DALI, cache"][96] / seed[96]
-    command = "python benchmarks/data_throughput.py" + (" --quick" if args.quick else "") + (f" --data {args.data}" if args.data else "")
+    command = "python benchmarks/data_throughput.py" + (" --quick" if args.quick else "") + (f" --data {args.data}" if args.data else "") \
+        + (f" --torch-threads {args.torch_threads}" if args.torch_threads else "")
     details = (f"Device {device}. Data: {data_name}, {len(samples)} images, {png_mb:.1f} MB per PNG, {decode_ms:.0f} ms "
                f"to decode one with PIL (median of 4); batch {BATCH}, x{SCALE}, {workers} workers/threads, "
-               f"{seconds:.0f} s per row.")
+               f"{torch.get_num_threads()} torch threads, "
+               f"{seconds:.0f} s per row; the crop plan alone: {plan_rate:.0f} crops/s at HR 96.")
     publish("Data throughput", details, command, table, save=not args.no_record)
+    print(f"device backend vs DALI, both from the cache, HR 96, {device}: "
+          f"{results['device backend, cache'][96] / results['DALI, cache'][96]:.1f}x")
     print(f"DALI from the cache vs the seed approach, HR 96, {device}:")
     print(f"{speedup:.1f}x")
 

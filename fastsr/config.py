@@ -45,10 +45,16 @@ class DataConfig:
     augment: bool = True  # random flips and 90-degree rotations
     channel_shuffle: bool = False  # random RGB permutation: removes the colour bias of small sets
     degradation: Literal["matlab", "kornia"] = "matlab"  # kornia's bicubic is not MATLAB's
-    # `dali`: NVIDIA DALI (crops and downscale on the GPU); `torch`: the portable loader; `auto`: DALI
-    # where it is installed and can run here, else torch (the run's log says which, and why)
-    backend: Literal["auto", "dali", "torch"] = "auto"
+    # `device`: the whole training set decoded in device memory, each batch cut there (from the cache,
+    # or decoding the files once); `dali`: NVIDIA DALI (crops and downscale on the GPU); `torch`: the
+    # portable loader; `auto`: `device` when the run has a `cache` that fits under device_budget_gb, else
+    # DALI where it is installed and can run here, else torch (the run's log says which, and why)
+    backend: Literal["auto", "device", "dali", "torch"] = "auto"
     cache: str | None = None  # a decode-once cache of `source`'s training images (`fastsr prepare`)
+    # GB of device memory the `device` backend may fill with the decoded images (each mirror-padded by
+    # the kernel's margin: DIV2K's 800 take about 6.7); null: half the GPU's free memory when the run starts,
+    # 4 on the CPU
+    device_budget_gb: float | None = None
     crops_per_image: int = 1  # crops cut per visit to an image (spreads a file decode over k crops)
     workers: int = 2  # torch: loader worker processes (0: in the main process); DALI: CPU threads
     cache_images: bool = True  # torch loader: keep decoded training images in memory (small data sets)
@@ -61,6 +67,8 @@ class DataConfig:
     def check(self) -> None:
         positive(self, "hr_crop", "repeat", "crops_per_image")
         non_negative(self, "workers", "val_images")
+        if self.device_budget_gb is not None:
+            positive(self, "device_budget_gb")
         if self.val_sets and self.val_source is not None:
             raise Invalid("val_sets", "and data.val_source are both set: list every validation set in data.val_sets")
         if len(set(self.val_sets)) != len(self.val_sets):

@@ -1,10 +1,11 @@
 """Data for fastsr, in layers: image files and data sources, the decode-once cache, the image store,
-the LR degradation, the crop plan, batch sources of (HR, LR) crops behind one Protocol (torch here;
-DALI in fastsr.data.dali_backend, imported on demand) chosen by one factory, validation pairs, and the
-screen that finds unusable images before a run."""
+the LR degradation, the crop plan, batch sources of (HR, LR) crops behind one Protocol (torch and
+device-resident here; DALI in fastsr.data.dali_backend, imported on demand) chosen by one factory,
+validation pairs, and the screen that finds unusable images before a run."""
 
 from fastsr.data.batches import BACKENDS, BatchSource, make_batch_source
 from fastsr.data.cache import open_cache
+from fastsr.data.device_backend import DeviceLoader
 from fastsr.data.degradation import crop_pair, degrade, lr_crop, lr_for_eval
 from fastsr.data.div2k import download_div2k
 from fastsr.data.download import DownloadError
@@ -21,6 +22,7 @@ __all__ = [
     "BatchSource",
     "Crop",
     "CropPlan",
+    "DeviceLoader",
     "DownloadError",
     "IMAGE_EXTS",
     "ImageError",

@@ -2,6 +2,6 @@
 
 from fastsr.ops.color import rgb_to_y
 from fastsr.ops.levels import quantize
-from fastsr.ops.resize import imresize, kernel_margin
+from fastsr.ops.resize import imresize, kernel_margin, shrink_kernel
 
-__all__ = ["imresize", "kernel_margin", "quantize", "rgb_to_y"]
+__all__ = ["imresize", "kernel_margin", "quantize", "rgb_to_y", "shrink_kernel"]

@@ -28,7 +28,7 @@ from numbers import Integral, Real
 
 import torch
 
-__all__ = ["imresize", "kernel_margin"]
+__all__ = ["imresize", "kernel_margin", "shrink_kernel"]
 
 _CUBIC_WIDTH = 4.0  # support of the Keys cubic kernel, in input pixels
 
@@ -41,6 +41,25 @@ def kernel_margin(scale: int) -> int:
     the LR of the whole image at the region's place (DIV2K-style training pairs from crops); it is also
     how far an image must be mirror-padded to reproduce MATLAB's border handling."""
     return int(_CUBIC_WIDTH * scale) // 2
+
+
+def shrink_kernel(scale: int) -> tuple[torch.Tensor, list[int]]:
+    """The taps of imresize's x1/`scale` antialiased shrink for an integer `scale`, and where they read.
+
+    For an integer factor every output pixel's contribution weights are the same (its centre sits at
+    the same place in its block of `scale` input pixels), so away from the borders the shrink is a
+    strided convolution: output j = sum_k weights[k] * input[scale * j + offsets[k]]. Returns the
+    float64 weights of the taps MATLAB keeps, in imresize's order, and their offsets (the first
+    negative; not always consecutive: at odd factors taps of weight 0 fall inside the kernel and are
+    dropped), taken from the contribution code itself, for an output pixel in the middle of a long
+    line whose taps reach no border. The taps reach at most `kernel_margin(scale)` input pixels past
+    the output pixel's block on each side."""
+    if isinstance(scale, bool) or not isinstance(scale, Integral) or scale < 1:
+        raise ValueError(f"shrink_kernel: `scale` must be a positive integer, got {scale!r}.")
+    out_len = 4 * int(_CUBIC_WIDTH) + 1  # its middle pixel is 2 * 4 * scale input pixels from each end
+    weights, indices = _cached_contributions(scale * out_len, out_len, 1 / scale, True)
+    middle = out_len // 2
+    return weights[middle].clone(), [int(i) - scale * middle for i in indices[middle]]
 
 
 def _cubic(x: torch.Tensor) -> torch.Tensor:
