@@ -243,6 +243,7 @@ def test_a_cuda_graph_run_without_batch_norm_matches_eager(tiny_recipe, monkeypa
     graphed = train(tiny_recipe(name="graphed", runtime={"compile": "reduce-overhead"}, **sections))
     logs = {run: [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
             for run in (eager, graphed)}
+    assert next(r for r in logs[graphed] if r["kind"] == "run")["compile"] == "reduce-overhead"
     steps = [r for r in logs[graphed] if r["kind"] == "train"]
     assert len(begun) == steps[-1]["step"] == 6  # 3 steps of each phase
     assert any("CUDA graphs need a GPU" in r.get("message", "") for r in logs[graphed] if r["kind"] == "note")

@@ -21,9 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
-
 from accelerate.optimizer import AcceleratedOptimizer
+from torch import nn
 
 from fastsr.config import RuntimeConfig
 
