@@ -162,7 +162,9 @@ class RuntimeConfig:
     # `auto` picks by device, as measured (benchmarks/RESULTS.md): on a GPU compile + bf16 +
     # channels_last; on a CPU eager fp32 + channels_last (compiling costs minutes there and bf16 is
     # slower without AMX; channels_last made the GAN step 1.6x faster).
-    compile: Literal["auto", "off", "default", "max-autotune"] = "auto"  # torch.compile mode
+    # torch.compile mode; `reduce-overhead` (and `max-autotune`) also replay each compiled forward and backward
+    # as a CUDA graph (one launch for the whole graph; needs fixed shapes, README "Speed switches")
+    compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune"] = "auto"
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # autocast dtype (fp16 adds a grad scaler)
     channels_last: Literal["auto", "on", "off"] = "auto"  # NHWC memory layout for the models and batches
 

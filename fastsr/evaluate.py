@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,7 +86,21 @@ class SetResult:
     scores: list[Score]
 
 
+@contextmanager
+def _no_autotuning() -> Iterator[None]:
+    """cuDNN's autotuning off (a training run turns it on for its fixed crops): evaluation's images come in
+    many sizes (a whole image up to the tile size, the perceptual metrics' networks on the whole image), and
+    each new size would time every convolution's algorithms again, for a forward run once."""
+    tuning = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = tuning
+
+
 @torch.inference_mode()
+@_no_autotuning()
 def evaluate(methods: dict[str, nn.Module], pairs: list[Pair], scale: int, device, *,
              metrics: list[Metric] | None = None, tile: int = 256, pictures: Path | None = None,
              max_pictures: int = 4) -> list[Score]:

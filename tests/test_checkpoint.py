@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from fastsr.engine.checkpoint import (
-    WeightsError, complete_checkpoints, load_generator, load_state, load_weights, resolve_resume,
-    save_checkpoint, save_weights,
+    Position, Trainables, WeightsError, complete_checkpoints, load_generator, load_optimizer_state, load_state,
+    load_weights, resolve_resume, restore_training_state, save_checkpoint, save_weights, write_training_checkpoint,
 )
 from fastsr.models import SRResNet
 
@@ -42,6 +42,80 @@ def test_an_srresnet_with_upsample_input_round_trips_and_old_configs_load(tmp_pa
     loaded = load_generator(old)
     assert loaded.config == model.config and loaded.upsample_input == "none"
     torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+
+
+def test_an_srresnet_without_batch_norm_round_trips_and_old_configs_load_with_it(tmp_path):
+    plain = SRResNet(scale=4, res_blocks=1, channels=8, batch_norm=False).eval()
+    path = tmp_path / "plain" / "generator.safetensors"
+    save_weights(plain, path, plain.config)
+    assert json.loads(path.with_suffix(".json").read_text())["batch_norm"] is False
+    loaded = load_generator(path)
+    assert loaded.batch_norm is False and not any(isinstance(m, torch.nn.BatchNorm2d) for m in loaded.modules())
+    x = torch.rand(1, 3, 10, 12)
+    torch.testing.assert_close(loaded(x), plain(x), rtol=0, atol=0)
+    # a generator.json written before the option existed: the paper's SRResNet, with BatchNorm
+    model = small().eval()
+    old = tmp_path / "old" / "generator.safetensors"
+    save_weights(model, old, {k: v for k, v in model.config.items() if k != "batch_norm"})
+    loaded = load_generator(old)
+    assert loaded.config == model.config and loaded.batch_norm is True
+    torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    with pytest.raises(WeightsError, match="weights do not fit"):  # BatchNorm weights do not load into a plain one
+        load_weights(SRResNet(scale=4, res_blocks=2, channels=8, batch_norm=False), old)
+
+
+def _trained(fused: bool, steps: int = 3):
+    """A small model and its Adam (fused, as on a GPU, or torch's default) after `steps` steps."""
+    model = small()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2, fused=fused or None)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model(torch.rand(2, 3, 8, 8, generator=gen)).square().mean().backward()
+        optimizer.step()
+    return model, optimizer
+
+
+def _same_state(a: torch.optim.Optimizer, b: torch.optim.Optimizer) -> None:
+    for pa, pb in zip(a.param_groups[0]["params"], b.param_groups[0]["params"]):
+        sa, sb = a.state[pa], b.state[pb]
+        assert float(sa["step"]) == float(sb["step"])
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(sa[key], sb[key], rtol=0, atol=0)
+
+
+def test_fused_adam_state_loads_into_torchs_default_adam_and_back(tmp_path):
+    """A run resumed on another device type: a GPU run's fused Adam checkpoint into a CPU run's default
+    Adam and back, each keeping its own implementation (torch's load_state_dict would take the saved one)."""
+    model, fused = _trained(fused=True)
+    plain = torch.optim.Adam(model.parameters(), lr=1e-2)
+    naive = torch.optim.Adam(model.parameters(), lr=1e-2)
+    naive.load_state_dict(fused.state_dict())
+    assert naive.param_groups[0]["fused"]  # why load_optimizer_state exists
+    load_optimizer_state(plain, fused.state_dict())
+    assert not plain.param_groups[0]["fused"] and plain.param_groups[0]["lr"] == 1e-2
+    _same_state(plain, fused)
+    back = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)
+    load_optimizer_state(back, plain.state_dict())
+    assert back.param_groups[0]["fused"]
+    _same_state(back, fused)
+    assert all(s["step"].dtype == torch.float32 and s["step"].device == p.device for p, s in back.state.items())
+
+    # through a training checkpoint, into the optimisers a run on the other device type builds
+    _, continued = _trained(fused=True, steps=4)  # the uninterrupted run
+    write_training_checkpoint(tmp_path, Position(step=3), Trainables(model, fused), keep=1)
+    resumed_model = small()
+    resumed = Trainables(resumed_model, torch.optim.Adam(resumed_model.parameters(), lr=1e-2))
+    restore_training_state(complete_checkpoints(tmp_path)[-1], resumed)
+    assert not resumed.opt_g.param_groups[0]["fused"]
+    _same_state(resumed.opt_g, fused)
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.rand(2, 3, 8, 8, generator=gen) for _ in range(4)]
+    resumed.opt_g.zero_grad()
+    resumed_model(batches[3]).square().mean().backward()
+    resumed.opt_g.step()  # the fourth step, by the other implementation: equal to float rounding
+    for a, b in zip(resumed_model.parameters(), continued.param_groups[0]["params"]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_mismatched_weights_name_the_file(tmp_path):

@@ -14,6 +14,7 @@ from fastsr.models import (
     Bicubic,
     Discriminator,
     SRResNet,
+    VGGDiscriminator,
     build_generator,
 )
 from fastsr.ops import imresize
@@ -50,9 +51,9 @@ def test_srresnet_rejects_other_scales():
         SRResNet(scale=3)
 
 
-def _srresnet_param_formula(scale, blocks, c):
+def _srresnet_param_formula(scale, blocks, c, batch_norm=True):
     conv = lambda cin, cout, k: cin * cout * k * k + cout  # weights + bias
-    bn = lambda ch: 2 * ch  # affine weight + bias (running stats are buffers)
+    bn = lambda ch: 2 * ch if batch_norm else 0  # affine weight + bias (running stats are buffers)
     prelu = 1  # one shared slope per PReLU
     head = conv(3, c, 9) + prelu
     block = 2 * conv(c, c, 3) + 2 * bn(c) + prelu
@@ -99,6 +100,44 @@ def test_srresnet_param_count_matches_formula():
     assert _count(model) == _srresnet_param_formula(4, 16, 64) == 1_549_462
     for scale, blocks, c in [(2, 3, 16), (8, 2, 32)]:
         assert _count(SRResNet(scale, blocks, c)) == _srresnet_param_formula(scale, blocks, c)
+
+
+def _batch_norms(model):
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def test_srresnet_without_batch_norm_has_none_and_learns():
+    model = SRResNet(scale=4, res_blocks=16, channels=64, batch_norm=False)
+    assert not _batch_norms(model) and not list(model.buffers())  # nothing in its forward updates a buffer
+    # 1,549,462 with BatchNorm, 33 BatchNorms of 2 x 64 parameters fewer
+    assert _count(model) == _srresnet_param_formula(4, 16, 64, batch_norm=False) == 1_549_462 - 33 * 2 * 64
+    assert all(m.bias is not None for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert len(_batch_norms(SRResNet(scale=4, res_blocks=16, channels=64))) == 2 * 16 + 1  # the paper's default
+    small = SRResNet(scale=4, res_blocks=2, channels=8, batch_norm=False)
+    lr, hr = torch.rand(4, 3, 8, 8), torch.rand(4, 3, 32, 32)
+    optimiser = torch.optim.Adam(small.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(30):
+        loss = F.mse_loss(small(lr), hr)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("make, convs", [(Discriminator, 8), (VGGDiscriminator, 10)], ids=["srgan", "vgg128"])
+def test_discriminators_without_batch_norm(make, convs):
+    paper, plain = make(channels=8), make(channels=8, batch_norm=False)
+    assert len(_batch_norms(paper)) == convs - 1  # all convs but the first, each then without a bias
+    assert not _batch_norms(plain) and not list(plain.buffers())
+    plain_convs = [m for m in plain.modules() if isinstance(m, nn.Conv2d)]
+    assert len(plain_convs) == convs and all(m.bias is not None for m in plain_convs)
+    assert plain.config["batch_norm"] is False and paper.config["batch_norm"] is True
+    x = torch.rand(2, 3, 64, 64)
+    assert plain(x).shape == (2,)
+    plain(x).sum().backward()
+    assert all(p.grad is not None for p in plain.parameters())
 
 
 @pytest.mark.parametrize("size", [(32, 32), (96, 96), (128, 128), (100, 140)])
@@ -155,10 +194,11 @@ def test_bicubic_has_no_parameters_and_is_imresize():
     [
         SRResNet(scale=2, res_blocks=2, channels=16),
         SRResNet(scale=4, res_blocks=1, channels=8, upsample_input="bicubic"),
+        SRResNet(scale=4, res_blocks=1, channels=8, batch_norm=False),
         SRCNN(scale=3, kernels=(9, 1, 5), channels=(16, 8), residual=False),
         Bicubic(scale=8),
     ],
-    ids=["srresnet", "srresnet-bicubic", "srcnn", "bicubic"],
+    ids=["srresnet", "srresnet-bicubic", "srresnet-no-bn", "srcnn", "bicubic"],
 )
 def test_config_round_trip(model):
     config = json.loads(json.dumps(model.config))  # JSON-serialisable, survives a file

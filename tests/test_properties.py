@@ -266,10 +266,12 @@ _VALID_BY_KEY = {
     "model.res_blocks": _positive_int,
     "model.channels": _positive_int,
     "model.upsample_input": st.sampled_from(["none", "bicubic", "bilinear"]),  # a part's key: no hint on Recipe
+    "model.batch_norm": st.booleans(),
     # Another name is another part with other keys (tests/test_registry.py): these properties keep BASE's.
     "model.name": st.just("srresnet"),
     "discriminator.name": st.just("srgan"),
     "discriminator.channels": _positive_int,
+    "discriminator.batch_norm": st.booleans(),
     "plugins": st.sampled_from([[], ["json"], ["json", "math"]]),  # importable modules
     "loss.terms": st.none(),  # the seed's list (explicit lists: tests/test_registry.py)
     "data.hr_crop": st.integers(4, 64).map(lambda k: 8 * k),

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastsr.ops import imresize
+from fastsr.ops import imresize, resize
 
 CASES = json.loads((Path(__file__).parent / "data" / "matlab_imresize.json").read_text())["cases"]
 
@@ -81,6 +81,19 @@ def test_torch_antialias_agrees_in_interior_but_not_at_borders():
     border = (ours - theirs).abs()
     border[..., 2:-2, 2:-2] = 0
     assert border.amax(dim=(-2, -1)).min() > 1e-3
+
+
+def test_weights_cached_during_inference_serve_a_training_forward_later():
+    """Validation (inference mode) may resize a shape first that a training forward resizes later, whose
+    backward saves the cached weights and indices: they must not be inference tensors."""
+    resize._cached_contributions.cache_clear()
+    with torch.inference_mode():
+        imresize(torch.rand(1, 3, 9, 7), scale=4)
+    x = torch.rand(1, 3, 9, 7, requires_grad=True)
+    imresize(x, scale=4).sum().backward()
+    assert x.grad is not None
+    weights, indices = resize._cached_contributions(9, 36, 4.0, True, x.device, x.dtype)
+    assert weights.dtype == torch.float32 and weights.shape[:2] == indices.shape  # cast once, as the device wants
 
 
 def test_keeps_dtype_and_is_contiguous():

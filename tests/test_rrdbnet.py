@@ -144,7 +144,8 @@ def test_vgg128_refuses_below_32():
 def test_vgg128_registered_with_esrgan_layout():
     config = DISCRIMINATORS.config_from({"name": "vgg128", "channels": 16}, "discriminator", "recipe")
     d = DISCRIMINATORS.create(config)
-    assert isinstance(d, VGGDiscriminator) and d.config == {"name": "vgg128", "in_channels": 3, "channels": 16}
+    assert isinstance(d, VGGDiscriminator) and d.config == {"name": "vgg128", "in_channels": 3, "channels": 16,
+                                                         "batch_norm": True}
     assert VGGDiscriminator.min_size == 32
     names = {k.rsplit(".", 1)[0] for k, _ in d.named_parameters()}
     convs = {f"conv{k}_{j}" for k in range(5) for j in range(2)}

@@ -2,18 +2,26 @@
 steps compute what the eager fp32 step computes (same API, same losses within tolerance)."""
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from accelerate import Accelerator
+from accelerate.optimizer import AcceleratedOptimizer
 from safetensors.torch import load_file
+from torch import nn
+from torch.optim import optimizer as torch_optimizer
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastsr.config import RuntimeConfig
 from fastsr.engine.checkpoint import load_generator
-from fastsr.engine.runtime import Precision, Runtime, resolve_runtime
+from fastsr.engine.ema import GeneratorEMA
+from fastsr.engine.runtime import Precision, Runtime, autotune_convolutions, resolve_runtime
+from fastsr.engine.setup import adam
 from fastsr.engine.steps import gan_step, pretrain_step
 from fastsr.engine.trainer import train
+from fastsr.evaluate import evaluate
 from fastsr.losses import build_generator_loss
 from fastsr.models import Discriminator, SRResNet
 from fastsr.recipe import from_dict, load_recipe
@@ -29,6 +37,16 @@ def test_auto_resolves_per_device(monkeypatch):
     assert resolve_runtime(RuntimeConfig(), cuda=True).mixed_precision == "no"
     explicit = RuntimeConfig(compile="max-autotune", mixed_precision="fp16", channels_last="off")
     assert resolve_runtime(explicit, cuda=False) == Runtime("max-autotune", "fp16", False)
+    graphed = resolve_runtime(RuntimeConfig(compile="reduce-overhead"), cuda=True)
+    assert graphed.compile == "reduce-overhead" and graphed.cuda_graphs and explicit.compile
+    assert not resolve_runtime(RuntimeConfig(), cuda=True).cuda_graphs  # `default`: kernels fused, no graphs
+
+
+def test_adam_is_fused_on_cuda_only():
+    params = [nn.Parameter(torch.zeros(3))]
+    assert adam(params, 1e-3, (0.9, 0.99), torch.device("cuda")).param_groups[0]["fused"] is True
+    cpu = adam(params, 1e-3, (0.9, 0.99), torch.device("cpu")).param_groups[0]
+    assert not cpu["fused"] and cpu["foreach"] is None and cpu["betas"] == (0.9, 0.99)  # torch's default
 
 
 def test_yaml_booleans_read_as_the_switch_words():
@@ -91,6 +109,58 @@ def test_fp16_step_scales_its_loss_and_stays_finite():
     assert all(torch.isfinite(p).all() for p in g.parameters())
 
 
+class _HostTraffic(TorchDispatchMode):
+    """Records every copy from the host to another device (on a GPU, a blocking copy: a host sync)."""
+
+    def __init__(self):
+        super().__init__()
+        self.copies = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in (torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default):
+            src = args[1] if func is torch.ops.aten.copy_.default else args[0]
+            if src.device.type == "cpu" and out.device.type != "cpu":
+                self.copies.append((str(func), tuple(src.shape)))
+        return out
+
+
+@pytest.mark.parametrize("mode", ["no", "bf16", "fp16"])
+@pytest.mark.parametrize("gan_kind", ["vanilla", "ragan"])
+def test_the_steps_neither_wait_for_the_device_nor_copy_from_the_host(mode, gan_kind, monkeypatch):
+    """Both steps with the optimisers a GPU run builds (fused Adam inside Accelerate's wrapper, the fp16
+    scaler) and the EMA update, on the meta device: a tensor read back to the host (`.item()`, `bool()`,
+    the scaler's overflow check) fails there, and the copies from the host are recorded. On a GPU each would
+    make the host wait for the device."""
+    monkeypatch.setattr(torch_optimizer, "_get_fused_kernels_supported_devices",
+                        lambda: ["cuda", "cpu", "meta"])  # fused Adam has meta kernels; torch lists the real devices
+    acc = Accelerator(cpu=True)
+    torch.manual_seed(0)
+    g = SRResNet(4, res_blocks=1, channels=8, upsample_input="bicubic")  # imresize inside the forward
+    ema = GeneratorEMA(g, 0.9)
+    g, d = g.to("meta"), Discriminator(channels=8).to("meta")
+    ema.to_device("meta")
+    raw = {"vgg_weights": "random", "terms": [{"name": "pixel"}, {"name": "vgg", "layer": "relu2_2"},
+                                              {"name": "adv", "gan": gan_kind}, {"name": "tv"}]}
+    loss, gan, _ = build_generator_loss(from_dict({"loss": raw}).loss)
+    loss = loss.to("meta")
+    opt_g, opt_d = (AcceleratedOptimizer(adam(m.parameters(), 1e-3, (0.9, 0.99), torch.device("cuda")),
+                                         device_placement=False) for m in (g, d))
+    precision = Precision(mode, "cpu")
+    hr = torch.rand(2, 3, 32, 32, device="meta")
+    batch = (hr, torch.nn.functional.avg_pool2d(hr, 4))
+
+    def steps():
+        pretrain_step(g, batch, opt_g, acc, "mse", precision)
+        gan_step(g, d, batch, opt_g, opt_d, acc, loss, gan, precision)
+        ema.update_parameters(g)
+
+    steps()  # the first steps build what later ones reuse (Adam's state, imresize's weights on the device)
+    with _HostTraffic() as traffic:
+        steps()
+    assert traffic.copies == []
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("phase", ["A", "B"])
 def test_compiled_steps_match_eager(phase):
@@ -111,3 +181,75 @@ def test_compiled_run_saves_weights_an_eager_model_loads(tiny_recipe):
     checkpoint = next((run / "checkpoints").iterdir())
     assert not any("_orig_mod" in k for k in load_file(checkpoint / "generator.safetensors"))
     copy.deepcopy(model)(torch.rand(1, 3, 9, 11))  # an odd size, eager: no compile involved
+
+
+def test_ema_is_torchs_average_bit_for_bit():
+    torch.manual_seed(0)
+    model = SRResNet(4, res_blocks=1, channels=8)
+    ours = GeneratorEMA(model, 0.9)
+    theirs = torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9), use_buffers=True)
+    for _ in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        model(torch.rand(2, 3, 8, 8))  # train mode: BatchNorm's statistics move too
+        ours.update_parameters(model)
+        theirs.update_parameters(model)
+    assert int(ours.n_averaged) == int(theirs.n_averaged) == 3
+    for (name, a), b in zip(ours.module.state_dict().items(), theirs.module.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_evaluation_runs_without_cudnn_autotuning(monkeypatch):
+    """Training turns cuDNN's autotuning on for its fixed shapes; evaluation's images of many sizes run with it
+    off, and leave it as they found it."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    autotune_convolutions()
+    assert torch.backends.cudnn.benchmark
+    seen = []
+
+    class Probe(nn.Module):
+        def forward(self, lr):
+            seen.append(torch.backends.cudnn.benchmark)
+            return torch.nn.functional.interpolate(lr, scale_factor=4)
+
+    pairs = [("a", torch.rand(1, 3, 40, 44), torch.rand(1, 3, 10, 11)), ("b", torch.rand(1, 3, 48, 36),
+                                                                          torch.rand(1, 3, 12, 9))]
+    evaluate({"probe": Probe()}, pairs, 4, "cpu")
+    assert seen == [False, False] and torch.backends.cudnn.benchmark
+
+
+def test_a_tiny_run_without_batch_norm_trains_both_phases(tiny_recipe):
+    run = train(tiny_recipe(model={"batch_norm": False}, discriminator={"batch_norm": False}))
+    assert json.loads((run / "generator.json").read_text())["batch_norm"] is False
+    model = load_generator(run / "generator.safetensors")
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    lines = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    finetune = [r for r in lines if r["kind"] == "train" and r["phase"] == "finetune"]
+    assert finetune and all(torch.isfinite(torch.tensor(r["loss_g"])) for r in finetune)
+
+
+@pytest.mark.slow
+def test_a_cuda_graph_run_without_batch_norm_matches_eager(tiny_recipe, monkeypatch):
+    """compile=reduce-overhead (CUDA graphs on a GPU; on this CPU torch compiles without them) with the
+    BatchNorm-free parts: the run trains both phases as the eager run does, each step begun as a new
+    iteration of the graphs, and says it has no graphs here."""
+    begun = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: begun.append(1))
+    sections = {"model": {"batch_norm": False}, "discriminator": {"batch_norm": False}}
+    eager = train(tiny_recipe(name="eager", runtime={"compile": "off"}, **sections))
+    assert not begun
+    graphed = train(tiny_recipe(name="graphed", runtime={"compile": "reduce-overhead"}, **sections))
+    logs = {run: [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+            for run in (eager, graphed)}
+    assert next(r for r in logs[graphed] if r["kind"] == "run")["compile"] == "reduce-overhead"
+    steps = [r for r in logs[graphed] if r["kind"] == "train"]
+    assert len(begun) == steps[-1]["step"] == 6  # 3 steps of each phase
+    assert any("CUDA graphs need a GPU" in r.get("message", "") for r in logs[graphed] if r["kind"] == "note")
+    for a, b in zip(steps, [r for r in logs[eager] if r["kind"] == "train"]):
+        for key in (k for k in a if k.startswith("loss_")):
+            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-4), (a["step"], key)
+    weights = {run: load_file(run / "generator.safetensors") for run in (eager, graphed)}
+    for k, v in weights[eager].items():
+        torch.testing.assert_close(weights[graphed][k], v, rtol=1e-3, atol=1e-4)

@@ -187,7 +187,7 @@ class Trainables:
     opt_g: torch.optim.Optimizer
     discriminator: nn.Module | None = None
     opt_d: torch.optim.Optimizer | None = None
-    ema: nn.Module | None = None  # torch.optim.swa_utils.AveragedModel of the generator
+    ema: nn.Module | None = None  # fastsr.engine.ema.GeneratorEMA (torch's AveragedModel) of the generator
 
 
 def write_training_checkpoint(run_dir: Path, position: Position, parts: Trainables, keep: int) -> Path:
@@ -213,15 +213,30 @@ def restore_training_state(checkpoint: Path, parts: Trainables) -> Position:
     if state["generator"] != g.config:
         raise WeightsError(f"{checkpoint}: was trained with {state['generator']}, the recipe builds {g.config}")
     load_weights(g, checkpoint / "generator.safetensors")
-    parts.opt_g.load_state_dict(state["opt_g"])
+    load_optimizer_state(parts.opt_g, state["opt_g"])
     if parts.discriminator is not None and "opt_d" in state:
         load_weights(parts.discriminator, checkpoint / "discriminator.safetensors")
-        parts.opt_d.load_state_dict(state["opt_d"])
+        load_optimizer_state(parts.opt_d, state["opt_d"])
     if parts.ema is not None and "ema_n_averaged" in state:
         load_weights(parts.ema.module, checkpoint / "ema.safetensors")
         parts.ema.n_averaged.fill_(state["ema_n_averaged"])
     torch.set_rng_state(state["torch_rng"])
     return Position(**state["position"])
+
+
+# How an optimizer computes, not what it has learnt: chosen for the device of the run that resumes.
+_IMPLEMENTATION = ("fused", "foreach", "capturable", "differentiable")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """Load a saved optimizer state, keeping `optimizer`'s implementation. torch's `load_state_dict` would
+    take the saved groups' `fused` / `foreach` flags too: a run resumed on a CPU from a GPU checkpoint would
+    keep fused Adam, one resumed on a GPU from a CPU checkpoint would lose it (and read Adam's step counts
+    back from the device every step). With the resuming optimizer's flags, its step counts are also placed
+    as it places them (on the device for fused Adam)."""
+    groups = [{**group, **{k: own[k] for k in _IMPLEMENTATION if k in own}}
+              for group, own in zip(saved["param_groups"], optimizer.param_groups)]
+    optimizer.load_state_dict({**saved, "param_groups": groups})
 
 
 def load_state(checkpoint: Path) -> dict:

@@ -52,13 +52,22 @@ def build_phases(run: Run) -> list[Phase]:
         pixel = run.recipe.loss.pixel
         phases.append(Phase(
             "pretrain", t.epochs_pretrain, t.lr * factor, t.lr_milestones, [parts.opt_g], [parts.generator],
-            lambda batch, apply: steps.pretrain_step(run.g_train, batch, parts.opt_g, acc, pixel, run.precision,
-                                                     apply)))
+            _each_step(run, lambda batch, apply: steps.pretrain_step(run.g_train, batch, parts.opt_g, acc, pixel,
+                                                                     run.precision, apply))))
     if t.epochs_finetune:
         phases.append(Phase(
             "finetune", t.epochs_finetune, (t.lr_finetune or t.lr) * factor,
             t.lr_milestones if t.lr_milestones_finetune is None else t.lr_milestones_finetune, [parts.opt_g, parts.opt_d],
             [parts.generator, parts.discriminator],
-            lambda batch, apply: steps.gan_step(run.g_train, run.d_train, batch, parts.opt_g, parts.opt_d, acc,
-                                                run.loss_train, run.gan, run.precision, apply)))
+            _each_step(run, lambda batch, apply: steps.gan_step(run.g_train, run.d_train, batch, parts.opt_g,
+                                                                parts.opt_d, acc, run.loss_train, run.gan,
+                                                                run.precision, apply))))
     return phases
+
+
+def _each_step(run: Run, step: Callable) -> Callable:
+    """`step` with the runtime's start of a step before it (a new iteration of the CUDA graphs)."""
+    def begun(batch, apply) -> Losses:
+        run.runtime.begin_step()
+        return step(batch, apply)
+    return begun

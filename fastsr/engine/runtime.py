@@ -3,13 +3,17 @@
 - compile: `torch.compile` of the training copies of G, D and the VGG loss, before Accelerate
   wraps them (compiling the bare module avoids DDP graph breaks). Evaluation and checkpoints use the
   eager module, which shares the parameters: full-size images of varying shapes never recompile, and
-  saved weights have no `_orig_mod.` prefix.
+  saved weights have no `_orig_mod.` prefix. `reduce-overhead` (and `max-autotune`) also capture each
+  compiled forward and backward in a CUDA graph, replayed with one launch (on a GPU; on a CPU they only
+  compile): each step then begins with `begin_step`, and a step keeps none of a graph's outputs past its
+  end (steps.py). What CUDA graphs need of a run is in the README (*Speed switches*).
 - mixed_precision: `torch.autocast` around the forwards of a step (losses are computed in fp32);
   fp16 also scales the losses (`GradScaler`); bf16 needs no scaler. The steps take a `Precision`
   whatever the mode, so switching it changes no API.
 - channels_last: the models' weights and the batches in NHWC layout (cuDNN's and oneDNN's
   preferred layout for convolutions).
 `auto` picks per device from measurements (benchmarks/RESULTS.md, `benchmarks/train_throughput.py`).
+On a GPU the run also allows TF32 (`allow_tf32`) and cuDNN's autotuning (`autotune_convolutions`).
 """
 
 from __future__ import annotations
@@ -17,9 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from accelerate.optimizer import AcceleratedOptimizer
 from torch import nn
 
 from fastsr.config import RuntimeConfig
+
+# torch.compile's modes that capture CUDA graphs (torch._inductor.list_mode_options: `triton.cudagraphs`)
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 _DTYPES = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -41,6 +49,12 @@ class Precision:
 
     def step(self, optimizer) -> None:
         """optimizer.step(), skipped by the fp16 scaler when the gradients overflowed."""
+        if self.scaler.is_enabled() and isinstance(optimizer, AcceleratedOptimizer):
+            # The scaler hands its scale and overflow flag to an optimizer that takes them (fused Adam, on
+            # a GPU), which then skips on the device; Accelerate's wrapper hides that ability, and the scaler
+            # would read the flag back instead (a host sync per step). The wrapper's own step only gates
+            # gradient accumulation, which fastsr does not use.
+            optimizer = optimizer.optimizer
         self.scaler.step(optimizer)
 
     def update(self) -> None:
@@ -50,7 +64,7 @@ class Precision:
 
 @dataclass(frozen=True)
 class Runtime:
-    compile: str  # off | default | max-autotune
+    compile: str  # off | default | reduce-overhead | max-autotune
     mixed_precision: str  # no | bf16 | fp16
     channels_last: bool
 
@@ -64,6 +78,17 @@ class Runtime:
         if self.compile == "off":
             return module
         return torch.compile(module, mode=None if self.compile == "default" else self.compile)
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether the compiled copies capture CUDA graphs (on a GPU)."""
+        return self.compile in CUDA_GRAPH_MODES
+
+    def begin_step(self) -> None:
+        """Before each training step. With CUDA graphs, torch is told that a new iteration begins, so each
+        graph's replay may reuse the memory of its outputs of the step before (which that step dropped)."""
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
 
     def batch(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tuple(t.contiguous(memory_format=self.memory_format) for t in tensors)
@@ -90,3 +115,10 @@ def allow_tf32() -> None:
     what the fp32 parts of a mixed-precision step can afford, several times faster on A100/H100."""
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
+
+
+def autotune_convolutions() -> None:
+    """cuDNN times its algorithms for each new convolution shape and keeps the fastest: training's shapes
+    are fixed (one crop size, full batches only), so it pays once per shape. Evaluation's whole images
+    of varying sizes turn it off while they run (`fastsr.evaluate`)."""
+    torch.backends.cudnn.benchmark = True

@@ -15,7 +15,6 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from rich.console import Console
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from fastsr.config import RecipeError
 from fastsr.data import (
@@ -37,8 +36,9 @@ from fastsr.engine.checkpoint import (
     resolve_resume,
     restore_training_state,
 )
+from fastsr.engine.ema import GeneratorEMA
 from fastsr.engine.runlog import RunLog
-from fastsr.engine.runtime import Precision, Runtime, allow_tf32, resolve_runtime
+from fastsr.engine.runtime import Precision, Runtime, allow_tf32, autotune_convolutions, resolve_runtime
 from fastsr.evaluate import Metric, build_metrics
 from fastsr.losses import GAN, GeneratorLoss, build_generator_loss
 from fastsr.models import DISCRIMINATORS, GENERATORS
@@ -89,6 +89,7 @@ def set_up(recipe: Recipe, console: Console) -> Run:
     accelerator = Accelerator(cpu=not cuda, log_with=recipe.train.log_with or None, project_dir=str(recipe.run_dir))
     if cuda:
         allow_tf32()
+        autotune_convolutions()
     precision = Precision(runtime.mixed_precision, accelerator.device.type)
     t = recipe.train
     torch.manual_seed(t.seed)
@@ -110,16 +111,18 @@ def set_up(recipe: Recipe, console: Console) -> Run:
     gan_phase = t.epochs_finetune > 0
     d = DISCRIMINATORS.create(recipe.discriminator) if gan_phase else None
     loss, gan, loss_notes = build_generator_loss(recipe.loss) if gan_phase else (None, None, [])
-    betas = tuple(t.betas)
+    betas, device = tuple(t.betas), accelerator.device
     parts = Trainables(
         generator=g,
-        opt_g=torch.optim.Adam(g.parameters(), lr=t.lr, betas=betas),
+        opt_g=adam(g.parameters(), t.lr, betas, device),
         discriminator=d,
-        opt_d=torch.optim.Adam(d.parameters(), lr=t.lr_finetune or t.lr, betas=betas) if gan_phase else None,
-        ema=AveragedModel(g, multi_avg_fn=get_ema_multi_avg_fn(t.ema), use_buffers=True) if t.ema else None)
+        opt_d=adam(d.parameters(), t.lr_finetune or t.lr, betas, device) if gan_phase else None,
+        ema=GeneratorEMA(g, t.ema) if t.ema else None)
     checkpoint = resolve_resume(t.resume, recipe.run_dir)
     position = restore_training_state(checkpoint, parts) if checkpoint is not None else Position()
-    notes = [*notes, *([loader_note] if loader_note else []), *loss_notes]
+    graphs_note = (f"runtime.compile={runtime.compile}: CUDA graphs need a GPU; on this CPU the models are compiled "
+                   "without them") if runtime.cuda_graphs and not cuda else None
+    notes = [*notes, *([loader_note] if loader_note else []), *loss_notes, *([graphs_note] if graphs_note else [])]
     val_metrics = build_metrics(t.val_metrics, recipe.scale, accelerator.device, t.metric_weight_files())
     return Run(recipe, console, accelerator, runtime, precision, loader, val_sets, val_metrics, parts, loss, gan, position,
                checkpoint, notes)
@@ -158,9 +161,17 @@ def prepare_for_training(run: Run) -> None:
     if parts.discriminator is not None:
         run.d_train, parts.opt_d = acc.prepare(runtime.for_training(parts.discriminator), parts.opt_d)
     if parts.ema is not None:
-        parts.ema.to(acc.device)
+        parts.ema.to_device(acc.device)
     if run.loss is not None:
         run.loss_train = run.loss.to(acc.device).prepare(runtime.for_training)
+
+
+def adam(params, lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.Adam:
+    """Adam for a model that trains on `device`: fused on CUDA (a few kernel launches update all the
+    parameters, where the default foreach path launches a dozen per group; under the fp16 scaler it skips an
+    overflowed step on the device, without reading the flag back), torch's default elsewhere (which keeps a
+    CPU run's resume bitwise). A checkpoint of either loads into the other (`checkpoint.load_optimizer_state`)."""
+    return torch.optim.Adam(params, lr=lr, betas=betas, fused=True if device.type == "cuda" else None)
 
 
 def check_init_from(path: str, config: dict) -> None:

@@ -5,7 +5,13 @@ the discriminator with the GAN kind's objective on real and detached fake images
 the recipe's weighted terms (`fastsr.losses.GeneratorLoss`, where each weight is applied once) with D
 frozen, so G's update leaves D's gradients alone. Forwards run under the precision's autocast; losses are
 computed in fp32. `apply(loss)` is asked after each backward whether to apply the update (the loss guard
-drops a non-finite step's update when train.nonfinite=skip); nothing here reads a value back to the host.
+drops a non-finite step's update when train.nonfinite=skip).
+
+Lean on a GPU: nothing here reads a value back to the host or copies one from it (tests/test_runtime.py
+runs the steps on the meta device, where either would fail). Gradients are dropped at the start of a step
+(`set_to_none`), so the last step's are not alive during this step's forward. The losses a step returns
+(kept on the device until the log reads them) are copies, never a compiled module's output itself: a CUDA
+graph overwrites its outputs when it replays at the next step.
 """
 
 from __future__ import annotations
@@ -25,10 +31,10 @@ def _always(loss: torch.Tensor) -> bool:
 def pretrain_step(g, batch, opt_g, accelerator, pixel: str, precision: Precision = FP32,
                   apply=_always) -> dict[str, torch.Tensor]:
     hr, lr = batch
+    opt_g.zero_grad(set_to_none=True)
     with precision.autocast():
         sr = g(lr)
-    loss = pixel_loss(sr.float(), hr, pixel)
-    opt_g.zero_grad(set_to_none=True)
+    loss = pixel_loss(sr.float(), hr, pixel)  # computed here, outside the compiled generator: not a graph's output
     precision.backward(accelerator, loss)
     if apply(loss):
         precision.step(opt_g)
@@ -39,6 +45,8 @@ def pretrain_step(g, batch, opt_g, accelerator, pixel: str, precision: Precision
 def gan_step(g, d, batch, opt_g, opt_d, accelerator, loss: GeneratorLoss, gan: GAN,
              precision: Precision = FP32, apply=_always) -> dict[str, torch.Tensor]:
     hr, lr = batch
+    opt_d.zero_grad(set_to_none=True)
+    opt_g.zero_grad(set_to_none=True)
     with precision.autocast():
         sr = g(lr)  # the one generator forward of this iteration, used by both updates
 
@@ -48,7 +56,6 @@ def gan_step(g, d, batch, opt_g, opt_d, accelerator, loss: GeneratorLoss, gan: G
 
     # Discriminator: the GAN kind runs its forwards, each with its own backward.
     d.requires_grad_(True)
-    opt_d.zero_grad(set_to_none=True)
     loss_d = gan.discriminator_loss(critic, hr, sr.detach(), lambda part: precision.backward(accelerator, part))
     stepped = apply(loss_d)
     if stepped:
@@ -56,13 +63,13 @@ def gan_step(g, d, batch, opt_g, opt_d, accelerator, loss: GeneratorLoss, gan: G
 
     # Generator, with D frozen.
     d.requires_grad_(False)
-    loss_g, out = loss(sr, hr, critic, precision.autocast)
-    opt_g.zero_grad(set_to_none=True)
+    loss_g, values = loss(sr, hr, critic, precision.autocast)
     precision.backward(accelerator, loss_g)
     if stepped and apply(loss_g):  # a dropped D update drops the G update too: one step, kept or not
         precision.step(opt_g)
     if stepped:
         precision.update()
-    out["g"] = loss_g.detach()
-    out["d"] = loss_d.detach()
-    return out
+    # A term's value (and with one term, the total) can be a compiled loss network's output: copied, all in
+    # one kernel, into a tensor of the step's own.
+    out = {**values, "g": loss_g.detach(), "d": loss_d.detach()}
+    return dict(zip(out, torch.stack(list(out.values())).unbind()))

@@ -18,6 +18,9 @@ _CONVS = ((1, 1), (1, 2), (2, 1), (2, 2), (4, 1), (4, 2), (8, 1), (8, 2))
 @dataclass
 class DiscriminatorConfig(PartConfig):
     channels: int = 64  # the first convs' channels; doubled at every other conv up to 8x
+    # BatchNorm after all convs but the first, as the paper (true); false drops it (each conv then has a
+    # bias): nothing in D's forward updates a buffer, for CUDA graphs and DDP (no buffers to broadcast).
+    batch_norm: bool = True
 
     def check(self) -> None:
         positive(self, "channels")
@@ -42,19 +45,21 @@ class Discriminator(nn.Module):
     work too. The logits are raw (no sigmoid): the adversarial loss terms (`fastsr.losses.adversarial`)
     use them with BCE-with-logits, which is numerically stable. The input is mapped to [-1, 1]
     internally so the first conv (the one without BatchNorm) sees zero-centred data.
-    Convolutions followed by BatchNorm carry no bias (BN's shift makes it redundant).
+    Convolutions followed by BatchNorm carry no bias (BN's shift makes it redundant);
+    ``batch_norm=False`` drops the BatchNorm layers and gives every conv a bias.
     """
 
     min_size = 32  # the smallest input side: 2x2 after the four stride-2 convs
 
-    def __init__(self, in_channels: int = 3, channels: int = 64) -> None:
+    def __init__(self, in_channels: int = 3, channels: int = 64, batch_norm: bool = True) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         prev = in_channels
         for i, (mult, stride) in enumerate(_CONVS):
             out = channels * mult
-            layers.append(nn.Conv2d(prev, out, 3, stride=stride, padding=1, bias=i == 0))
-            if i > 0:
+            normed = batch_norm and i > 0
+            layers.append(nn.Conv2d(prev, out, 3, stride=stride, padding=1, bias=not normed))
+            if normed:
                 layers.append(nn.BatchNorm2d(out))
             layers.append(nn.LeakyReLU(0.2, inplace=True))
             prev = out

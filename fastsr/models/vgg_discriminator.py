@@ -20,6 +20,9 @@ _STAGES = (1, 2, 4, 8, 8)
 @dataclass
 class VGGDiscriminatorConfig(PartConfig):
     channels: int = 64  # the first stage's channels; 2x, 4x, 8x, 8x in the later stages
+    # BatchNorm after every conv but conv0_0, as ESRGAN (true); false drops it (each conv then has a bias):
+    # nothing in D's forward updates a buffer, for CUDA graphs and DDP (no buffers to broadcast).
+    batch_norm: bool = True
 
     def check(self) -> None:
         positive(self, "channels")
@@ -39,23 +42,24 @@ class VGGDiscriminator(nn.Module):
     ESRGAN's network; other crops of at least 32 px a side (1x1 after the five stride-2 convs) work too.
     As in `fastsr.models.discriminator`, the input is mapped to [-1, 1] internally so the first conv
     (the one without BatchNorm) sees zero-centred data, and the logits are raw (no sigmoid).
-    Convolutions followed by BatchNorm carry no bias (BN's shift makes it redundant).
+    Convolutions followed by BatchNorm carry no bias (BN's shift makes it redundant);
+    ``batch_norm=False`` drops the BatchNorm layers and gives every conv a bias.
     """
 
     min_size = 32  # the smallest input side: 1x1 after the five stride-2 convs
 
-    def __init__(self, in_channels: int = 3, channels: int = 64) -> None:
+    def __init__(self, in_channels: int = 3, channels: int = 64, batch_norm: bool = True) -> None:
         super().__init__()
         prev = in_channels
         self._layers: list[tuple[str, str | None]] = []  # (conv name, its BN's name or None)
         for k, mult in enumerate(_STAGES):
             out = channels * mult
             for j, (size, stride) in enumerate(((3, 1), (4, 2))):
-                first = k == 0 and j == 0
-                self.add_module(f"conv{k}_{j}", nn.Conv2d(prev, out, size, stride, 1, bias=first))
-                if not first:
+                normed = batch_norm and not (k == 0 and j == 0)
+                self.add_module(f"conv{k}_{j}", nn.Conv2d(prev, out, size, stride, 1, bias=not normed))
+                if normed:
                     self.add_module(f"bn{k}_{j}", nn.BatchNorm2d(out))
-                self._layers.append((f"conv{k}_{j}", None if first else f"bn{k}_{j}"))
+                self._layers.append((f"conv{k}_{j}", f"bn{k}_{j}" if normed else None))
                 prev = out
         self.pool = nn.AdaptiveAvgPool2d(4)
         self.linear1 = nn.Linear(prev * 4 * 4, 100)

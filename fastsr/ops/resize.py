@@ -13,7 +13,7 @@ LR images with MATLAB ``imresize(hr, 1/scale, 'bicubic')``. None of the usual li
 This module follows MATLAB's ``contributions()`` literally (weights and indices computed in float64,
 symmetric border handling, dimension with the smaller scale resized first), and matches real MATLAB
 output to ~1e-12 in float64. It is differentiable and runs on any device: the weights are computed
-once on the CPU, cached, and applied as a short sum over kernel taps of gathered rows/columns, which
+once on the CPU, cached on the device, and applied as a short sum over kernel taps of gathered rows/columns, which
 needs only a few output-sized temporaries even for 2K images. Traced (``torch.export``, the ONNX
 export), the weights are computed inside the graph from the input's size, so an exported model takes
 any size and gives the same numbers.
@@ -73,38 +73,41 @@ def _cubic(x: torch.Tensor) -> torch.Tensor:
 
 
 def _contributions(
-    in_len: int, out_len: int, scale: float, antialias: bool
+    in_len: int, out_len: int, scale: float, antialias: bool, device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-output-pixel weights and 0-based input indices along one dimension (MATLAB's algorithm).
 
-    Returns ``(weights, indices)``, both shaped ``(out_len, taps)``; weights are float64, rows sum to
-    1, and indices already include the symmetric border reflection. Eager calls are cached, because a
-    training set resizes the same few shapes over and over. A traced call (``torch.export``, the ONNX
-    export, ``torch.compile``) may see symbolic sizes: it computes the same weights inside the graph,
-    from the input's size, so one exported graph takes any size.
+    Returns ``(weights, indices)`` on ``device``, shaped ``(out_len, taps, 1)`` in ``dtype`` (computed in
+    float64, rows summing to 1) and ``(out_len, taps)``; the indices already include the symmetric border
+    reflection. Eager calls are cached per device and dtype, because a training set resizes the same few
+    shapes over and over, and a copy from the host at every call would wait for the device each time. A
+    traced call (``torch.export``, the ONNX export, ``torch.compile``) may see symbolic sizes: it computes
+    the same weights inside the graph, on ``device``, from the input's size, so one exported graph takes any
+    size and a compiled one holds no host tensors (which CUDA graphs refuse).
     """
     if torch.compiler.is_compiling():
-        return _weights_and_indices(in_len, out_len, scale, antialias, traced=True)
-    return _cached_contributions(in_len, out_len, scale, antialias)
+        weights, indices = _weights_and_indices(in_len, out_len, scale, antialias, traced=True, device=device)
+        return weights.to(dtype).unsqueeze(-1), indices
+    return _cached_contributions(in_len, out_len, scale, antialias, device, dtype)
 
 
 def _weights_and_indices(
-    in_len: int, out_len: int, scale: float, antialias: bool, traced: bool
+    in_len: int, out_len: int, scale: float, antialias: bool, traced: bool, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     widen = antialias and scale < 1  # shrinking: stretch the kernel to low-pass filter as well
     width = _CUBIC_WIDTH / scale if widen else _CUBIC_WIDTH
-    x = torch.arange(1, out_len + 1, dtype=torch.float64)
+    x = torch.arange(1, out_len + 1, dtype=torch.float64, device=device)
     u = x / scale + 0.5 * (1 - 1 / scale)  # 1-based input coordinate of each output pixel centre
     left = torch.floor(u - width / 2)
     taps = math.ceil(width) + 2
-    indices = left[:, None] + torch.arange(taps, dtype=torch.float64)
+    indices = left[:, None] + torch.arange(taps, dtype=torch.float64, device=device)
     distance = u[:, None] - indices
     weights = scale * _cubic(scale * distance) if widen else _cubic(distance)
     weights = weights / weights.sum(dim=1, keepdim=True)
     # Symmetric padding: positions 1..n, then n..1 (the edge pixel repeated), periodically.
-    mirror = torch.cat([torch.arange(in_len), torch.arange(in_len - 1, -1, -1)])
+    mirror = torch.cat([torch.arange(in_len, device=device), torch.arange(in_len - 1, -1, -1, device=device)])
     # the period as a tensor: the ONNX exporter cannot take a symbolic size as remainder's Python divisor
-    indices = mirror[torch.remainder(indices.long() - 1, torch.tensor(2) * in_len)]
+    indices = mirror[torch.remainder(indices.long() - 1, torch.tensor(2, device=device) * in_len)]
     if not traced:  # MATLAB drops the taps whose weight is 0 for every output pixel
         used = weights.ne(0).any(dim=0)
         return weights[:, used].contiguous(), indices[:, used].contiguous()
@@ -117,16 +120,20 @@ def _weights_and_indices(
 
 @functools.lru_cache(maxsize=128)
 def _cached_contributions(
-    in_len: int, out_len: int, scale: float, antialias: bool
+    in_len: int, out_len: int, scale: float, antialias: bool, device: torch.device, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return _weights_and_indices(in_len, out_len, scale, antialias, traced=False)
+    # Computed on the host (the taps kept depend on the weights' values), copied to the device once. Never
+    # as inference tensors, whatever the first caller ran under (validation runs in inference mode): the
+    # training forward that reuses them saves them for its backward.
+    with torch.inference_mode(False):
+        weights, indices = _weights_and_indices(in_len, out_len, scale, antialias, traced=False,
+                                                device=torch.device("cpu"))
+        return weights.to(device=device, dtype=dtype).unsqueeze(-1), indices.to(device)
 
 
 def _resize_rows(x: torch.Tensor, out_len: int, scale: float, antialias: bool) -> torch.Tensor:
     """Resize ``x`` along dim -2 as a weighted sum of gathered rows, one ``addcmul`` per kernel tap."""
-    weights, indices = _contributions(x.shape[-2], out_len, scale, antialias)
-    weights = weights.to(device=x.device, dtype=x.dtype).unsqueeze(-1)  # (out_len, taps, 1)
-    indices = indices.to(device=x.device)
+    weights, indices = _contributions(x.shape[-2], out_len, scale, antialias, x.device, x.dtype)
     out = weights[:, 0] * x.index_select(-2, indices[:, 0])
     for p in range(1, indices.shape[1]):
         out.addcmul_(weights[:, p], x.index_select(-2, indices[:, p]))
