@@ -57,9 +57,10 @@ def shrink_kernel(scale: int) -> tuple[torch.Tensor, list[int]]:
     if isinstance(scale, bool) or not isinstance(scale, Integral) or scale < 1:
         raise ValueError(f"shrink_kernel: `scale` must be a positive integer, got {scale!r}.")
     out_len = 4 * int(_CUBIC_WIDTH) + 1  # its middle pixel is 2 * 4 * scale input pixels from each end
-    weights, indices = _cached_contributions(scale * out_len, out_len, 1 / scale, True)
+    weights, indices = _cached_contributions(scale * out_len, out_len, 1 / scale, True, torch.device("cpu"),
+                                             torch.float64)
     middle = out_len // 2
-    return weights[middle].clone(), [int(i) - scale * middle for i in indices[middle]]
+    return weights[middle, :, 0].clone(), [int(i) - scale * middle for i in indices[middle]]
 
 
 def _cubic(x: torch.Tensor) -> torch.Tensor:
