@@ -13,7 +13,7 @@ Each configuration times one epoch three ways, each the best of a few repeats (s
 - loop, replayed batches: `Loop.run_phases()` drawing those same batches from a list (the loop's own
   overhead);
 - loop, torch loader: `Loop.run_phases()` as a run does it (the loop's and the loader's).
-Overhead per step = (loop - step) / steps.
+Overhead per step = (loop - step) / steps. Torch runs on one thread here (see `measure_all`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 from rich.console import Console
 
@@ -80,7 +81,7 @@ def _folder(root: Path) -> Path:
     return root
 
 
-def measure(setting: str, train: dict, steps: int = 1000, batch: int = 2, repeats: int = 3) -> Overhead:
+def measure(setting: str, train: dict, steps: int = 1000, batch: int = 2, repeats: int = 5) -> Overhead:
     work = Path(tempfile.mkdtemp(prefix="fastsr_loop_overhead_"))
     recipe = from_dict({
         "name": "overhead", "out_dir": str(work / "runs"), "scale": 4,
@@ -125,8 +126,15 @@ SETTINGS = {"log_every 1000": {"log_every": 1000}, "log_every 10 (the default)":
             "log_every 10, ema 0.999": {"log_every": 10, "ema": 0.999}}
 
 
-def measure_all(steps: int = 1000, repeats: int = 3) -> list[Overhead]:
-    return [measure(name, train, steps, repeats=repeats) for name, train in SETTINGS.items()]
+def measure_all(steps: int = 1000, repeats: int = 5) -> list[Overhead]:
+    """Every setting, on one thread: the tiny step's kernels then never wait for a second core that
+    another job holds (the loop's own work is single-threaded Python either way)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return [measure(name, train, steps, repeats=repeats) for name, train in SETTINGS.items()]
+    finally:
+        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":
