@@ -1,7 +1,7 @@
 """The SEED SCRIPT's training step, as the one-file seed script wrote it: NOT fastsr code.
 
-The baseline row of `benchmarks/train_throughput.py` (and the peer in /work/shared/FACTS.md, "Peers, as
-they really are"). Its networks are the seed's (SRResNet-16 and the SRGAN discriminator, built by the
+The baseline row of `benchmarks/train_throughput.py`, written from the seed script's step as it was
+measured beside fastsr. Its networks are the seed's (SRResNet-16 and the SRGAN discriminator, built by the
 benchmark from fastsr's classes, the same architectures); its pieces below are the seed's own, kept
 here so that nothing in fastsr carries them:
 - `SeedDiscriminator`: the discriminator with a Sigmoid at the end of its forward, trained with

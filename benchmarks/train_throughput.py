@@ -23,7 +23,7 @@ per multiply-add: the seed's second generator forward and D's weight gradients i
 elementwise work such as BatchNorm, activations and the optimizer is not counted). Architectures and
 steps differ, so compare TFLOP/s as well as img/s. TFLOP/s = counted FLOPs x steps / time; MFU =
 TFLOP/s / the device's peak measured here (`peak_tflops`: the faster of a large matrix product and a
-64-channel convolution) in the step's compute dtype (fp32, or bf16 under autocast).
+256-channel convolution) in the step's compute dtype (fp32, or bf16 under autocast).
 
 Then the training loop's host overhead per step (benchmarks/loop_overhead.py: `Loop.run_phases` against
 the bare step function, a trivial model on tiny crops); `--overhead-only` measures just that.
@@ -130,16 +130,16 @@ def sync(device):
 
 def peak_tflops(device: torch.device, dtype: torch.dtype) -> float:
     """The device's measured best in `dtype`: the faster of a large matrix product (TF32 allowed for fp32 on
-    a GPU) and a 3x3 convolution of 64 channels at 96x96, batch 16, channels_last, the steps' own kind of
-    work, each the best of a few runs. (The convolution counts because BLAS is not always the fastest
-    kernel: on the AMD EPYC development VM oneDNN's NHWC convolution ran at 0.56 TFLOP/s fp32 and the
-    matrix product at 0.23, which had made the steps' MFU come out above 100%.)"""
+    a GPU) and a 3x3 convolution of 256 channels at 48x48, batch 16, channels_last (the steps' own kind of
+    work: VGG19's middle layers), each the best of a few runs. The convolution counts because BLAS is not
+    always the fastest kernel: on the AMD EPYC development VM oneDNN's NHWC convolutions ran at up to 0.55
+    TFLOP/s fp32 and the matrix product at 0.23, which had made the steps' MFU come out above 100%."""
     n = 8192 if device.type == "cuda" else 2048
     a, b = torch.rand(n, n, device=device, dtype=dtype), torch.rand(n, n, device=device, dtype=dtype)
-    x = torch.rand(16, 64, 96, 96, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
-    w = torch.rand(64, 64, 3, 3, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
-    reps = 10 if device.type == "cuda" else 3
-    kernels = ((lambda: a @ b, 2 * n**3), (lambda: F.conv2d(x, w, padding=1), 2 * 16 * 64 * 64 * 9 * 96 * 96))
+    x = torch.rand(16, 256, 48, 48, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.rand(256, 256, 3, 3, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    reps = 10 if device.type == "cuda" else 5
+    kernels = ((lambda: a @ b, 2 * n**3), (lambda: F.conv2d(x, w, padding=1), 2 * 16 * 256 * 256 * 9 * 48 * 48))
     best = 0.0
     for kernel, flops in kernels:
         kernel()
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     ours = next(r for r in rows if r[0] == "B" and r[1] == "fastsr auto" and r[2] == crops[0]
                 and r[3] == batch_sizes[-1] and r[4] == "synthetic")
     command = "python benchmarks/train_throughput.py" + (" --quick" if args.quick else "")
-    details = (f"Measured peak (the faster of a large matmul and a 64-channel NHWC conv): "
+    details = (f"Measured peak (the faster of a large matmul and a 256-channel NHWC conv): "
                f"{peaks[torch.float32]:.2f} TFLOP/s fp32{' (TF32)' if cuda else ''}, "
                f"{peaks[torch.bfloat16]:.2f} TFLOP/s bf16. {steps} timed steps per row after {warmup} warm-up.")
     body = (f"{table}\n\nSettings:\n{legend}\n\nData: synthetic = one random batch already on the device, reused; "

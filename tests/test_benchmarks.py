@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from fastsr.models import Discriminator, SRResNet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import seed_step  # noqa: E402
-from seed_step import SeedStep, SeedTVLoss  # noqa: E402
+import seed_step
+from seed_step import SeedStep, SeedTVLoss
 
 
 def _models(gan: bool = True):
@@ -43,7 +43,7 @@ class BackwardCalls:
 
 
 def test_phase_b_runs_the_generator_twice_and_one_backward_covers_both_d_forwards(monkeypatch):
-    g, d, step = _models()
+    g, _, step = _models()
     backward = BackwardCalls(monkeypatch)
     g_forwards, d_outputs = [], []  # d_outputs: (output, the backward call that reached it)
     g.register_forward_hook(lambda m, i, o: g_forwards.append(o))
@@ -63,7 +63,7 @@ def test_phase_b_runs_the_generator_twice_and_one_backward_covers_both_d_forward
 
 
 def test_losses_are_bce_on_sigmoid_outputs_and_the_seeds_weighted_sum():
-    g, d, step = _models()
+    g, _, step = _models()
     d_out, g_out, vgg_out = [], [], []
     step.d.register_forward_hook(lambda m, i, o: d_out.append(o.detach().clone()))
     g.register_forward_hook(lambda m, i, o: g_out.append(o.detach().clone()))
