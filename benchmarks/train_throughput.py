@@ -1,29 +1,34 @@
-"""Training images per second and model FLOP utilisation, side by side in one run.
+"""Training images per second and model FLOP utilisation, side by side in one run; the loop's host overhead.
 
-    python benchmarks/train_throughput.py [--quick] [--no-record]
+    python benchmarks/train_throughput.py [--quick] [--no-record] [--overhead-only]
 
-For phase A (SRResNet-16, MSE), phase B (SRGAN: SRResNet-16, the discriminator, VGG19 to conv5_4)
-and SRCNN 9-5-5, each at HR 96 and 128 (x4) and a few batch sizes:
-- the seed step: written the way the one-file script did it, eager fp32; in phase B the generator runs
-  twice (once for D's update, again for G's), D is left trainable during G's update and the VGG19
-  as torchvision hands it over (weights trainable), so autograd records the HR features too and
-  computes D and VGG weight gradients nobody uses; one backward through both D forwards; every loss
-  read back to the host every step (`.item()`, in every phase). The issue's lean-step list (one G
-  forward, HR features under no_grad, D frozen, no per-step sync) is this list inverted;
-- fastsr's step (engine/trainer.py) in eager fp32, and under the runtime settings `auto` picks on
-  this device (on a CPU: eager fp32 + channels_last; on a GPU: compile + bf16 + channels_last), and
-  on a GPU also compile + bf16 without channels_last.
+For phase A (SRResNet-16, MSE), phase B (SRGAN: SRResNet-16, the SRGAN discriminator, VGG19 to conv5_4)
+and SRCNN 9-5-5, each at HR 96 and 128 (x4) and a few batch sizes, the rows (`SETTINGS` says what each is):
+- the seed script's step (benchmarks/seed_step.py: the seed's own code, not fastsr's), eager fp32. Phase
+  A: G, MSE, backward, step, `.item()`. Phase B: G for D's update, then G again for G's; D left trainable
+  during G's update (its weight gradients computed and dropped); VGG19 `features[:35]` frozen, HR features
+  without grad; a Sigmoid-headed D with `nn.BCELoss`; its own squared-difference TV; one backward for D's
+  two forwards; `.item()` of both losses every step. (Rows before issue 13 left the VGG trainable: that
+  old seed row computed VGG weight gradients the seed never did, and overstated fastsr's lead.)
+- fastsr's step (engine/steps.py) in eager fp32, and under the runtime settings `auto` picks on this
+  device (on a CPU: eager fp32 + channels_last; on a GPU: compile + bf16 + channels_last), and on a GPU
+  also compile + bf16 without channels_last.
 First on synthetic batches already on the device (the models' own speed), then fed by the real
 loader (`make_batch_source` with `data.backend=auto` from a `fastsr prepare` cache of the bundled
 photographs: what a user gets).
 
 FLOPs per step are counted by `torch.utils.flop_counter.FlopCounterMode` over one eager step of that
-exact configuration (forward and backward of every convolution and matrix product, 2 FLOPs per
-multiply-add; elementwise work such as BatchNorm, activations and the optimizer is not counted).
-TFLOP/s = counted FLOPs x steps / time; MFU = TFLOP/s / the device's peak measured here with large
-matrix products in the step's compute dtype (fp32, or bf16 under autocast).
+exact configuration (forward and backward of every convolution and matrix product that step runs, 2 FLOPs
+per multiply-add: the seed's second generator forward and D's weight gradients in G's update included;
+elementwise work such as BatchNorm, activations and the optimizer is not counted). Architectures and
+steps differ, so compare TFLOP/s as well as img/s. TFLOP/s = counted FLOPs x steps / time; MFU =
+TFLOP/s / the device's peak measured here (`peak_tflops`: the faster of a large matrix product and a
+256-channel convolution) in the step's compute dtype (fp32, or bf16 under autocast).
 
-The table is printed and appended to benchmarks/RESULTS.md with the machine named; the last line is
+Then the training loop's host overhead per step (benchmarks/loop_overhead.py: `Loop.run_phases` against
+the bare step function, a trivial model on tiny crops); `--overhead-only` measures just that.
+
+The tables are printed and appended to benchmarks/RESULTS.md with the machine named; the last line is
 fastsr's phase-B speed-up over the seed step at HR 96 (the largest batch measured), as `N.Nx`.
 """
 
@@ -38,20 +43,27 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from loop_overhead import HEADER as OVERHEAD_HEADER
+from loop_overhead import measure_all as measure_overhead
+from report import publish
+from seed_step import SeedStep
 from torch.utils.flop_counter import FlopCounterMode
 
 from fastsr.config import DataConfig, RuntimeConfig
-from fastsr.recipe import from_dict
 from fastsr.data import make_batch_source, resolve_source
 from fastsr.data.cache import prepare_cache
 from fastsr.engine.runtime import Precision, Runtime, allow_tf32, resolve_runtime
 from fastsr.engine.steps import gan_step, pretrain_step
-from fastsr.losses import PerceptualLoss, build_generator_loss, g_adv_loss, tv_loss
+from fastsr.losses import build_generator_loss
 from fastsr.models import SRCNN, Discriminator, SRResNet
-from report import publish  # benchmarks/report.py: this folder is on sys.path when a script runs
+from fastsr.recipe import from_dict
 
-# the seed's loss weights (w_adv 1e-3, w_vgg 6e-3, w_tv 1e-6); VGG19 random: the same cost
+# (loop_overhead, report, seed_step: modules of benchmarks/, on sys.path when a script runs)
+
+# fastsr's default term list with the seed's loss weights (w_adv 1e-3, w_vgg 6e-3, w_tv 1e-6); VGG19
+# random: the same cost as ImageNet's
 RECIPE = from_dict({"loss": {"vgg_weights": "random"}})
+SEED = "seed script's step"
 
 
 class Bench:
@@ -65,11 +77,8 @@ class Bench:
         self.d = Discriminator().to(device) if task == "B" else None
         self.opt_d = torch.optim.Adam(self.d.parameters(), 1e-4) if self.d is not None else None
         self.accelerator = Accelerator(cpu=device.type == "cpu")
-        if runtime is None:  # the seed step
-            self.vgg = PerceptualLoss("conv5_4", weights=None).to(device) if task == "B" else None  # random: same cost
-            if self.vgg is not None:
-                self.vgg.vgg.requires_grad_(True)  # as torchvision hands it over: weights trainable
-            self.step = self._seed_step
+        if runtime is None:  # the seed script's own step, on the same networks
+            self.step = SeedStep(self.g, self.opt_g, self.d, self.opt_d)
             return
         self.precision = Precision(runtime.mixed_precision, device.type)
         self.g_train = runtime.for_training(self.g)
@@ -84,29 +93,6 @@ class Bench:
             return gan_step(self.g_train, self.d_train, (hr, lr), self.opt_g, self.opt_d, self.accelerator,
                             self.loss_train, self.gan, self.precision)
         return pretrain_step(self.g_train, (hr, lr), self.opt_g, self.accelerator, "mse", self.precision)
-
-    def _seed_step(self, hr, lr):
-        g, d, w = self.g, self.d, RECIPE.loss
-        if self.task != "B":
-            loss = F.mse_loss(g(lr), hr)
-            self.opt_g.zero_grad()
-            loss.backward()
-            self.opt_g.step()
-            return {"pixel": loss.item()}
-        fake = g(lr)
-        self.opt_d.zero_grad()
-        real_logits, fake_logits = d(hr), d(fake.detach())
-        loss_d = (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-                  + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
-        loss_d.backward()
-        self.opt_d.step()
-        sr = g(lr)  # the generator again
-        self.opt_g.zero_grad()
-        content = F.mse_loss(self.vgg.vgg(sr), self.vgg.vgg(hr))  # HR features with autograd on
-        loss_g = F.mse_loss(sr, hr) + w.w_vgg * content + w.w_adv * g_adv_loss(d(sr)) + w.w_tv * tv_loss(sr)
-        loss_g.backward()  # D and the VGG still trainable: their weight gradients are computed too
-        self.opt_g.step()
-        return {"d": loss_d.item(), "g": loss_g.item()}  # a host round trip every step
 
 
 def synthetic(batch: int, crop: int, device: torch.device):
@@ -143,17 +129,36 @@ def sync(device):
 
 
 def peak_tflops(device: torch.device, dtype: torch.dtype) -> float:
-    """Measured: large matrix products in `dtype` (TF32 allowed for fp32 on a GPU)."""
+    """The device's measured best in `dtype`: the faster of a large matrix product (TF32 allowed for fp32 on
+    a GPU) and a 3x3 convolution of 256 channels at 48x48, batch 16, channels_last (the steps' own kind of
+    work: VGG19's middle layers), each the best of a few runs. The convolution counts because BLAS is not
+    always the fastest kernel: on the AMD EPYC development VM oneDNN's NHWC convolutions ran at up to 0.55
+    TFLOP/s fp32 and the matrix product at 0.23, which had made the steps' MFU come out above 100%."""
     n = 8192 if device.type == "cuda" else 2048
     a, b = torch.rand(n, n, device=device, dtype=dtype), torch.rand(n, n, device=device, dtype=dtype)
-    reps = 20 if device.type == "cuda" else 4
-    a @ b
-    sync(device)
-    tic = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - tic) / 1e12
+    x = torch.rand(16, 256, 48, 48, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.rand(256, 256, 3, 3, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    reps = 10 if device.type == "cuda" else 5
+    kernels = ((lambda: a @ b, 2 * n**3), (lambda: F.conv2d(x, w, padding=1), 2 * 16 * 256 * 256 * 9 * 48 * 48))
+    best = 0.0
+    for kernel, flops in kernels:
+        kernel()
+        for _ in range(reps):
+            sync(device)
+            tic = time.perf_counter()
+            kernel()
+            sync(device)
+            best = max(best, flops / (time.perf_counter() - tic) / 1e12)
+    return best
+
+
+OVERHEAD_DETAILS = ("`Loop.run_phases` against `phase.step` alone over the same 1000 batches, set up as `fastsr "
+                    "train` does; SRCNN 1-1-1 with 4 channels, batch 2, HR 16, x4; torch loader in the process "
+                    "(workers 0, images cached); torch on one thread; best of 5 (benchmarks/loop_overhead.py)")
+
+
+def overhead_table() -> str:
+    return "\n".join([OVERHEAD_HEADER, *(result.row() for result in measure_overhead())])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -163,7 +168,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--crops", type=int, nargs="+", help="HR crop sizes (default 96 128; quick: 96)")
     ap.add_argument("--steps", type=int, help="timed steps per row (default 3 on a CPU, 20 on a GPU)")
     ap.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    ap.add_argument("--overhead-only", action="store_true", help="only the training loop's host overhead per step")
     args = ap.parse_args(argv)
+    if args.overhead_only:
+        publish("Training loop overhead", OVERHEAD_DETAILS, "python benchmarks/train_throughput.py --overhead-only",
+                overhead_table(), save=not args.no_record)
+        return
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
     if cuda:
@@ -180,10 +190,17 @@ def main(argv: list[str] | None = None) -> None:
     # kernels (measured: the first step after that still runs ~1.4x slower).
     warmup = 3 if cuda else 2
     auto = resolve_runtime(RuntimeConfig(), cuda)
-    configs: dict[str, Runtime | None] = {"seed step, eager fp32": None, "fastsr, eager fp32": Runtime("off", "no", False),
-                                          f"fastsr auto ({auto.describe()})": auto}
+    # name -> (runtime, what the row is); None: the seed script's step
+    settings: dict[str, tuple[Runtime | None, str]] = {
+        SEED: (None, ("the seed script's own step as it was written (benchmarks/seed_step.py: G twice in phase B, "
+                      "D trainable in G's update, VGG frozen, Sigmoid + BCELoss, `.item()` every step), eager fp32")),
+        "fastsr, eager fp32": (Runtime("off", "no", False), "fastsr's step (engine/steps.py), every runtime switch off"),
+        "fastsr auto": (auto, f"fastsr's step under `runtime: auto` on this device ({auto.describe()})"),
+    }
     if cuda:
-        configs["fastsr, compile + bf16"] = Runtime("default", "bf16", False)
+        settings["fastsr, compile + bf16"] = (Runtime("default", "bf16", False),
+                                              "fastsr's step compiled, bf16 autocast, channels_last off")
+    configs = {name: runtime for name, (runtime, _) in settings.items()}
     peaks = {dtype: peak_tflops(device, dtype) for dtype in (torch.float32, torch.bfloat16)}
     print(f"{device}: measured peak {peaks[torch.float32]:.2f} TFLOP/s fp32, {peaks[torch.bfloat16]:.2f} bf16", flush=True)
 
@@ -217,29 +234,34 @@ def main(argv: list[str] | None = None) -> None:
     for task in ("A", "B"):
         crop, batch = crops[0], batch_sizes[-1]
         data = DataConfig(source="samples", cache=str(work / "cache"), hr_crop=crop, repeat=64, workers=os.cpu_count() or 1)
-        loader, note = make_batch_source(data, samples, 4, batch, device=device)
+        loader, _ = make_batch_source(data, samples, 4, batch, device=device)
 
-        def loader_batches():
+        def loader_batches(loader=loader):
             epoch = 0
             while True:
                 yield from loader.batches(epoch)
                 epoch += 1
 
-        measure(task, f"fastsr auto ({auto.describe()})", auto, crop, batch, loader_batches, f"{loader.name} loader")
+        measure(task, "fastsr auto", auto, crop, batch, loader_batches, f"{loader.name} loader")
 
     names = {"A": "phase A (SRResNet-16, MSE)", "B": "phase B (SRGAN)", "srcnn": "SRCNN 9-5-5"}
     lines = ["| step | settings | HR | batch | data | img/s | TFLOP/s | MFU |", "|---|---|---|---|---|---|---|---|"]
     for task, name, crop, batch, feed, rate, tflops, mfu in rows:
         lines.append(f"| {names[task]} | {name} | {crop} | {batch} | {feed} | {rate:.1f} | {tflops:.3f} | {100 * mfu:.1f}% |")
     table = "\n".join(lines)
-    seed = next(r for r in rows if r[0] == "B" and r[1].startswith("seed") and r[2] == crops[0] and r[3] == batch_sizes[-1])
-    ours = next(r for r in rows if r[0] == "B" and r[1].startswith("fastsr auto") and r[2] == crops[0]
+    legend = "\n".join(f"- {name}: {what}." for name, (_, what) in settings.items())
+    seed = next(r for r in rows if r[0] == "B" and r[1] == SEED and r[2] == crops[0] and r[3] == batch_sizes[-1])
+    ours = next(r for r in rows if r[0] == "B" and r[1] == "fastsr auto" and r[2] == crops[0]
                 and r[3] == batch_sizes[-1] and r[4] == "synthetic")
     command = "python benchmarks/train_throughput.py" + (" --quick" if args.quick else "")
-    details = (f"Measured peak: {peaks[torch.float32]:.2f} TFLOP/s fp32{' (TF32)' if cuda else ''}, "
+    details = (f"Measured peak (the faster of a large matmul and a 256-channel NHWC conv): "
+               f"{peaks[torch.float32]:.2f} TFLOP/s fp32{' (TF32)' if cuda else ''}, "
                f"{peaks[torch.bfloat16]:.2f} TFLOP/s bf16. {steps} timed steps per row after {warmup} warm-up.")
-    body = (f"{table}\n\nPhase B, HR {crops[0]}, batch {batch_sizes[-1]}: fastsr auto {ours[5]:.1f} img/s vs the "
-            f"seed step {seed[5]:.1f} img/s = {ours[5] / seed[5]:.2f}x.")
+    body = (f"{table}\n\nSettings:\n{legend}\n\nData: synthetic = one random batch already on the device, reused; "
+            f"a loader = `make_batch_source` (data.backend=auto) from a `fastsr prepare` cache of the samples.\n\n"
+            f"Phase B, HR {crops[0]}, batch {batch_sizes[-1]}: fastsr auto {ours[5]:.1f} img/s vs the "
+            f"seed script's step {seed[5]:.1f} img/s = {ours[5] / seed[5]:.2f}x.\n\n"
+            f"The training loop's host overhead per step ({OVERHEAD_DETAILS}):\n\n{overhead_table()}")
     publish("Training throughput", details, command, body, save=not args.no_record)
     print(f"fastsr's phase-B step vs the seed's, HR {crops[0]}, batch {batch_sizes[-1]}, {device}:")
     print(f"{ours[5] / seed[5]:.1f}x")

@@ -183,24 +183,6 @@ def test_compiled_run_saves_weights_an_eager_model_loads(tiny_recipe):
     copy.deepcopy(model)(torch.rand(1, 3, 9, 11))  # an odd size, eager: no compile involved
 
 
-def test_ema_is_torchs_average_bit_for_bit():
-    torch.manual_seed(0)
-    model = SRResNet(4, res_blocks=1, channels=8)
-    ours = GeneratorEMA(model, 0.9)
-    theirs = torch.optim.swa_utils.AveragedModel(
-        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(0.9), use_buffers=True)
-    for _ in range(3):
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(torch.randn_like(p))
-        model(torch.rand(2, 3, 8, 8))  # train mode: BatchNorm's statistics move too
-        ours.update_parameters(model)
-        theirs.update_parameters(model)
-    assert int(ours.n_averaged) == int(theirs.n_averaged) == 3
-    for (name, a), b in zip(ours.module.state_dict().items(), theirs.module.state_dict().values()):
-        assert torch.equal(a, b), name
-
-
 def test_evaluation_runs_without_cudnn_autotuning(monkeypatch):
     """Training turns cuDNN's autotuning on for its fixed shapes; evaluation's images of many sizes run with it
     off, and leave it as they found it."""

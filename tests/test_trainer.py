@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from fastsr.data.cache import prepare_cache
 from fastsr.engine import steps as steps_module
 from fastsr.engine.checkpoint import complete_checkpoints, load_generator, load_state
+from fastsr.engine.ema import GeneratorEMA
 from fastsr.engine.steps import gan_step, pretrain_step
 from fastsr.engine.trainer import train
 from fastsr.models import Discriminator, SRResNet
@@ -93,23 +94,23 @@ def test_srcnn_trains_and_beats_its_start(tiny_recipe):
 
 @pytest.mark.parametrize("backend", ["torch", "dali"])
 def test_resume_auto_continues_exactly(tiny_recipe, tmp_path, photo_folder, backend):
-    """A run resumed from a mid-epoch checkpoint ends with the uninterrupted run's weights, bitwise
+    """A run resumed from a mid-epoch checkpoint ends with the uninterrupted run's weights and EMA, bitwise
     (the torch loader from files; DALI from a `fastsr prepare` cache)."""
     data = {"backend": backend}
     if backend == "dali":
         prepare_cache(str(photo_folder), tmp_path / "cache", workers=1, progress=False)
         data["cache"] = str(tmp_path / "cache")
     recipe = tiny_recipe(data=data, train={"epochs_pretrain": 2, "epochs_finetune": 1, "save_every": 1,
-                                           "keep_checkpoints": 20})
+                                           "keep_checkpoints": 20, "ema": 0.5})
     full = train(recipe)
     assert records(full, "run")[0]["loader"] == backend
     resumed_recipe = tiny_recipe(name="resumed", data=data,
-                                 train={"epochs_pretrain": 2, "epochs_finetune": 1, "resume": "auto"})
+                                 train={"epochs_pretrain": 2, "epochs_finetune": 1, "resume": "auto", "ema": 0.5})
     middle = full / "checkpoints" / "step_00000002"  # mid-epoch of phase A (3 steps per epoch)
     shutil.copytree(middle, resumed_recipe.run_dir / "checkpoints" / middle.name)
     resumed = train(resumed_recipe)
     assert records(resumed, "train")[0]["step"] == 3
-    for name in ("generator", "discriminator"):
+    for name in ("generator", "discriminator", "ema"):
         a = load_file(full / "checkpoints" / "step_00000009" / f"{name}.safetensors")
         b = load_file(resumed / "checkpoints" / "step_00000009" / f"{name}.safetensors")
         assert all(torch.equal(a[k], b[k]) for k in a), name
@@ -176,6 +177,26 @@ def test_pretrain_step_learns_a_fixed_batch():
     for _ in range(20):
         last = pretrain_step(g, batch, opt, acc, "l1")["pixel"]
     assert last < 0.5 * first
+
+
+def test_ema_update_is_bitwise_averaged_models_own():
+    """The loop's EMA update (no host read-back per step) gives exactly what AveragedModel.update_parameters
+    gives: the first copy, the averages of weights and BatchNorm statistics, the int64 counters, n_averaged."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    torch.manual_seed(0)
+    g = SRResNet(4, res_blocks=1, channels=8)  # BatchNorm: float and int64 buffers
+    ours, theirs = GeneratorEMA(g, 0.75), AveragedModel(g, multi_avg_fn=get_ema_multi_avg_fn(0.75), use_buffers=True)
+    g.to(memory_format=torch.channels_last)  # as the run lays it out before the loop starts
+    opt, acc = torch.optim.Adam(g.parameters(), lr=1e-2), Accelerator(cpu=True)
+    hr = torch.rand(2, 3, 32, 32)
+    for _ in range(3):
+        pretrain_step(g, (hr, torch.nn.functional.avg_pool2d(hr, 4)), opt, acc, "mse")
+        ours.update_parameters(g)
+        theirs.update_parameters(g)
+    mine, want = ours.state_dict(), theirs.state_dict()
+    assert mine.keys() == want.keys() and all(torch.equal(mine[k], want[k]) for k in want)
+    assert not torch.equal(mine["module.head.0.weight"], g.head[0].weight)  # an average, not a copy
 
 
 def test_fresh_run_keeps_an_earlier_run_aside(tiny_recipe):

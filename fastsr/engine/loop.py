@@ -3,6 +3,11 @@ reads the losses back (every `train.log_every` steps: the only host synchronisat
 checkpoints and answers stop signals. The position (phase, epoch, batch) is part of every checkpoint, and
 the crop plan is a function of (seed, epoch, position), so a resumed run sees the batches the
 uninterrupted run would have.
+
+What the loop adds to each step is kept to a few microseconds of host time (with a GPU the host must
+stay ahead of the device; `benchmarks/loop_overhead.py` measures it): the learning rate is written only
+when it changes, the EMA is updated without reading anything back (engine/ema.py), the progress bar is
+updated a few times a second rather than every step, and a log window's losses are stacked by one op.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from fastsr.evaluate import evaluate
 from fastsr.models import Bicubic
 from fastsr.util import progress_bar
 
+BAR_INTERVAL_S = 0.1  # the progress bar's count is updated at most this often (rich redraws it 10 times a second)
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later"; a job script requeues on it and resumes
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # what clusters send before killing a job
 
@@ -94,6 +100,8 @@ class Loop:
         self.logged: list[tuple[int, dict[str, torch.Tensor]]] = []  # (step, losses) counted since the last flush
         self.window_tic, self.window_step = time.perf_counter(), self.pos.step
         self.last_val_step, self.last_val_info = -1, ""
+        self.lr_set: tuple[Phase, float] | None = None  # the phase and rate last written to its optimisers
+        self.bar_due = 0.0  # perf_counter time after which the progress bar's count is next updated
 
     def run_phases(self) -> None:
         run, t, pos = self.run, self.t, self.pos
@@ -115,7 +123,9 @@ class Loop:
                             self._outside_rate(self.validate)
                         if t.save_every and pos.step % t.save_every == 0:
                             self._outside_rate(self.checkpoint)
-                        self.progress.update(self.task, completed=pos.step)
+                        if time.perf_counter() >= self.bar_due:
+                            self.progress.update(self.task, completed=pos.step)
+                            self.bar_due = time.perf_counter() + BAR_INTERVAL_S
                         if self._stop_requested(requests):
                             self._preempt(phase, epoch, requests)
                     pos.epoch, pos.batch = epoch + 1, 0
@@ -123,16 +133,19 @@ class Loop:
                 pos.phase, pos.epoch = index + 1, 0
                 self._outside_rate(self.validate)
                 self._outside_rate(self.checkpoint)
-                self.progress.update(self.task, info=self.last_val_info)
+                self.progress.update(self.task, completed=pos.step, info=self.last_val_info)
 
     # -- one step ------------------------------------------------------------------------------
 
     def _set_lr(self, phase: Phase, epoch: int) -> None:
         lr = learning_rate(phase.base_lr, self.t.lr_schedule, epoch * self.steps_per_epoch + self.pos.batch,
                            phase.epochs * self.steps_per_epoch, phase.milestones, self.t.lr_gamma)
+        if self.lr_set is not None and self.lr_set[0] is phase and self.lr_set[1] == lr:
+            return  # nothing else writes the optimisers' rates
         for opt in phase.optimisers:
             for group in opt.param_groups:
                 group["lr"] = lr
+        self.lr_set = (phase, lr)
 
     def _step(self, phase: Phase, batch) -> None:
         run, pos = self.run, self.pos
@@ -151,30 +164,38 @@ class Loop:
 
     # -- around the steps ----------------------------------------------------------------------
 
-    def _check_losses(self) -> None:
+    def _check_losses(self, window: tuple[list[int], list[str], torch.Tensor] | None = None) -> None:
         """Stop before logging, validating or saving anything computed after a non-finite loss."""
         def last_checkpoint() -> Path | None:
             found = complete_checkpoints(self.run.run_dir)
             return found[-1] if found else None
 
-        self.guard.check(self.logged, last_checkpoint)
+        if self.logged:
+            self.guard.check(*(window or self._window()), last_checkpoint)
+
+    def _window(self) -> tuple[list[int], list[str], torch.Tensor]:
+        """The logged steps, the names of their losses and the losses as one (steps, names) tensor,
+        stacked by a single op. A window never spans two phases, so every step has the same losses."""
+        names = list(self.logged[0][1])
+        values = torch.stack([v for _, losses in self.logged for v in losses.values()])
+        return [step for step, _ in self.logged], names, values.view(len(self.logged), len(names))
 
     def _flush_log(self, phase: Phase, epoch: int) -> None:
         """Read the losses back (the only host synchronisation of the loop) and log their means."""
-        self._check_losses()
+        window = self._window() if self.logged else None
+        self._check_losses(window)
         steps = self.pos.step - self.window_step
-        if not self.logged or not steps:
+        if window is None or not steps:
             return
         rate = steps * self.images_per_step / (time.perf_counter() - self.window_tic)
-        keys = list(self.logged[0][1])  # a window never spans two phases, so every step has the same losses
-        values = torch.stack([torch.stack([losses[k] for k in keys]) for _, losses in self.logged]).mean(dim=0).tolist()
-        means = {f"loss_{k}": v for k, v in zip(keys, values)}
+        _, names, values = window
+        means = {f"loss_{k}": v for k, v in zip(names, values.mean(dim=0).tolist())}
         self.log.write(kind="train", step=self.pos.step, phase=phase.name, epoch=epoch,
                        lr=phase.optimisers[0].param_groups[0]["lr"], images_per_sec=rate, **means)
         self.logged.clear()
         self.window_tic, self.window_step = time.perf_counter(), self.pos.step
         shown = " ".join(f"{k[5:]} {v:.4g}" for k, v in means.items())
-        self.progress.update(self.task, rate=rate, info=f"{shown} {self.last_val_info}")
+        self.progress.update(self.task, completed=self.pos.step, rate=rate, info=f"{shown} {self.last_val_info}")
 
     def _outside_rate(self, action) -> None:
         """Run a validation or a checkpoint without counting its time against images/sec."""

@@ -9,6 +9,7 @@ they touch into NaN, and BatchNorm's running statistics follow. Two policies:
 - `skip`: the step reads its loss back before applying the update (a host sync per step, agreed by
   all processes), drops the update and restores the BatchNorm statistics the forward pass changed;
   more than `max_skipped_steps` such steps stop the run, since by then something is wrong for good.
+  The statistics are kept in copies allocated once per phase and refilled every step (no allocation).
 """
 
 from __future__ import annotations
@@ -30,14 +31,24 @@ class LossGuard:
         self.skipped: list[int] = []  # skip: the steps whose update was dropped
         self.step = 0  # the step being taken (1-based, as logged)
         self._rejected = False
+        self._models: list[nn.Module] | None = None  # skip: whose buffers `_live` holds
+        self._live: list[torch.Tensor] = []  # skip: the models' buffers
+        self._saved: list[torch.Tensor] = []  # skip: their values before the step
 
     # -- skip ---------------------------------------------------------------------------------
 
     def begin(self, step: int, models: list[nn.Module]) -> None:
-        """Before step `step`'s forward: in skip mode, keep the models' buffers (BatchNorm statistics)."""
+        """Before step `step`'s forward: in skip mode, keep the models' buffers (BatchNorm statistics).
+        `models` is the phase's list: the buffers are looked up again only when it changes."""
         self.step, self._rejected = step, False
-        self._buffers = [b.detach().clone() for m in models for b in m.buffers()] if self.mode == "skip" else []
-        self._models = models
+        if self.mode != "skip":
+            return
+        if models is not self._models:
+            self._models = models
+            self._live = [b for m in models for b in m.buffers()]
+            self._saved = [b.detach().clone() for b in self._live]
+        elif self._live:
+            torch._foreach_copy_(self._saved, self._live)
 
     def apply(self, loss: torch.Tensor) -> bool:
         """Whether to apply the update this `loss` led to: always in stop mode (checked later, without a
@@ -57,9 +68,9 @@ class LossGuard:
         are undone and the limit enforced."""
         if not self._rejected:
             return True
-        with torch.no_grad():
-            for saved, b in zip(self._buffers, (b for m in self._models for b in m.buffers())):
-                b.copy_(saved)
+        if self._live:
+            with torch.no_grad():
+                torch._foreach_copy_(self._live, self._saved)
         self.skipped.append(self.step)
         if len(self.skipped) > self.max_skipped:
             raise NonFiniteLoss(
@@ -70,15 +81,17 @@ class LossGuard:
 
     # -- stop ---------------------------------------------------------------------------------
 
-    def check(self, window: list[tuple[int, dict[str, torch.Tensor]]], last_good: Callable[[], Path | None]) -> None:
-        """Stop mode: raise NonFiniteLoss if a step of `window` ((step, losses) of the steps since the last
-        log) had a non-finite loss. A host sync, and a collective with several processes: call it at the
-        same steps on every process."""
-        if self.mode != "stop" or not window:
+    def check(self, steps: list[int], names: list[str], values: torch.Tensor,
+              last_good: Callable[[], Path | None]) -> None:
+        """Stop mode: raise NonFiniteLoss if a step of the window (the steps since the last log; `values`
+        holds their losses, one row per step of `steps`, one column per name of `names`) had a non-finite
+        loss. A host sync, and a collective with several processes: call it at the same steps on every
+        process."""
+        if self.mode != "stop" or not steps:
             return
-        finite = torch.stack([torch.stack([torch.isfinite(v) for v in losses.values()]) for _, losses in window])
+        finite = torch.isfinite(values)
         bad_rows = (~finite.all(dim=1)).nonzero()
-        step = window[int(bad_rows[0, 0])][0] if len(bad_rows) else 0
+        step = steps[int(bad_rows[0, 0])] if len(bad_rows) else 0
         if self.accelerator.num_processes > 1:  # agree on the earliest bad step of any process
             big = torch.iinfo(torch.int64).max
             found = torch.tensor([step or big], device=finite.device)
@@ -86,8 +99,8 @@ class LossGuard:
             step = 0 if step == big else step
         if not step:
             return
-        names = next(([k for k, v in losses.items() if not torch.isfinite(v)] for s, losses in window if s == step),
-                     ["on another process"])
+        bad = [n for n, ok in zip(names, finite[steps.index(step)].tolist()) if not ok] if step in steps else []
+        names = bad or ["on another process"]
         good = last_good()
         kept = f"the last good checkpoint is {good}" if good else "no checkpoint had been written yet"
         raise NonFiniteLoss(

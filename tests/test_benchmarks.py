@@ -1,0 +1,122 @@
+"""The benchmarks' baseline: the seed script's step (benchmarks/seed_step.py) does what the seed script did,
+no more and no less, so the speed-ups measured against it are honest."""
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fastsr.models import Discriminator, SRResNet
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import seed_step
+from seed_step import SeedStep, SeedTVLoss
+
+
+def _models(gan: bool = True):
+    torch.manual_seed(0)
+    g = SRResNet(scale=4, res_blocks=1, channels=8)
+    d = Discriminator(channels=8) if gan else None
+    step = SeedStep(g, torch.optim.Adam(g.parameters()), d, torch.optim.Adam(d.parameters()) if gan else None)
+    return g, d, step
+
+
+def _batch():
+    hr = torch.rand(2, 3, 32, 32)
+    return hr, F.avg_pool2d(hr, 4)
+
+
+class BackwardCalls:
+    """Counts `Tensor.backward` calls; `current` is the index (1-based) of the one running."""
+
+    def __init__(self, monkeypatch):
+        self.calls = 0
+        real = torch.Tensor.backward
+
+        def counted(tensor, *args, **kwargs):
+            self.calls += 1
+            return real(tensor, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, "backward", counted)
+
+
+def test_phase_b_runs_the_generator_twice_and_one_backward_covers_both_d_forwards(monkeypatch):
+    g, _, step = _models()
+    backward = BackwardCalls(monkeypatch)
+    g_forwards, d_outputs = [], []  # d_outputs: (output, the backward call that reached it)
+    g.register_forward_hook(lambda m, i, o: g_forwards.append(o))
+
+    def watch(module, inputs, output):
+        entry = [output, None]
+        output.register_hook(lambda grad: entry.__setitem__(1, backward.calls))
+        d_outputs.append(entry)
+
+    step.d.register_forward_hook(watch)
+    losses = step(*_batch())
+    assert len(g_forwards) == 2
+    assert backward.calls == 2  # one for D's update, one for G's
+    # D(hr) and D(fake.detach()) are both reached by the first backward; D(sr) by G's
+    assert [reached for _, reached in d_outputs] == [1, 1, 2]
+    assert all(isinstance(v, float) for v in losses.values()) and set(losses) == {"d", "g"}  # .item() every step
+
+
+def test_losses_are_bce_on_sigmoid_outputs_and_the_seeds_weighted_sum():
+    g, _, step = _models()
+    d_out, g_out, vgg_out = [], [], []
+    step.d.register_forward_hook(lambda m, i, o: d_out.append(o.detach().clone()))
+    g.register_forward_hook(lambda m, i, o: g_out.append(o.detach().clone()))
+    step.vgg.register_forward_hook(lambda m, i, o: vgg_out.append(o.detach().clone()))
+    hr, lr = _batch()
+    losses = step(hr, lr)
+    real, fake, sr_prob = d_out
+    assert isinstance(step.d.sigmoid, torch.nn.Sigmoid) and isinstance(step.bce, torch.nn.BCELoss)
+    assert all(((o > 0) & (o < 1)).all() for o in d_out)  # probabilities, not logits
+    assert losses["d"] == pytest.approx(float(-(real.log().mean() + (1 - fake).log().mean())), rel=1e-5)
+    sr = g_out[1]  # the second generator forward is the one G's loss uses
+    target, features = vgg_out
+    by_hand = (F.mse_loss(sr, hr) + 6e-3 * F.mse_loss(features, target) - 1e-3 * sr_prob.log().mean()
+               + 1e-12 * SeedTVLoss()(sr))
+    assert losses["g"] == pytest.approx(float(by_hand), rel=1e-5)
+
+
+def test_gradients_go_where_the_seed_sent_them(monkeypatch):
+    g, d, step = _models()
+    d_grads = {}  # parameter name -> how many backward passes computed its gradient
+    for name, p in d.named_parameters():
+        p.register_hook(lambda grad, name=name: d_grads.__setitem__(name, d_grads.get(name, 0) + 1))
+    vgg_modes = []
+    step.vgg.register_forward_hook(lambda m, i, o: vgg_modes.append(torch.is_grad_enabled()))
+    step(*_batch())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in g.parameters())
+    # D's weights get gradients in its own update and again in G's (computed, then dropped)
+    assert d_grads and all(n == 2 for n in d_grads.values()) and len(d_grads) == len(list(d.parameters()))
+    assert all(not p.requires_grad and p.grad is None for p in step.vgg.parameters())
+    assert len(step.vgg.features) == 35  # VGG19 features[:35]: to conv5_4, before its ReLU
+    assert sorted(vgg_modes) == [False, True]  # the HR features without grad, the SR ones with
+
+
+def test_phase_a_is_one_forward_mse_backward_step_and_a_read_back(monkeypatch):
+    g, _, step = _models(gan=False)
+    backward = BackwardCalls(monkeypatch)
+    forwards = []
+    g.register_forward_hook(lambda m, i, o: forwards.append(o))
+    before = [p.detach().clone() for p in g.parameters()]
+    hr, lr = _batch()
+    losses = step(hr, lr)
+    assert len(forwards) == 1 and backward.calls == 1
+    assert losses["pixel"] == pytest.approx(float(F.mse_loss(forwards[0].detach(), hr)))
+    assert any(not torch.equal(a, b) for a, b in zip(before, g.parameters()))
+
+
+def test_the_seed_tv_loss_equals_a_hand_computation():
+    x = torch.tensor([[[[0.0, 1.0, 3.0], [2.0, 2.0, 0.0]]], [[[1.0, 1.0, 1.0], [1.0, 4.0, 1.0]]]])  # 2x1x2x3
+    # image 1: vertical (2-0)^2 + (2-1)^2 + (0-3)^2 = 14, horizontal 1 + 4 + 0 + 4 = 9
+    # image 2: vertical 0 + 9 + 0 = 9, horizontal 0 + 0 + 9 + 9 = 18
+    # counts per image: vertical 1 x 1 x 3 = 3, horizontal 1 x 2 x 2 = 4
+    by_hand = 2 * ((14 + 9) / 3 + (9 + 18) / 4) / 2
+    assert float(SeedTVLoss()(x)) == pytest.approx(by_hand)
+    assert float(SeedTVLoss(1e-6)(x)) == pytest.approx(1e-6 * by_hand)
+    assert seed_step.TV_WEIGHT == 1e-6 and seed_step.TV_COEFF == 1e-6  # 1e-12 in all, as the seed had it
+    assert (seed_step.W_VGG, seed_step.W_ADV) == (6e-3, 1e-3)
