@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fastsr.data import CropPlan, DeviceLoader, ImageStore, Sample, TorchLoader, resolve_source
 from fastsr.data.cache import prepare_cache
-from report import publish  # benchmarks/report.py: this folder is on sys.path when a script runs
+from report import numbers, publish  # benchmarks/report.py: this folder is on sys.path when a script runs
 
 SCALE, BATCH = 4, 16
 
@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         for c in crops:
             results[name][c] = measure(make(c), seconds, device)
             print(f"  {name}, HR {c}: {results[name][c]:.1f} crops/s", flush=True)
+            numbers("data", f"{name}, HR {c}, on {device}", results[name][c], "crops/s")
 
     seed = results["seed approach (PIL decode per crop)"]
     header = f"| path | {' | '.join(f'HR {c} crops/s' for c in crops)} | {' | '.join(f'vs seed, HR {c}' for c in crops)} |"

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from loop_overhead import HEADER as OVERHEAD_HEADER
 from loop_overhead import measure_all as measure_overhead
-from report import publish
+from report import numbers, publish
 from seed_step import SeedStep
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -69,12 +69,12 @@ SEED = "seed script's step"
 class Bench:
     """The models and optimisers of one configuration, and its step."""
 
-    def __init__(self, task: str, runtime: Runtime | None, device: torch.device):
+    def __init__(self, task: str, runtime: Runtime | None, device: torch.device, batch_norm: bool = True):
         torch.manual_seed(0)
-        self.task, self.runtime, self.device = task, runtime, device
-        self.g = (SRCNN(4) if task == "srcnn" else SRResNet(4, 16, 64)).to(device)
+        self.task, self.runtime, self.device, self.batch_norm = task, runtime, device, batch_norm
+        self.g = (SRCNN(4) if task == "srcnn" else SRResNet(4, 16, 64, batch_norm=batch_norm)).to(device)
         self.opt_g = torch.optim.Adam(self.g.parameters(), 1e-4)
-        self.d = Discriminator().to(device) if task == "B" else None
+        self.d = Discriminator(batch_norm=batch_norm).to(device) if task == "B" else None
         self.opt_d = torch.optim.Adam(self.d.parameters(), 1e-4) if self.d is not None else None
         self.accelerator = Accelerator(cpu=device.type == "cpu")
         if runtime is None:  # the seed script's own step, on the same networks
@@ -102,7 +102,8 @@ def synthetic(batch: int, crop: int, device: torch.device):
 
 def flops_per_step(bench: Bench, batch: int, crop: int) -> float:
     eager = Bench(bench.task, None if bench.runtime is None else Runtime("off", bench.runtime.mixed_precision,
-                                                                        bench.runtime.channels_last), bench.device)
+                                                                        bench.runtime.channels_last), bench.device,
+                  bench.batch_norm)
     hr, lr = synthetic(batch, crop, bench.device)
     with FlopCounterMode(display=False) as counter:
         eager.step(hr, lr)
@@ -158,7 +159,10 @@ OVERHEAD_DETAILS = ("`Loop.run_phases` against `phase.step` alone over the same 
 
 
 def overhead_table() -> str:
-    return "\n".join([OVERHEAD_HEADER, *(result.row() for result in measure_overhead())])
+    results = measure_overhead()
+    for result in results:
+        numbers("loop overhead", f"{result.setting}, beyond the step", result.us(result.replay_s), "us/step")
+    return "\n".join([OVERHEAD_HEADER, *(result.row() for result in results)])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -169,6 +173,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, help="timed steps per row (default 3 on a CPU, 20 on a GPU)")
     ap.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
     ap.add_argument("--overhead-only", action="store_true", help="only the training loop's host overhead per step")
+    ap.add_argument("--gpu-check", action="store_true",
+                    help="benchmarks/gpu_check.sh's selection: phases A and B at HR 96 and 128, batch 64, eager, "
+                         "compile + bf16 and CUDA graphs, then the largest phase-B batch that fits")
     args = ap.parse_args(argv)
     if args.overhead_only:
         publish("Training loop overhead", OVERHEAD_DETAILS, "python benchmarks/train_throughput.py --overhead-only",
@@ -178,9 +185,11 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device("cuda" if cuda else "cpu")
     if cuda:
         allow_tf32()
-    crops = args.crops or ([96] if args.quick else [96, 128])
+    crops = args.crops or ([96] if args.quick and not args.gpu_check else [96, 128])
     if args.batch_sizes:
         batch_sizes = args.batch_sizes
+    elif args.gpu_check:
+        batch_sizes = [64]
     elif cuda:
         batch_sizes = [16, 32, 64]
     else:
@@ -200,14 +209,21 @@ def main(argv: list[str] | None = None) -> None:
     if cuda:
         settings["fastsr, compile + bf16"] = (Runtime("default", "bf16", False),
                                               "fastsr's step compiled, bf16 autocast, channels_last off")
+        settings["fastsr, CUDA graphs + bf16, no BN"] = (
+            Runtime("reduce-overhead", "bf16", True),
+            "compiled with CUDA graphs (`runtime.compile=reduce-overhead`), bf16, channels_last, the generator and "
+            "discriminator without BatchNorm (`model.batch_norm=false`, `discriminator.batch_norm=false`)")
+    if args.gpu_check:  # the seed and plain eager rows are CPU-comparable; the check wants the GPU's own
+        settings = {k: v for k, v in settings.items() if k not in (SEED,)}
     configs = {name: runtime for name, (runtime, _) in settings.items()}
     peaks = {dtype: peak_tflops(device, dtype) for dtype in (torch.float32, torch.bfloat16)}
     print(f"{device}: measured peak {peaks[torch.float32]:.2f} TFLOP/s fp32, {peaks[torch.bfloat16]:.2f} bf16", flush=True)
 
     rows = []
+    names = {"A": "phase A (SRResNet-16, MSE)", "B": "phase B (SRGAN)", "srcnn": "SRCNN 9-5-5"}
 
     def measure(task, name, runtime, crop, batch, batches_fn, feed):
-        bench = Bench(task, runtime, device)
+        bench = Bench(task, runtime, device, batch_norm="no BN" not in name)
         rate = images_per_sec(bench, batches_fn(), warmup, steps, batch)
         flops = flops_per_step(bench, batch, crop)
         tflops = flops * rate / batch / 1e12
@@ -215,13 +231,16 @@ def main(argv: list[str] | None = None) -> None:
         rows.append((task, name, crop, batch, feed, rate, tflops, tflops / peaks[dtype]))
         print(f"  {task} | {name} | HR {crop} | batch {batch} | {feed}: {rate:.1f} img/s, {tflops:.3f} TFLOP/s, "
               f"MFU {100 * tflops / peaks[dtype]:.1f}%", flush=True)
+        what = f"{names[task]}, {name}, HR {crop}, batch {batch}, {feed}"
+        numbers("training", what, rate, "img/s")
+        numbers("training", what, 100 * tflops / peaks[dtype], "% MFU")
 
     def forever(batch, crop):
         hr, lr = synthetic(batch, crop, device)
         while True:
             yield hr, lr
 
-    for task in ("A", "B", "srcnn"):
+    for task in ("A", "B") if args.gpu_check else ("A", "B", "srcnn"):
         for crop in crops:
             for batch in batch_sizes:
                 for name, runtime in configs.items():
@@ -244,27 +263,56 @@ def main(argv: list[str] | None = None) -> None:
 
         measure(task, "fastsr auto", auto, crop, batch, loader_batches, f"{loader.name} loader")
 
-    names = {"A": "phase A (SRResNet-16, MSE)", "B": "phase B (SRGAN)", "srcnn": "SRCNN 9-5-5"}
     lines = ["| step | settings | HR | batch | data | img/s | TFLOP/s | MFU |", "|---|---|---|---|---|---|---|---|"]
     for task, name, crop, batch, feed, rate, tflops, mfu in rows:
         lines.append(f"| {names[task]} | {name} | {crop} | {batch} | {feed} | {rate:.1f} | {tflops:.3f} | {100 * mfu:.1f}% |")
     table = "\n".join(lines)
     legend = "\n".join(f"- {name}: {what}." for name, (_, what) in settings.items())
-    seed = next(r for r in rows if r[0] == "B" and r[1] == SEED and r[2] == crops[0] and r[3] == batch_sizes[-1])
     ours = next(r for r in rows if r[0] == "B" and r[1] == "fastsr auto" and r[2] == crops[0]
                 and r[3] == batch_sizes[-1] and r[4] == "synthetic")
-    command = "python benchmarks/train_throughput.py" + (" --quick" if args.quick else "")
+    seed = next((r for r in rows if r[0] == "B" and r[1] == SEED and r[2] == crops[0] and r[3] == batch_sizes[-1]), None)
+    versus = (f"Phase B, HR {crops[0]}, batch {batch_sizes[-1]}: fastsr auto {ours[5]:.1f} img/s vs the seed script's "
+              f"step {seed[5]:.1f} img/s = {ours[5] / seed[5]:.2f}x." if seed else "")
+    largest = largest_batch(device, crops[0]) if cuda else None
+    if largest:
+        numbers("training", f"largest phase-B batch that fits, HR {crops[0]}, bf16", largest, "crops")
+        versus += f"\n\nThe largest phase-B batch that fits at HR {crops[0]} (eager, bf16): {largest}."
+    overheads = overhead_table()
+    command = "python benchmarks/train_throughput.py" + (" --quick" if args.quick else "") + (
+        " --gpu-check" if args.gpu_check else "")
     details = (f"Measured peak (the faster of a large matmul and a 256-channel NHWC conv): "
                f"{peaks[torch.float32]:.2f} TFLOP/s fp32{' (TF32)' if cuda else ''}, "
                f"{peaks[torch.bfloat16]:.2f} TFLOP/s bf16. {steps} timed steps per row after {warmup} warm-up.")
     body = (f"{table}\n\nSettings:\n{legend}\n\nData: synthetic = one random batch already on the device, reused; "
             f"a loader = `make_batch_source` (data.backend=auto) from a `fastsr prepare` cache of the samples.\n\n"
-            f"Phase B, HR {crops[0]}, batch {batch_sizes[-1]}: fastsr auto {ours[5]:.1f} img/s vs the "
-            f"seed script's step {seed[5]:.1f} img/s = {ours[5] / seed[5]:.2f}x.\n\n"
-            f"The training loop's host overhead per step ({OVERHEAD_DETAILS}):\n\n{overhead_table()}")
+            f"{versus}\n\nThe training loop's host overhead per step ({OVERHEAD_DETAILS}):\n\n{overheads}")
     publish("Training throughput", details, command, body, save=not args.no_record)
-    print(f"fastsr's phase-B step vs the seed's, HR {crops[0]}, batch {batch_sizes[-1]}, {device}:")
-    print(f"{ours[5] / seed[5]:.1f}x")
+    if seed:
+        print(f"fastsr's phase-B step vs the seed's, HR {crops[0]}, batch {batch_sizes[-1]}, {device}:")
+        print(f"{ours[5] / seed[5]:.1f}x")
+
+
+def largest_batch(device: torch.device, crop: int, start: int = 64, limit: int = 1 << 14) -> int:
+    """The largest phase-B batch (SRResNet-16, SRGAN's D, VGG19) whose eager bf16 step fits in device memory:
+    doubled from `start` until a step runs out of memory, then bisected."""
+    def fits(batch: int) -> bool:
+        try:
+            bench = Bench("B", Runtime("off", "bf16", True), device)
+            bench.step(*synthetic(batch, crop, device))
+            sync(device)
+            return True
+        except torch.OutOfMemoryError:
+            return False
+        finally:
+            torch.cuda.empty_cache()
+
+    low, high = 0, start
+    while high <= limit and fits(high):
+        low, high = high, 2 * high
+    while high - low > max(1, low // 8):  # to within 1/8
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
 
 
 if __name__ == "__main__":
