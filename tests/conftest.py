@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from skimage import data as skdata
 
@@ -57,3 +58,27 @@ def plugin_cleanup():
     yield
     GENERATORS._entries.pop("plainnet", None)
     sys.modules.pop("plugin_arch", None)
+
+
+# Where a test runs on each device there is: the CPU, and CUDA where torch sees a GPU (`pytest -k cuda`).
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+
+
+def photo_crops_and_cache(tmp_path_factory, sizes: list[tuple[int, int]]):
+    """(samples, cache): PNG crops of a real photograph of the given sizes as a training folder (with a
+    val/ image), and their `fastsr prepare` cache."""
+    from fastsr.data import Sample
+    from fastsr.data.cache import prepare_cache
+
+    root = tmp_path_factory.mktemp("photos")
+    photo = skdata.astronaut()
+    samples = []
+    for i, (h, w) in enumerate(sizes):
+        path = root / "src" / "train" / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.ascontiguousarray(photo[40 * i : 40 * i + h, 30 * i : 30 * i + w])).save(path)
+        samples.append(Sample(path))
+    (root / "src" / "val").mkdir()
+    Image.fromarray(photo[:64, :64]).save(root / "src" / "val" / "v.png")
+    prepare_cache(str(root / "src"), root / "cache", workers=1, progress=False)
+    return samples, root / "cache"

@@ -9,35 +9,20 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from skimage import data as skdata
 
+from conftest import DEVICES, photo_crops_and_cache
 from fastsr.config import DataConfig
 from fastsr.data import CropPlan, ImageError, ImageStore, Sample, TorchLoader, make_batch_source
-from fastsr.data.cache import prepare_cache
 from fastsr.data.dali_backend import DaliLoader, DaliUnavailable, make_dali_loader
 from fastsr.data.degradation import crop_to_scale
 from fastsr.ops import imresize
 
 SIZES = [(150, 130), (101, 97), (96, 134), (128, 128)]  # some not multiples of the scale
-# The same pipeline definition with GPU operators, where there is a GPU (`pytest -k cuda`).
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    """PNG crops of a real photograph, and their decode-once cache."""
-    root = tmp_path_factory.mktemp("photos")
-    photo = skdata.astronaut()
-    samples = []
-    for i, (h, w) in enumerate(SIZES):
-        path = root / "src" / "train" / f"{i}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.ascontiguousarray(photo[40 * i : 40 * i + h, 30 * i : 30 * i + w])).save(path)
-        samples.append(Sample(path))
-    (root / "src" / "val").mkdir()
-    Image.fromarray(photo[:64, :64]).save(root / "src" / "val" / "v.png")
-    prepare_cache(str(root / "src"), root / "cache", workers=1, progress=False)
-    return samples, root / "cache"
+    return photo_crops_and_cache(tmp_path_factory, SIZES)
 
 
 def _loader(samples, cache=None, backend="dali", quantize=True, device="cpu", **kw):

@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from skimage import data as skdata
 
+from conftest import DEVICES, photo_crops_and_cache
 from fastsr.config import DataConfig, RecipeError
-from fastsr.data import BatchSource, Crop, CropPlan, DeviceLoader, ImageStore, Sample, TorchLoader, make_batch_source
+from fastsr.data import BatchSource, Crop, CropPlan, DeviceLoader, ImageStore, TorchLoader, make_batch_source
 from fastsr.data.cache import prepare_cache
 from fastsr.data.degradation import crop_to_scale
 from fastsr.data.device_backend import CPU_BUDGET_GB, device_budget_gb, padded_bytes
@@ -24,24 +24,11 @@ from fastsr.ops import imresize, kernel_margin, shrink_kernel
 from fastsr.ops.resize import _contributions
 
 SIZES = [(150, 130), (101, 97), (96, 134), (128, 128), (40, 33)]  # some not multiples of the scale
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    """PNG crops of a real photograph, and their decode-once cache."""
-    root = tmp_path_factory.mktemp("photos")
-    photo = skdata.astronaut()
-    samples = []
-    for i, (h, w) in enumerate(SIZES):
-        path = root / "src" / "train" / f"{i}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.ascontiguousarray(photo[40 * i : 40 * i + h, 30 * i : 30 * i + w])).save(path)
-        samples.append(Sample(path))
-    (root / "src" / "val").mkdir()
-    Image.fromarray(photo[:64, :64]).save(root / "src" / "val" / "v.png")
-    prepare_cache(str(root / "src"), root / "cache", workers=1, progress=False)
-    return samples, root / "cache"
+    return photo_crops_and_cache(tmp_path_factory, SIZES)
 
 
 def _plan(images, scale=4, hr_crop=32, batch_size=4, **kw):
