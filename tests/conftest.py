@@ -82,3 +82,19 @@ def photo_crops_and_cache(tmp_path_factory, sizes: list[tuple[int, int]]):
     Image.fromarray(photo[:64, :64]).save(root / "src" / "val" / "v.png")
     prepare_cache(str(root / "src"), root / "cache", workers=1, progress=False)
     return samples, root / "cache"
+
+
+def hide_dali(monkeypatch) -> None:
+    """Make `import nvidia.dali` fail for the rest of the test, as on a machine without DALI."""
+    import builtins
+
+    for name in [m for m in sys.modules if m.startswith("nvidia.dali")]:
+        monkeypatch.delitem(sys.modules, name)
+    real_import = builtins.__import__
+
+    def no_dali(name, *args, **kw):
+        if name.startswith("nvidia.dali"):
+            raise ImportError("No module named 'nvidia.dali'")
+        return real_import(name, *args, **kw)
+
+    monkeypatch.setattr(builtins, "__import__", no_dali)

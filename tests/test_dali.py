@@ -2,15 +2,13 @@
 imresize of the whole image at the crop's place, from files and from the cache; it yields what the
 torch loader yields; `auto` falls back cleanly."""
 
-import builtins
-import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import DEVICES, photo_crops_and_cache
+from conftest import DEVICES, hide_dali, photo_crops_and_cache
 from fastsr.config import DataConfig
 from fastsr.data import CropPlan, ImageError, ImageStore, Sample, TorchLoader, make_batch_source
 from fastsr.data.dali_backend import DaliLoader, DaliUnavailable, make_dali_loader
@@ -108,16 +106,7 @@ def test_auto_picks_dali_where_it_runs(photos):
 
 def test_auto_falls_back_when_dali_is_missing(photos, monkeypatch):
     samples, _ = photos
-    for name in [m for m in sys.modules if m.startswith("nvidia.dali")]:
-        monkeypatch.delitem(sys.modules, name)
-    real_import = builtins.__import__
-
-    def no_dali(name, *args, **kw):
-        if name.startswith("nvidia.dali"):
-            raise ImportError("No module named 'nvidia.dali'")
-        return real_import(name, *args, **kw)
-
-    monkeypatch.setattr(builtins, "__import__", no_dali)
+    hide_dali(monkeypatch)
     loader, note = make_batch_source(_config(backend="auto"), samples, 4, 4)
     assert loader.name == "torch" and "not installed" in note
     assert len(list(loader.batches(0))) == len(loader) == 4

@@ -2,11 +2,9 @@
 torch loader's crops bit for bit, its LR imresize of the whole image at every border and corner, the
 plan's shards and resume, `auto` choosing it only when the set fits the budget, and a run training on it."""
 
-import builtins
 import dataclasses
 import json
 import shutil
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import DEVICES, photo_crops_and_cache
+from conftest import DEVICES, hide_dali, photo_crops_and_cache
 from fastsr.config import DataConfig, RecipeError
 from fastsr.data import BatchSource, Crop, CropPlan, DeviceLoader, ImageStore, TorchLoader, make_batch_source
 from fastsr.data.cache import prepare_cache
@@ -180,19 +178,6 @@ def _config(**kw):
     return DataConfig(hr_crop=32, repeat=4, workers=1, **kw)
 
 
-def _no_dali(monkeypatch):
-    for name in [m for m in sys.modules if m.startswith("nvidia.dali")]:
-        monkeypatch.delitem(sys.modules, name)
-    real_import = builtins.__import__
-
-    def no_dali(name, *args, **kw):
-        if name.startswith("nvidia.dali"):
-            raise ImportError("No module named 'nvidia.dali'")
-        return real_import(name, *args, **kw)
-
-    monkeypatch.setattr(builtins, "__import__", no_dali)
-
-
 def test_auto_picks_the_device_backend_only_for_a_cache_that_fits(photos, monkeypatch):
     samples, cache = photos
     need = padded_bytes(ImageStore.from_samples(samples, cache).sizes, 4) / 1e9
@@ -205,7 +190,7 @@ def test_auto_picks_the_device_backend_only_for_a_cache_that_fits(photos, monkey
     assert loader.name == "dali" and note is None
     loader, note = make_batch_source(_config(cache=str(cache), degradation="kornia"), samples, 4, 4)
     assert loader.name == "torch" and "data.degradation=kornia" in note
-    _no_dali(monkeypatch)
+    hide_dali(monkeypatch)
     loader, note = make_batch_source(_config(cache=str(cache), device_budget_gb=need * 0.9), samples, 4, 4)
     assert loader.name == "torch" and "not installed" in note and "not the device backend" in note
     assert "\n" not in note
