@@ -29,8 +29,6 @@ def user_errors() -> tuple[type[Exception], ...]:
             FileNotFoundError, PermissionError, CheckpointWriteError, NonFiniteLoss, OutOfMemory, ExportError)
 
 
-PROTOCOL = ["psnr", "ssim"]  # what `fastsr eval` scores unless --metrics says otherwise
-
 # errno values of a write that failed for want of space: no space, quota exceeded, file too large
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -90,15 +88,25 @@ def parse_method(spec: str, scale: int):
 
 
 def run_eval(methods: list[str], sources: list[str], scale: int, console: Console, *, data_root: str | None = None,
-             metrics: list[str] = PROTOCOL, metric_weights: dict[str, str] | None = None,
+             metrics: list[str] | None = None, metric_weights: dict[str, str] | None = None,
              pictures: Path | None = None, json_out: Path | None = None, csv_out: Path | None = None,
              device: str = "auto"):
     """Score `methods` on each of `sources` (test-set names, folders, `samples`) and print one table."""
     from fastsr.data import ImageError, load_val_set, resolve_source
     from fastsr.data.benchmarks import DEFAULT_ROOT
     from fastsr.data.sources import source_label
-    from fastsr.evaluate import SetResult, build_metrics, evaluate, format_table, results_to_json, write_csv
+    from fastsr.evaluate import (
+        PROTOCOL_METRICS,
+        SetResult,
+        build_metrics,
+        evaluate,
+        format_table,
+        results_to_json,
+        write_csv,
+    )
     from fastsr.util import write_atomic
+
+    metrics = list(metrics or PROTOCOL_METRICS)  # PSNR and SSIM unless asked otherwise
 
     device = resolve_device(device)
     models = dict(parse_method(m, scale) for m in methods)
@@ -133,14 +141,17 @@ def run_eval(methods: list[str], sources: list[str], scale: int, console: Consol
 
 
 def cmd_eval(args, console: Console) -> int:
+    from fastsr.evaluate import PROTOCOL_METRICS
+
     load_plugins(args.plugin)
-    unused = [name for name, _ in args.metric_weights if name not in args.metrics]
+    metrics = args.metrics or list(PROTOCOL_METRICS)
+    unused = [name for name, _ in args.metric_weights if name not in metrics]
     if unused:
         print(f"fastsr: error: --metric-weights {unused[0]}=...: {unused[0]} is not among --metrics "
-              f"{','.join(args.metrics)}; add it there or drop the weights", file=sys.stderr)
+              f"{','.join(metrics)}; add it there or drop the weights", file=sys.stderr)
         return 2
     run_eval(args.model, args.data or ["samples"], args.scale, console, data_root=args.data_root,
-             metrics=args.metrics, metric_weights=dict(args.metric_weights), pictures=args.pictures,
+             metrics=metrics, metric_weights=dict(args.metric_weights), pictures=args.pictures,
              json_out=args.json, csv_out=args.csv, device=args.device)
     return 0
 
@@ -346,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a test set (set5, set14, b100, urban100, manga109, under --data-root), samples (default), "
                         "a DIV2K root (valid split), an image folder or file; repeat for a column each")
     p.add_argument("--data-root", help="where the test sets are (fastsr download-benchmarks DIR); default data/benchmarks")
-    p.add_argument("--metrics", type=_metric_list, default=PROTOCOL,
+    p.add_argument("--metrics", type=_metric_list,
                    help="comma-separated, of psnr, ssim, lpips (AlexNet), dists; default psnr,ssim")
     p.add_argument("--metric-weights", action="append", type=_name_path, default=[], metavar="NAME=PATH",
                    help="a local weights file for lpips or dists (no download); repeat for each")
