@@ -5,9 +5,11 @@
 #   launch.sh [--dry-run] [--nodes N] [--node-rank R] [--head HOST] [--port P] [--procs-per-node G] \
 #             RECIPE [key=value ...]
 #
-# Prints the accelerate command it runs (--dry-run: prints it and stops). SIGTERM and SIGUSR1 are
-# passed on to the training processes, which finish their step, write a checkpoint and stop; this
-# script then exits 75 (EX_TEMPFAIL), so a job script can requeue and resume (train.resume=auto).
+# Prints the accelerate command it runs (--dry-run: prints it and stops). SIGTERM, SIGUSR1 and SIGINT
+# (Ctrl-C) are passed on to the training processes, which finish their step, write a checkpoint and
+# stop; this script then exits 75 (EX_TEMPFAIL) for SIGTERM/SIGUSR1, so a job script can requeue and
+# resume (train.resume=auto), and 130 for Ctrl-C. Any other failure (a lost process, an error) exits
+# non-zero with the launcher's code.
 set -uo pipefail
 
 dry_run=0
@@ -30,20 +32,22 @@ echo "launch.sh (node ${SLURM_NODEID:-${NODE_RANK:-0}}): ${cmd[*]}"
 # training processes only through `forward` (torchrun's agent would die on SIGUSR1).
 setsid "${cmd[@]}" &
 pid=$!
-signalled=0
+signalled=""
 forward() {  # the launcher's children are the training processes
-  signalled=1
+  signalled=$1
   pkill "-$1" -P "$pid" || true
 }
 trap 'forward USR1' USR1
 trap 'forward TERM' TERM
+trap 'forward INT' INT
 while true; do
   wait "$pid"
   rc=$?
   kill -0 "$pid" 2>/dev/null || break  # wait returned for a trapped signal: keep waiting
 done
-if [[ $signalled -eq 1 && $rc -ne 0 ]]; then
-  echo "launch.sh: stopped by a signal after a checkpoint; resume with train.resume=auto" >&2
+if [[ -n $signalled && $rc -ne 0 ]]; then
+  echo "launch.sh: stopped by SIG$signalled after a checkpoint; resume with train.resume=auto" >&2
+  [[ $signalled == INT ]] && exit 130
   exit 75
 fi
 exit "$rc"

@@ -91,7 +91,7 @@ def measure(setting: str, train: dict, steps: int = 1000, batch: int = 2, repeat
         "train": {"epochs_pretrain": 1, "epochs_finetune": 0, "batch_size": batch, "val_every": 0, "save_every": 0,
                   **train},
     })
-    run = set_up(recipe, Console(quiet=True))
+    run = set_up(recipe, Console(quiet=True), make_accelerator(recipe))
     open_run_dir(run)
     prepare_for_training(run)
     phase = build_phases(run)[0]

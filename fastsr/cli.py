@@ -21,12 +21,15 @@ def user_errors() -> tuple[type[Exception], ...]:
     from fastsr.engine.checkpoint import CheckpointWriteError, WeightsError
     from fastsr.engine.loop import OutOfMemory
     from fastsr.engine.lossguard import NonFiniteLoss
+    from fastsr.engine.peers import LostProcess
+    from fastsr.engine.runlock import RunDirLocked
     from fastsr.export import ExportError
     from fastsr.losses import VGGWeightsUnavailable
     from fastsr.perceptual_metrics import MetricWeightsUnavailable
 
     return (RecipeError, ImageError, WeightsError, VGGWeightsUnavailable, MetricWeightsUnavailable, DownloadError,
-            FileNotFoundError, PermissionError, CheckpointWriteError, NonFiniteLoss, OutOfMemory, ExportError)
+            FileNotFoundError, PermissionError, CheckpointWriteError, NonFiniteLoss, OutOfMemory, ExportError,
+            RunDirLocked, LostProcess)
 
 
 # errno values of a write that failed for want of space: no space, quota exceeded, file too large
@@ -37,18 +40,11 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 # train
 
 
-def cmd_train(args, console: Console) -> int:
-    """Train; exit 0 when done, EXIT_PREEMPTED (75) when a stop signal ended it after a checkpoint."""
-    from fastsr.engine.loop import EXIT_PREEMPTED, Preempted
+def cmd_train(args, console: Console) -> None:
     from fastsr.engine.trainer import train
     from fastsr.recipe import load_recipe
 
-    try:
-        train(load_recipe(args.recipe, args.overrides), console)
-    except Preempted as stopped:
-        print(f"fastsr: {stopped}", file=sys.stderr)
-        return EXIT_PREEMPTED
-    return 0
+    train(load_recipe(args.recipe, args.overrides), console)
 
 
 def cmd_recipes(args, console: Console) -> None:
@@ -417,9 +413,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def stopped() -> type[Exception]:
+    from fastsr.engine.loop import Preempted
+
+    return Preempted
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. A run stopped by a signal after its checkpoint exits 75 (EXIT_PREEMPTED) for a cluster's
+    notice, 130 for Ctrl-C, with or without --debug."""
     args = build_parser().parse_args(argv)
     console = Console()
+    try:
+        return run_command(args, console)
+    except stopped() as stop:
+        print(f"fastsr: {stop}", file=sys.stderr)
+        return stop.exit_code
+
+
+def run_command(args, console: Console) -> int:
     if args.debug:
         return args.func(args, console) or 0
     try:

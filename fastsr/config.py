@@ -115,9 +115,13 @@ class TrainConfig:
     # Experiment trackers that also get the log's scalars and pictures, through Accelerate (`tensorboard`,
     # `wandb`, `mlflow`, `aim`, ...: any it supports); local ones write under the run directory.
     log_with: list[str] = field(default_factory=list)
+    # With several processes, how long one waits in a collective for the others (gradient averaging, the
+    # barrier while rank 0 validates or writes a checkpoint) before it gives a lost or hung process up, names
+    # it and stops (torch's default is 30 minutes); above the longest validation + checkpoint of the run.
+    collective_timeout_s: float = 300.0
 
     def check(self) -> None:
-        positive(self, "batch_size", "log_every", "keep_checkpoints")
+        positive(self, "batch_size", "log_every", "keep_checkpoints", "collective_timeout_s")
         if "psnr" not in self.val_metrics or len(set(self.val_metrics)) != len(self.val_metrics):
             raise Invalid("val_metrics", f"must include psnr and name each metric once (got {self.val_metrics})")
         for entry in self.metric_weights:

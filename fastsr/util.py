@@ -1,4 +1,4 @@
-"""Foundations used across fastsr: atomic file writes, file hashing, the progress bar.
+"""Foundations used across fastsr: atomic file writes, file hashing, the progress bar, the stop signals.
 
 Imports nothing from fastsr, so every layer (data, parts, engine, entry points) can use it.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -20,6 +21,12 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+
+# The signals that stop a run after its step in flight and a checkpoint: a cluster's notices (SIGTERM, SIGUSR1)
+# and the terminal's Ctrl-C (SIGINT). The training process answers them (engine/loop.py); a loader's worker
+# processes ignore them, so that they serve the batches up to the stop, and end with the training process.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 def write_atomic(path: str | os.PathLike, data_or_writer: bytes | memoryview | Callable[[BinaryIO], object]) -> None:

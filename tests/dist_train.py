@@ -1,18 +1,19 @@
-"""Run by the distributed tests under `accelerate launch`: train RECIPE (with overrides), then every
-rank writes the generator weights it ended with to OUT/rank{R}.safetensors, so a test can check that
-the ranks agree. NAN_AT="RANK:CALL" makes that rank's pixel loss NaN on that call (1-based)."""
+"""Run by the distributed tests under `accelerate launch`: `fastsr train RECIPE [overrides]`, then every rank
+writes the generator weights it ended with to OUT/rank{R}.safetensors, so a test can check that the ranks
+agree. NAN_AT="RANK:CALL" makes that rank's pixel loss NaN on that call (1-based); STEP_SLEEP_S=S makes
+every training step take S seconds longer (so that a test's signal lands mid-run)."""
 
 import os
 import sys
+import time
 from pathlib import Path
 
 from accelerate import PartialState
 from safetensors.torch import save_file
 
 import fastsr.engine.steps as steps
-from fastsr.engine.trainer import train
+from fastsr.cli import main
 from fastsr.models import GENERATORS
-from fastsr.recipe import load_recipe
 
 if __name__ == "__main__":
     recipe_path, out, overrides = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
@@ -29,7 +30,14 @@ if __name__ == "__main__":
             return loss * float("nan") if (PartialState().process_index, len(calls)) == (rank, call) else loss
 
         steps.pixel_loss = pixel_loss
-    train(load_recipe(recipe_path, overrides))
-    out.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().contiguous() for k, v in built[0].state_dict().items()}
-    save_file(weights, out / f"rank{PartialState().process_index}.safetensors")
+    if "STEP_SLEEP_S" in os.environ:
+        pause = float(os.environ["STEP_SLEEP_S"])
+        for name in ("pretrain_step", "gan_step"):
+            real_step = getattr(steps, name)
+            setattr(steps, name, lambda *a, _real=real_step, **k: (time.sleep(pause), _real(*a, **k))[1])
+    code = main(["train", recipe_path, *overrides])
+    if code == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        weights = {k: v.detach().contiguous() for k, v in built[0].state_dict().items()}
+        save_file(weights, out / f"rank{PartialState().process_index}.safetensors")
+    sys.exit(code)

@@ -297,6 +297,7 @@ _VALID_BY_KEY = {
     "train.lr_gamma": st.floats(0, 1, exclude_min=True),
     "train.ema": st.floats(0, 1, exclude_max=True),
     "train.log_every": _positive_int,
+    "train.collective_timeout_s": _positive_float,
     "train.val_every": _non_negative_int,
     "train.save_every": _non_negative_int,
     "train.keep_checkpoints": _positive_int,

@@ -7,6 +7,7 @@ that made DIV2K's official LR files, which keeps HR and LR aligned for free).
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 
 import numpy as np
@@ -17,6 +18,7 @@ from fastsr.data.degradation import METHODS, crop_pair
 from fastsr.data.images import ImageError
 from fastsr.data.plan import CropPlan, Visit
 from fastsr.data.store import ImageStore
+from fastsr.util import STOP_SIGNALS
 
 
 class _VisitDataset(Dataset):
@@ -46,6 +48,13 @@ class _VisitDataset(Dataset):
             return e
         pairs = [crop_pair(img, crop, self.plan.scale, self.plan.hr_crop, self.method) for crop in visit]
         return torch.stack([hr for hr, _ in pairs]), torch.stack([lr for _, lr in pairs])
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """A worker serves batches until the training process, which answers the stop signals (a terminal's
+    Ctrl-C reaches the whole process group), has written its checkpoint; it ends with that process."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor] | ImageError:
@@ -83,7 +92,8 @@ class TorchLoader:
         visits = [visit for batch in self.plan.epoch(epoch)[start:] for visit in batch]
         per_batch = self.plan.batch_size // self.plan.crops_per_image
         loader = DataLoader(self.dataset, batch_size=per_batch, sampler=visits, num_workers=self.workers,
-                            collate_fn=_collate, pin_memory=pin, persistent_workers=False)
+                            collate_fn=_collate, pin_memory=pin, persistent_workers=False,
+                            worker_init_fn=_ignore_stop_signals if self.workers else None)
         for batch in loader:
             if isinstance(batch, ImageError):
                 raise batch

@@ -12,6 +12,7 @@ updated a few times a second rather than every step, and a log window's losses a
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -32,20 +33,22 @@ from fastsr.engine.runlog import RunLog
 from fastsr.engine.setup import Run
 from fastsr.evaluate import evaluate
 from fastsr.models import Bicubic
-from fastsr.util import progress_bar
+from fastsr.util import STOP_SIGNALS, progress_bar
 
 BAR_INTERVAL_S = 0.1  # the progress bar's count is updated at most this often (rich redraws it 10 times a second)
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later"; a job script requeues on it and resumes
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # what clusters send before killing a job
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a program ended by Ctrl-C
 
 
 class Preempted(Exception):
-    """The run stopped on SIGTERM/SIGUSR1 after finishing its step and writing a checkpoint."""
+    """The run stopped on a stop signal (util.STOP_SIGNALS) after finishing its step and writing a checkpoint."""
 
-    def __init__(self, step: int, checkpoint: Path):
-        super().__init__(f"stopped by a signal at step {step}; checkpoint {checkpoint}; "
-                         "rerun with train.resume=auto to continue exactly where it stopped")
+    def __init__(self, step: int, checkpoint: Path, signum: int | None):
+        by = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name if signum else "a signal"
+        super().__init__(f"stopped by {by} at step {step}; checkpoint {checkpoint}; rerun the same command with "
+                         "train.resume=auto to continue exactly where it stopped")
         self.step, self.checkpoint = step, checkpoint
+        self.exit_code = EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_PREEMPTED
 
 
 class OutOfMemory(RuntimeError):
@@ -53,15 +56,25 @@ class OutOfMemory(RuntimeError):
 
 
 @contextmanager
-def stop_requests():
-    """A list that gets the signal number when SIGTERM or SIGUSR1 arrives (the step in flight
-    finishes; the loop then checkpoints and stops). Handlers are installed only in the main thread
-    and restored afterwards."""
+def stop_requests(announce: bool = True):
+    """A list that gets the signal number when a stop signal arrives (the step in flight finishes; the
+    loop then checkpoints and stops). The first Ctrl-C says so (when `announce`) and gives SIGINT back to
+    the system, so that a second one ends the process at once, wherever it is. Handlers are installed only
+    in the main thread and restored afterwards."""
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield received
         return
-    previous = {sig: signal.signal(sig, lambda signum, frame: received.append(signum)) for sig in STOP_SIGNALS}
+
+    def handler(signum, frame):
+        received.append(signum)
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            if announce:  # a plain write: safe wherever the handler interrupts the main thread
+                os.write(2, b"\nfastsr: Ctrl-C: finishing the step, then a checkpoint (Ctrl-C again stops at once, "
+                            b"without one)\n")
+
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
         yield received
     finally:
@@ -108,7 +121,7 @@ class Loop:
         total = self.steps_per_epoch * sum(p.epochs for p in self.phases)
         epoch_offsets = [sum(p.epochs for p in self.phases[:i]) for i in range(len(self.phases))]
         run.g_train.train()
-        with progress_bar(run.main) as self.progress, stop_requests() as requests, self._failures_explained():
+        with progress_bar(run.main) as self.progress, stop_requests(run.main) as requests, self._failures_explained():
             self.task = self.progress.add_task("", total=total, completed=pos.step, rate=0.0, info="")
             for index in range(pos.phase, len(self.phases)):
                 phase = self.phases[index]
@@ -234,7 +247,7 @@ class Loop:
         checkpoint = checkpoint_dir(self.run.run_dir, self.pos.step)
         self.log.write(kind="preempted", step=self.pos.step, signal=int(requests[0]) if requests else None,
                        checkpoint=str(checkpoint))
-        raise Preempted(self.pos.step, checkpoint)
+        raise Preempted(self.pos.step, checkpoint, requests[0] if requests else None)
 
     @contextmanager
     def _failures_explained(self):

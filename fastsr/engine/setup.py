@@ -37,6 +37,7 @@ from fastsr.engine.checkpoint import (
     restore_training_state,
 )
 from fastsr.engine.ema import GeneratorEMA
+from fastsr.engine.peers import process_group_kwargs
 from fastsr.engine.runlog import RunLog
 from fastsr.engine.runtime import Precision, Runtime, allow_tf32, autotune_convolutions, resolve_runtime
 from fastsr.evaluate import Metric, build_metrics
@@ -82,11 +83,17 @@ class Run:
         return self.parts.ema.module if self.parts.ema is not None else self.parts.generator
 
 
-def set_up(recipe: Recipe, console: Console) -> Run:
+def make_accelerator(recipe: Recipe) -> Accelerator:
+    """The run's Accelerator: its processes' group (with the recipe's collective timeout) and trackers."""
     trackers.check_installed(recipe.train.log_with)
+    return Accelerator(cpu=not torch.cuda.is_available(), log_with=recipe.train.log_with or None,
+                       project_dir=str(recipe.run_dir),
+                       kwargs_handlers=[process_group_kwargs(recipe.train.collective_timeout_s)])
+
+
+def set_up(recipe: Recipe, console: Console, accelerator: Accelerator) -> Run:
     cuda = torch.cuda.is_available()
     runtime = resolve_runtime(recipe.runtime, cuda)
-    accelerator = Accelerator(cpu=not cuda, log_with=recipe.train.log_with or None, project_dir=str(recipe.run_dir))
     if cuda:
         allow_tf32()
         autotune_convolutions()

@@ -1,5 +1,6 @@
-"""Training, top to bottom: set the run up (setup.py), open its directory, build its phases (phases.py),
-run them (loop.py), export the final generator.
+"""Training, top to bottom: lock the run directory (runlock.py), set the run up (setup.py), open its
+directory, build its phases (phases.py), run them (loop.py), export the final generator. With several
+processes, one that is lost stops the others, naming it (peers.py).
 
 Accelerate places the models and runs them on one device, several, or several machines; the loader shards
 by process and hands over batches already on the device. The recipe's `runtime` switches (runtime.py)
@@ -16,38 +17,51 @@ from rich.console import Console
 from fastsr.engine.checkpoint import save_weights
 from fastsr.engine.loop import Loop
 from fastsr.engine.phases import build_phases
+from fastsr.engine.peers import lost_processes_named
+from fastsr.engine.runlock import run_dir_lock
 from fastsr.engine.runlog import plot_curves
-from fastsr.engine.setup import open_run_dir, prepare_for_training, set_up
+from fastsr.engine.setup import Run, make_accelerator, open_run_dir, prepare_for_training, set_up
 from fastsr.recipe import Recipe
 
 
 def train(recipe: Recipe, console: Console | None = None) -> Path:
     """Run every phase of `recipe`; return the run directory (weights in run_dir/generator.safetensors)."""
     console = console or Console()
-    run = set_up(recipe, console)  # everything that can fail on a user's input, before touching the run dir
-    open_run_dir(run)
+    accelerator = make_accelerator(recipe)
+    run: Run | None = None
     try:
-        prepare_for_training(run)
-        loop = Loop(run, build_phases(run))
-        run.log.write(kind="run", step=run.position.step, loader=run.loader.name,
-                      processes=run.accelerator.num_processes, device=str(run.accelerator.device),
-                      steps_per_epoch=loop.steps_per_epoch, compile=run.runtime.compile,
-                      mixed_precision=run.runtime.mixed_precision, channels_last=run.runtime.channels_last)
-        if run.main:
-            console.print(f"[bold]{recipe.name}[/]: {', '.join(f'{p.name} {p.epochs} epochs' for p in loop.phases)}; "
-                          f"{loop.steps_per_epoch} steps/epoch of {loop.images_per_step} crops "
-                          f"({run.loader.name} loader); {run.accelerator.num_processes} process(es) on "
-                          f"{run.accelerator.device} ({run.runtime.describe()}); run dir {run.run_dir}")
-        loop.run_phases()
-
-        if run.main:
-            final = run.run_dir / "generator.safetensors"
-            save_weights(run.eval_model(), final, run.parts.generator.config)
-            if run.log.path.is_file():
-                plot_curves(run.log.path, run.run_dir / "curves.png")
-            console.print(f"done: {final}; {loop.last_val_info}; pictures in {run.run_dir / 'samples'}, "
-                          f"curves in {run.run_dir / 'curves.png'}")
-        run.accelerator.wait_for_everyone()
+        with lost_processes_named(accelerator, lambda: run.position.step if run else 0,
+                                  recipe.train.collective_timeout_s), run_dir_lock(recipe.run_dir, accelerator) as lock:
+            run = set_up(recipe, console, accelerator)  # all that can fail on a user's input, before touching the run dir
+            if lock is not None and lock.note:
+                run.notes.insert(0, lock.note)
+            open_run_dir(run)
+            _train(run, console)
     finally:
-        run.accelerator.end_training()  # the trackers' files closed, whether the run finished or failed
+        accelerator.end_training()  # the trackers' files closed and the processes' group ended, whatever happened
     return run.run_dir
+
+
+def _train(run: Run, console: Console) -> None:
+    recipe = run.recipe
+    prepare_for_training(run)
+    loop = Loop(run, build_phases(run))
+    run.log.write(kind="run", step=run.position.step, loader=run.loader.name,
+                  processes=run.accelerator.num_processes, device=str(run.accelerator.device),
+                  steps_per_epoch=loop.steps_per_epoch, compile=run.runtime.compile,
+                  mixed_precision=run.runtime.mixed_precision, channels_last=run.runtime.channels_last)
+    if run.main:
+        console.print(f"[bold]{recipe.name}[/]: {', '.join(f'{p.name} {p.epochs} epochs' for p in loop.phases)}; "
+                      f"{loop.steps_per_epoch} steps/epoch of {loop.images_per_step} crops "
+                      f"({run.loader.name} loader); {run.accelerator.num_processes} process(es) on "
+                      f"{run.accelerator.device} ({run.runtime.describe()}); run dir {run.run_dir}")
+    loop.run_phases()
+
+    if run.main:
+        final = run.run_dir / "generator.safetensors"
+        save_weights(run.eval_model(), final, run.parts.generator.config)
+        if run.log.path.is_file():
+            plot_curves(run.log.path, run.run_dir / "curves.png")
+        console.print(f"done: {final}; {loop.last_val_info}; pictures in {run.run_dir / 'samples'}, "
+                      f"curves in {run.run_dir / 'curves.png'}")
+    run.accelerator.wait_for_everyone()

@@ -1,0 +1,125 @@
+"""The other processes of a multi-process run: how long a collective waits for them, and which one was lost.
+
+A process that dies (killed, by the OOM killer or a node failure) or hangs leaves the others in a collective.
+gloo notices a closed connection at once and an unanswering peer at the process group's timeout
+(`train.collective_timeout_s`, given to torch.distributed through Accelerate); NCCL's watchdog ends the
+process at that timeout. To name the lost process, every process that stops on an error says so in the
+process group's key-value store (its rank, and why, when it knows), and one whose collective failed waits a
+few seconds for the others' word: the ranks never heard from are the lost ones.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+import torch.distributed as dist
+from accelerate.utils import InitProcessGroupKwargs
+
+HEARD_PREFIX = "fastsr/stopped/"  # + rank: "" for a process that lost contact, else why it stopped
+GRACE_S = 5.0  # how long a process whose collective failed waits for the others' word
+
+
+class LostProcess(RuntimeError):
+    """Another process of the run died, hung or failed; the message names it where it can be known."""
+
+
+def process_group_kwargs(timeout_s: float) -> InitProcessGroupKwargs:
+    return InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))
+
+
+def collective_failed(err: BaseException) -> bool:
+    """Whether `err` is a collective's failure: torch's distributed errors (NCCL's), or gloo's, which are
+    plain RuntimeErrors naming gloo's source file ("[.../gloo/transport/tcp/pair.cc:545] Read error ...")."""
+    return isinstance(err, dist.DistError) or (isinstance(err, RuntimeError) and "/gloo/" in str(err))
+
+
+def _store():
+    """The process group's store, its waits bounded by GRACE_S (the run is ending), or None."""
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        store.set_timeout(timedelta(seconds=GRACE_S))
+        return store
+    except Exception:  # noqa: BLE001 - no process group, or its store is gone with rank 0's machine
+        return None
+
+
+def _tell(store, rank: int, why: str) -> None:
+    try:
+        store.set(f"{HEARD_PREFIX}{rank}", why)
+    except Exception:  # noqa: BLE001 - the store is unreachable: the others will name this rank as lost
+        pass
+
+
+def _hear(store, world: int) -> dict[int, str]:
+    """Rank -> word, for the ranks that spoke within GRACE_S. A cluster's stop signals are ignored meanwhile:
+    torchrun's agent sends SIGTERM to the processes left when one dies, and this one has its message to give."""
+    ignored = [signal.SIGTERM, signal.SIGUSR1]
+    before = [signal.signal(sig, signal.SIG_IGN) for sig in ignored]
+    try:
+        return _listen(store, world)
+    finally:
+        for sig, handler in zip(ignored, before):
+            signal.signal(sig, handler)
+
+
+def _listen(store, world: int) -> dict[int, str]:
+    heard: dict[int, str] = {}
+    deadline = time.monotonic() + GRACE_S
+    while True:
+        for rank in set(range(world)) - set(heard):
+            try:
+                if store.check([f"{HEARD_PREFIX}{rank}"]):
+                    heard[rank] = store.get(f"{HEARD_PREFIX}{rank}").decode()
+            except Exception:  # noqa: BLE001
+                return heard
+        if len(heard) == world or time.monotonic() > deadline:
+            return heard
+        time.sleep(0.1)
+
+
+def _cause(err: BaseException) -> str:
+    """The backend's own words, short: gloo's "Read error [127.0.0.1]:57767: Connection reset by peer"."""
+    text = str(err).splitlines()[0] if str(err) else type(err).__name__
+    text = text.split("] ", 1)[1] if text.startswith("[") and "] " in text else text
+    return text.split(". ", 1)[0][:160]
+
+
+def lost_message(err: BaseException, rank: int, world: int, heard: dict[int, str], step: int, timeout_s: float) -> str:
+    failed = {r: why for r, why in sorted(heard.items()) if why and r != rank}
+    lost = [r for r in range(world) if r not in heard and r != rank]
+    if failed:
+        first, why = next(iter(failed.items()))
+        what = f"process rank {first} of {world} stopped at step {step}: {why}"
+    elif lost:
+        names = ", ".join(map(str, lost))
+        what = (f"lost process rank {names} of {world} at step {step}: no word from it (killed, out of host memory, "
+                f"hung or its machine failed; a collective waits train.collective_timeout_s={timeout_s:g} s)")
+    else:
+        what = f"a collective between the {world} processes failed at step {step}"
+    return (f"{what} ({_cause(err)}); this process (rank {rank}) stops too: once every process can run, resume with "
+            "train.resume=auto (from the newest complete checkpoint)")
+
+
+@contextmanager
+def lost_processes_named(accelerator, step: Callable[[], int], timeout_s: float) -> Iterator[None]:
+    """With several processes: a process that stops on an error tells the others why; one whose collective
+    failed raises LostProcess naming the process that was lost, or that stopped and why."""
+    if accelerator.num_processes == 1:
+        yield
+        return
+    try:
+        yield
+    except Exception as err:
+        store, rank = _store(), accelerator.process_index
+        if store is None:
+            raise
+        if not collective_failed(err):
+            _tell(store, rank, str(err).splitlines()[0] if str(err) else type(err).__name__)
+            raise
+        _tell(store, rank, "")
+        heard = _hear(store, accelerator.num_processes)
+        raise LostProcess(lost_message(err, rank, accelerator.num_processes, heard, step(), timeout_s)) from None

@@ -1,0 +1,150 @@
+"""Ctrl-C saves: a real SIGINT sent to the run's whole process group, as a terminal sends it, under each way
+of starting a run (selected with `-k preempt`, like the other stop-signal tests)."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fastsr.engine.checkpoint import load_state, resolve_resume
+from fastsr.engine.loop import EXIT_INTERRUPTED
+from fastsr.engine.runlock import lock_path
+from fastsr.engine.runlog import read_log
+
+from conftest import tiny_recipe_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _recipe(photo_folder, tmp_path, data=None, **train) -> Path:
+    path = tmp_path / "recipe.yaml"
+    sections = {"data": {"backend": "torch", "workers": 2, **(data or {})},
+                "train": {"epochs_pretrain": 500, "epochs_finetune": 0, "batch_size": 2, **train}}
+    path.write_text(yaml.safe_dump(tiny_recipe_dict(photo_folder, tmp_path / "runs", **sections)))
+    return path
+
+
+def _start(cmd, tmp_path) -> tuple[subprocess.Popen, Path]:
+    """`cmd` in a session of its own, as a terminal's foreground job; stderr to a file, read as it grows."""
+    err = tmp_path / "stderr.txt"
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=err.open("w"), text=True,
+                            start_new_session=True)
+    return proc, err
+
+
+def _ctrl_c_once_training(proc, run_dir: Path, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    log = run_dir / "log.jsonl"
+    while not (log.is_file() and '"kind": "train"' in log.read_text()):
+        assert time.time() < deadline and proc.poll() is None, "the run never logged a step"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # the terminal's Ctrl-C: every process of the foreground group
+
+
+def _run_ended(run_dir: Path, timeout: float = 180) -> None:
+    """A run releases its lock last: the run is over (also when its launcher exited before it)."""
+    deadline = time.time() + timeout
+    while lock_path(run_dir).exists():
+        assert time.time() < deadline, "the run never ended"
+        time.sleep(0.2)
+
+
+def _assert_saved(run_dir: Path, err: str, every: int = 1) -> int:
+    assert "Ctrl-C: finishing the step, then a checkpoint" in err
+    assert "stopped by Ctrl-C at step" in err and "train.resume=auto" in err, err[-3000:]
+    stop = [r for r in read_log(run_dir / "log.jsonl") if r["kind"] == "preempted"]
+    assert len(stop) == 1 and stop[0]["signal"] == signal.SIGINT
+    checkpoint = resolve_resume("auto", run_dir)
+    step = load_state(checkpoint)["position"]["step"]
+    assert step == stop[0]["step"] > 0 and step % every == 0
+    assert "DataLoader worker" not in err  # the loader's workers outlived the Ctrl-C
+    return step
+
+
+@pytest.mark.parametrize("entry", ["fastsr train", "python fastsr/train.py"])
+def test_preempt_ctrl_c_saves_a_checkpoint_and_exits_130(photo_folder, tmp_path, entry):
+    recipe = _recipe(photo_folder, tmp_path)
+    cmd = ([sys.executable, "-m", "fastsr.cli", "train", str(recipe)] if entry == "fastsr train"
+           else [sys.executable, str(ROOT / "fastsr" / "train.py"), str(recipe)])
+    proc, err = _start(cmd, tmp_path)
+    run_dir = tmp_path / "runs" / "tiny"
+    _ctrl_c_once_training(proc, run_dir)
+    assert proc.wait(timeout=180) == EXIT_INTERRUPTED, err.read_text()[-3000:]
+    step = _assert_saved(run_dir, err.read_text())
+    assert not lock_path(run_dir).exists()
+    # and the run goes on from there
+    done = subprocess.run([sys.executable, "-m", "fastsr.cli", "train", str(recipe), "train.resume=auto",
+                           "train.epochs_pretrain=1"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"at step {step}" in done.stdout
+
+
+def test_preempt_ctrl_c_saves_with_dali(photo_folder, tmp_path):
+    pytest.importorskip("nvidia.dali")
+    recipe = _recipe(photo_folder, tmp_path, data={"backend": "dali"})
+    proc, err = _start([sys.executable, "-m", "fastsr.cli", "train", str(recipe)], tmp_path)
+    run_dir = tmp_path / "runs" / "tiny"
+    _ctrl_c_once_training(proc, run_dir)
+    assert proc.wait(timeout=180) == EXIT_INTERRUPTED, err.read_text()[-3000:]
+    _assert_saved(run_dir, err.read_text())
+    assert next(r for r in read_log(run_dir / "log.jsonl") if r["kind"] == "run")["loader"] == "dali"
+
+
+def test_preempt_a_second_ctrl_c_stops_at_once_without_a_checkpoint(photo_folder, tmp_path):
+    recipe = _recipe(photo_folder, tmp_path)  # steps slowed below, so the second Ctrl-C lands mid-step
+    script = ("import sys, time; import fastsr.engine.steps as s; real = s.pretrain_step\n"
+              "s.pretrain_step = lambda *a, **k: (time.sleep(1.0), real(*a, **k))[1]\n"
+              "from fastsr.cli import main; sys.exit(main(sys.argv[1:]))")
+    proc, err = _start([sys.executable, "-c", script, "train", str(recipe)], tmp_path)
+    run_dir = tmp_path / "runs" / "tiny"
+    _ctrl_c_once_training(proc, run_dir)
+    deadline = time.time() + 60
+    while "Ctrl-C again stops at once" not in err.read_text():
+        assert time.time() < deadline, err.read_text()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=10) == -signal.SIGINT  # ended by the signal itself, mid-step
+    assert not any(r["kind"] == "preempted" for r in read_log(run_dir / "log.jsonl"))
+    assert resolve_resume("auto", run_dir) is None  # save_every=0: no checkpoint was written
+
+
+@pytest.mark.slow
+def test_preempt_ctrl_c_under_accelerate_launch_one_process(photo_folder, tmp_path):
+    """accelerate's own launcher stops at the Ctrl-C (its KeyboardInterrupt); the training process it started
+    still finishes the step and writes the checkpoint."""
+    recipe = _recipe(photo_folder, tmp_path)
+    proc, err = _start(["accelerate", "launch", "--num_processes", "1", "--cpu", str(ROOT / "fastsr" / "train.py"),
+                        str(recipe)], tmp_path)
+    run_dir = tmp_path / "runs" / "tiny"
+    _ctrl_c_once_training(proc, run_dir)
+    proc.wait(timeout=180)
+    _run_ended(run_dir)
+    _assert_saved(run_dir, err.read_text())
+
+
+@pytest.mark.slow
+def test_preempt_ctrl_c_under_accelerate_launch_two_processes(photo_folder, tmp_path):
+    """torchrun's agent passes the Ctrl-C on to each process's group (their loader workers included); the
+    processes agree on a step at a train.log_every boundary, save, and stop."""
+    recipe = _recipe(photo_folder, tmp_path, log_every=3)
+    proc, err = _start(["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port",
+                        str(_free_port()), str(ROOT / "fastsr" / "train.py"), str(recipe)], tmp_path)
+    run_dir = tmp_path / "runs" / "tiny"
+    _ctrl_c_once_training(proc, run_dir)
+    assert proc.wait(timeout=180) != 0
+    text = err.read_text()
+    _assert_saved(run_dir, text, every=3)
+    assert text.count("stopped by Ctrl-C at step") == 2  # each process

@@ -1,0 +1,122 @@
+"""A lost process stops the others (engine/peers.py): 2 gloo processes, one really killed (SIGKILL) or hung
+(SIGSTOP); the other stops within the collective timeout naming it, the launchers exit non-zero, and
+`train.resume=auto` continues from the last complete checkpoint. Selected by `-k distributed`."""
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fastsr.engine.checkpoint import complete_checkpoints, load_state
+from fastsr.engine.runlog import read_log
+
+from conftest import tiny_recipe_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+ENV = {k: v for k, v in ENV.items() if not k.startswith("SLURM_")}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _recipe(photo_folder, tmp_path, **train) -> Path:
+    path = tmp_path / "recipe.yaml"
+    sections = {"data": {"backend": "torch", "repeat": 4},
+                "train": {"epochs_pretrain": 200, "epochs_finetune": 0, "batch_size": 2, "save_every": 2, **train}}
+    path.write_text(yaml.safe_dump(tiny_recipe_dict(photo_folder, tmp_path / "runs", **sections)))
+    return path
+
+
+def _training_process(recipe: Path, rank: int, timeout: float = 120) -> int:
+    """The pid of the training process of `rank` running `recipe` (found by its command line and RANK)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+                environ = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if (any(a.endswith(b"train.py") for a in cmdline) and str(recipe).encode() in cmdline
+                    and f"RANK={rank}".encode() in environ and b"accelerate" not in cmdline[1:2]):
+                return int(entry.name)
+        time.sleep(0.2)
+    raise AssertionError(f"no training process of rank {rank}")
+
+
+def _wait_for_checkpoint(run_dir: Path, step: int, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while not any(load_state(c)["position"]["step"] >= step for c in complete_checkpoints(run_dir)):
+        assert time.time() < deadline, "no checkpoint"
+        time.sleep(0.2)
+
+
+def _errors(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("fastsr: error: ")]
+
+
+@pytest.mark.slow
+def test_distributed_a_killed_process_stops_the_other_and_launch_sh_exits_non_zero(photo_folder, tmp_path):
+    recipe = _recipe(photo_folder, tmp_path)
+    run_dir = tmp_path / "runs" / "tiny"
+    env = {**ENV, "MASTER_PORT": str(_free_port())}
+    launch = subprocess.Popen(["bash", str(ROOT / "launch.sh"), "--procs-per-node", "2", str(recipe)], env=env,
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_checkpoint(run_dir, 4)
+    os.kill(_training_process(recipe, 1), signal.SIGKILL)  # as the OOM killer does
+    _, err = launch.communicate(timeout=120)
+    assert launch.returncode not in (0, 75), err[-3000:]
+    lines = _errors(err)
+    assert len(lines) == 1 and "lost process rank 1 of 2 at step" in lines[0], err[-3000:]
+    assert "train.resume=auto" in lines[0]
+    last = load_state(complete_checkpoints(run_dir)[-1])["position"]["step"]
+
+    env["MASTER_PORT"] = str(_free_port())
+    done = subprocess.run(["bash", str(ROOT / "launch.sh"), "--procs-per-node", "2", str(recipe),
+                           "train.resume=auto", "train.epochs_pretrain=3"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"at step {last}" in done.stdout
+    runs = [r for r in read_log(run_dir / "log.jsonl") if r["kind"] == "run"]
+    assert runs[-1]["step"] == last and runs[-1]["processes"] == 2
+
+
+@pytest.mark.slow
+def test_distributed_a_hung_process_is_given_up_after_the_collective_timeout(photo_folder, tmp_path):
+    """Two "machines" on loopback; rank 1 stops answering (SIGSTOP: alive, its connections open), so only the
+    timeout can end rank 0's wait."""
+    recipe = _recipe(photo_folder, tmp_path, collective_timeout_s=5)
+    port = str(_free_port())
+    machines = [subprocess.Popen(["accelerate", "launch", "--multi_gpu", "--num_machines", "2", "--num_processes", "2",
+                                  "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+                                  "--main_process_port", port, str(ROOT / "fastsr" / "train.py"), str(recipe)],
+                                 env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for rank in (0, 1)]
+    hung = None
+    try:
+        _wait_for_checkpoint(tmp_path / "runs" / "tiny", 2)
+        hung = _training_process(recipe, 1)
+        os.kill(hung, signal.SIGSTOP)
+        tic = time.monotonic()
+        _, err = machines[0].communicate(timeout=120)
+        waited = time.monotonic() - tic
+    finally:
+        if hung is not None:
+            os.kill(hung, signal.SIGKILL)
+        machines[1].communicate(timeout=120)
+    assert machines[0].returncode != 0
+    lines = _errors(err)
+    assert len(lines) == 1 and "lost process rank 1 of 2" in lines[0], err[-3000:]
+    assert "train.collective_timeout_s=5 s" in lines[0] and "Timed out" in lines[0]
+    assert waited < 60  # the timeout (5 s) and the wait for the others' word (5 s), far below torch's 30 minutes
