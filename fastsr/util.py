@@ -1,4 +1,4 @@
-"""Foundations used across fastsr: atomic file writes, file hashing, the progress bar.
+"""Foundations used across fastsr: atomic file writes, file hashing, the progress bar, the out-of-memory error.
 
 Imports nothing from fastsr, so every layer (data, parts, engine, entry points) can use it.
 """
@@ -20,6 +20,11 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+
+class OutOfMemory(RuntimeError):
+    """The device ran out of memory; the one-line message says which knob lowers the need. Here, below every
+    layer, because the parts (tiled inference, evaluation) raise it as well as the training loop."""
 
 
 def write_atomic(path: str | os.PathLike, data_or_writer: bytes | memoryview | Callable[[BinaryIO], object]) -> None:
