@@ -19,13 +19,13 @@ def user_errors() -> tuple[type[Exception], ...]:
     from fastsr.config import RecipeError
     from fastsr.data import DownloadError, ImageError
     from fastsr.engine.checkpoint import CheckpointWriteError, WeightsError
-    from fastsr.engine.loop import OutOfMemory
     from fastsr.engine.lossguard import NonFiniteLoss
     from fastsr.engine.peers import LostProcess
     from fastsr.engine.runlock import RunDirLocked
     from fastsr.export import ExportError
     from fastsr.losses import VGGWeightsUnavailable
     from fastsr.perceptual_metrics import MetricWeightsUnavailable
+    from fastsr.util import OutOfMemory
 
     return (RecipeError, ImageError, WeightsError, VGGWeightsUnavailable, MetricWeightsUnavailable, DownloadError,
             FileNotFoundError, PermissionError, CheckpointWriteError, NonFiniteLoss, OutOfMemory, ExportError,
@@ -34,6 +34,13 @@ def user_errors() -> tuple[type[Exception], ...]:
 
 # errno values of a write that failed for want of space: no space, quota exceeded, file too large
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def memory_advice():
+    """What an out-of-memory message of `eval` and `upscale` tells the user to change: their options."""
+    from fastsr.infer import MemoryAdvice
+
+    return MemoryAdvice(tile="--tile", metrics="--metrics", cpu="--device cpu")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,8 +93,9 @@ def parse_method(spec: str, scale: int):
 def run_eval(methods: list[str], sources: list[str], scale: int, console: Console, *, data_root: str | None = None,
              metrics: list[str] | None = None, metric_weights: dict[str, str] | None = None,
              pictures: Path | None = None, json_out: Path | None = None, csv_out: Path | None = None,
-             device: str = "auto"):
-    """Score `methods` on each of `sources` (test-set names, folders, `samples`) and print one table."""
+             device: str = "auto", tile: int = 256):
+    """Score `methods` on each of `sources` (test-set names, folders, `samples`) and print one table; the
+    models run on tiles of `tile` LR pixels (0: whole images)."""
     from fastsr.data import ImageError, load_val_set, resolve_source
     from fastsr.data.benchmarks import DEFAULT_ROOT
     from fastsr.data.sources import source_label
@@ -119,8 +127,9 @@ def run_eval(methods: list[str], sources: list[str], scale: int, console: Consol
     results = []
     for label, pairs in sets.items():
         where = pictures / label if pictures else None
-        results.append(SetResult(label, [p[0] for p in pairs], evaluate(models, pairs, scale, device, metrics=scorers,
-                                                                        pictures=where)))
+        scores = evaluate(models, pairs, scale, device, metrics=scorers, tile=tile, pictures=where,
+                          advice=memory_advice())
+        results.append(SetResult(label, [p[0] for p in pairs], scores))
     caption = (f"x{scale}; mean of per-image values; PSNR (dB) and SSIM on the Y channel (BT.601 studio range), "
                f"uint8 levels, {scale}-pixel border shaved" + (", LPIPS/DISTS on RGB" if len(metrics) > 2 else ""))
     console.print(format_table(results, metrics, caption))
@@ -138,8 +147,14 @@ def run_eval(methods: list[str], sources: list[str], scale: int, console: Consol
 
 def cmd_eval(args, console: Console) -> int:
     from fastsr.evaluate import PROTOCOL_METRICS
+    from fastsr.infer import DEFAULT_OVERLAP, check_tiling
 
     load_plugins(args.plugin)
+    try:
+        check_tiling(args.tile, DEFAULT_OVERLAP)
+    except ValueError as err:
+        print(f"fastsr: error: --tile: {err} (eval's tiles overlap by {DEFAULT_OVERLAP})", file=sys.stderr)
+        return 2
     metrics = args.metrics or list(PROTOCOL_METRICS)
     unused = [name for name, _ in args.metric_weights if name not in metrics]
     if unused:
@@ -148,7 +163,7 @@ def cmd_eval(args, console: Console) -> int:
         return 2
     run_eval(args.model, args.data or ["samples"], args.scale, console, data_root=args.data_root,
              metrics=metrics, metric_weights=dict(args.metric_weights), pictures=args.pictures,
-             json_out=args.json, csv_out=args.csv, device=args.device)
+             json_out=args.json, csv_out=args.csv, device=args.device, tile=args.tile)
     return 0
 
 
@@ -197,7 +212,8 @@ def cmd_upscale(args, console: Console) -> int:
             print(err, file=sys.stderr)
             failed += 1
             continue
-        sr = upscale_image(model, lr, model.scale, device, tile=args.tile, overlap=args.overlap)
+        sr = upscale_image(model, lr, model.scale, device, tile=args.tile, overlap=args.overlap, image=str(path),
+                           advice=memory_advice())
         save_image(target, sr)
         alpha = " with alpha" if channels == 4 else ""
         console.print(f"{path} -> {target} ({w}x{h} -> {sr.shape[1]}x{sr.shape[0]}{alpha})")
@@ -361,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="also write per-set and per-image values here")
     p.add_argument("--csv", type=Path, help="also write per-image and per-set values here, a row each")
     p.add_argument("--pictures", type=Path, help="save LR / methods / HR side by side here")
+    p.add_argument("--tile", type=int, default=256,
+                   help="LR tile size the models run on (0: whole images at once); lower it if out of memory")
     p.add_argument("--device", default="auto")
     _add_plugin_option(p)
     p.set_defaults(func=cmd_eval)

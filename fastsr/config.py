@@ -102,6 +102,9 @@ class TrainConfig:
     # What validation scores, for the model and for bicubic: PSNR/SSIM (Y, the protocol's) and the
     # perceptual LPIPS (AlexNet) and DISTS, which need their backbone weights (fastsr.perceptual_metrics).
     val_metrics: list[Literal["psnr", "ssim", "lpips", "dists"]] = field(default_factory=lambda: ["psnr", "ssim"])
+    # Validation runs the model on tiles of this many LR pixels (0: each image whole), as `fastsr eval --tile`;
+    # lower it when validation runs out of memory. Tiles overlap by 32 LR pixels (fastsr.infer): a tile is larger.
+    val_tile: int = 256
     # Local backbone files of the perceptual metrics, as `fastsr eval --metric-weights`: `lpips=PATH`, `dists=PATH`
     # (default: the torch hub cache, else a download).
     metric_weights: list[str] = field(default_factory=list)
@@ -129,7 +132,11 @@ class TrainConfig:
             if not sep or not path or name not in ("lpips", "dists"):
                 raise Invalid("metric_weights", f"entries are lpips=PATH or dists=PATH (got {entry!r})")
 
-        non_negative(self, "epochs_pretrain", "epochs_finetune", "val_every", "save_every", "max_skipped_steps")
+        non_negative(self, "epochs_pretrain", "epochs_finetune", "val_every", "save_every", "max_skipped_steps",
+                     "val_tile")
+        if 0 < self.val_tile <= 32:  # fastsr.infer.check_tiling's rule at evaluation's overlap
+            raise Invalid("val_tile", f"must be 0 (whole images) or more than the tiles' 32-pixel overlap "
+                                      f"(got {self.val_tile})")
         if self.lr <= 0 or (self.lr_finetune is not None and self.lr_finetune <= 0):
             raise Invalid("lr", "and train.lr_finetune must be positive")
         if self.epochs_pretrain + self.epochs_finetune == 0:

@@ -21,10 +21,10 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from fastsr.data import ImageError, save_image
-from fastsr.infer import upscale
+from fastsr.infer import DEFAULT_TILE, PYTHON_ADVICE, MemoryAdvice, upscale
 from fastsr.metrics import psnr, ssim
 from fastsr.ops import quantize
-from fastsr.util import write_atomic
+from fastsr.util import OutOfMemory, write_atomic
 
 Pair = tuple[str, torch.Tensor, torch.Tensor]  # (name, HR 1x3xHxW, LR 1x3xhxw), [0, 1]
 
@@ -102,26 +102,38 @@ def _no_autotuning() -> Iterator[None]:
 @torch.inference_mode()
 @_no_autotuning()
 def evaluate(methods: dict[str, nn.Module], pairs: list[Pair], scale: int, device, *,
-             metrics: list[Metric] | None = None, tile: int = 256, pictures: Path | None = None,
-             max_pictures: int = 4) -> list[Score]:
-    """Score each method on every pair (PSNR and SSIM unless `metrics` says otherwise); optionally save
-    LR / methods / HR pictures of the first few."""
+             metrics: list[Metric] | None = None, tile: int = DEFAULT_TILE, pictures: Path | None = None,
+             max_pictures: int = 4, advice: MemoryAdvice = PYTHON_ADVICE) -> list[Score]:
+    """Score each method on every pair (PSNR and SSIM unless `metrics` says otherwise), running the models on
+    tiles of `tile` LR pixels (0: whole images); optionally save LR / methods / HR pictures of the first few.
+    Out of device memory, upscaling or in a perceptual metric, it raises `OutOfMemory` naming the image and
+    the knob of `advice` to change (the tile size; the metric to leave out)."""
     metrics = metrics if metrics is not None else build_metrics(PROTOCOL_METRICS, scale, device)
     scores = [Score(name, {m.name: [] for m in metrics}) for name in methods]
     for i, (name, hr, lr) in enumerate(pairs):
         lr_dev = lr.to(device)
         outputs = {}
         for score, model in zip(scores, methods.values()):
-            sr = quantize(upscale(model, lr_dev, scale, tile=tile).float().cpu())
+            sr = quantize(upscale(model, lr_dev, scale, tile=tile, image=name, advice=advice).float().cpu())
             for m in metrics:
                 try:
                     score.values[m.name].append(m.score(sr, hr))
                 except ValueError as err:  # an image a perceptual network cannot take (too small)
                     raise ImageError(f"{name}: {err}; remove it from the evaluation images or leave {m.name} out") from None
+                except torch.OutOfMemoryError as err:  # a perceptual network, on the whole image
+                    raise OutOfMemory(_metric_advice(advice, m.name, name, hr, device)) from err
             outputs[score.method] = sr
         if pictures is not None and i < max_pictures:
             save_side_by_side(pictures / f"{name}.png", lr, outputs, hr)
     return scores
+
+
+def _metric_advice(advice: MemoryAdvice, metric: str, image: str, hr: torch.Tensor, device) -> str:
+    """A perceptual metric scores the whole image (no tiles): leave it out, or score on the CPU."""
+    cpu = f" or run on the CPU ({advice.to_cpu(device)})" if advice.to_cpu(device) else ""
+    h, w = hr.shape[-2:]
+    return advice.line(f"scoring {image} ({w}x{h} HR) with {metric}", device,
+                       f"{metric} runs on the whole image: leave it out of {advice.metrics}{cpu}")
 
 
 def save_side_by_side(path: Path, lr: torch.Tensor, outputs: dict[str, torch.Tensor], hr: torch.Tensor) -> None:

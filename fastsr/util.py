@@ -1,4 +1,5 @@
-"""Foundations used across fastsr: atomic file writes, file hashing, the progress bar, the stop signals.
+"""Foundations used across fastsr: atomic file writes, file hashing, the progress bar, the stop signals and
+the out-of-memory error.
 
 Imports nothing from fastsr, so every layer (data, parts, engine, entry points) can use it.
 """
@@ -27,6 +28,11 @@ from rich.progress import (
 # and the terminal's Ctrl-C (SIGINT). The training process answers them (engine/loop.py); a loader's worker
 # processes ignore them, so that they serve the batches up to the stop, and end with the training process.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+class OutOfMemory(RuntimeError):
+    """The device ran out of memory; the one-line message says which knob lowers the need. Here, below every
+    layer, because the parts (tiled inference, evaluation) raise it as well as the training loop."""
 
 
 def write_atomic(path: str | os.PathLike, data_or_writer: bytes | memoryview | Callable[[BinaryIO], object]) -> None:

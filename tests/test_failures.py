@@ -1,5 +1,6 @@
-"""Training that goes wrong: a NaN loss (stop or skip), running out of memory, a full disk mid-checkpoint.
-Each ends in one line naming the step or file, and the last good checkpoint survives."""
+"""Training that goes wrong: a NaN loss (stop or skip), running out of memory (in a step, in validation, in
+`fastsr eval` and `fastsr upscale`), a full disk mid-checkpoint. Each ends in one line naming the step or file
+and what to change, and the last good checkpoint survives."""
 
 import errno
 import json
@@ -8,9 +9,12 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
+from skimage import data as skdata
 
 from fastsr.cli import main
 from fastsr.engine import checkpoint as checkpoint_module
@@ -19,14 +23,16 @@ from fastsr.engine.checkpoint import (
     CheckpointWriteError,
     complete_checkpoints,
     load_state,
+    save_weights,
 )
-from fastsr.engine.loop import OutOfMemory
 from fastsr.engine.lossguard import LossGuard, NonFiniteLoss
 from fastsr.engine.steps import gan_step, pretrain_step
 from fastsr.engine.trainer import train
+from fastsr.infer import MemoryAdvice
 from fastsr.losses import adversarial, build_generator_loss
 from fastsr.models import Discriminator, SRResNet
 from fastsr.recipe import load_recipe, save_recipe
+from fastsr.util import OutOfMemory
 
 
 def records(run_dir, kind):
@@ -145,6 +151,111 @@ def test_out_of_memory_suggests_a_smaller_batch(tiny_recipe, monkeypatch, tmp_pa
     assert main(["train", str(tmp_path / "r.yaml")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("fastsr: error: out of memory at step 2") and "\n" not in err
+
+
+def oom_when_inferring(monkeypatch):
+    """SRResNet's forward runs out of device memory under inference mode (validation, eval, upscale: never a
+    training step), as CUDA does when an image's tiles do not fit."""
+    real = SRResNet.forward
+
+    def forward(self, x):
+        if torch.is_inference_mode_enabled():
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+        return real(self, x)
+
+    monkeypatch.setattr(SRResNet, "forward", forward)
+
+
+@pytest.fixture(scope="module")
+def big_photo(tmp_path_factory):
+    """A 512x512 photograph (128x128 LR at x4), alone in a folder: big enough to tile."""
+    folder = tmp_path_factory.mktemp("big")
+    Image.fromarray(skdata.astronaut()).save(folder / "astronaut.png")
+    return folder / "astronaut.png"
+
+
+@pytest.fixture
+def srresnet_weights(tmp_path):
+    model = SRResNet(scale=4, res_blocks=1, channels=8)
+    save_weights(model, tmp_path / "g.safetensors", model.config)
+    return tmp_path / "g.safetensors"
+
+
+def one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fastsr: error: out of memory ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_out_of_memory_in_validation_names_the_validation_tile(tiny_recipe, monkeypatch, big_photo):
+    oom_when_inferring(monkeypatch)
+    recipe = tiny_recipe(data={"val_source": str(big_photo.parent)},
+                         train={"epochs_finetune": 0, "val_tile": 96})  # 3 steps, then validation
+    with pytest.raises(OutOfMemory) as e:
+        train(recipe)
+    msg = str(e.value)
+    assert msg.startswith("out of memory upscaling astronaut (128x128 LR) in tiles of 96 LR pixels on cpu, "
+                          "validating at step 3, beside the training state; ")
+    assert "lower train.val_tile (e.g. train.val_tile=48)" in msg and "train.resume=auto" in msg
+    assert "batch_size" not in msg and "\n" not in msg
+    assert [r["step"] for r in records(recipe.run_dir, "oom")] == [3]
+    assert records(recipe.run_dir, "oom")[0]["message"] == msg
+    assert records(recipe.run_dir, "train")[-1]["step"] == 3  # the training steps ran; validation stopped it
+
+
+@pytest.mark.parametrize("tile, advice", [
+    ("128", "lower --tile (e.g. --tile 64)"),
+    ("0", "tile it with --tile (e.g. --tile 256)"),  # 300x280 LR, whole
+    ("48", "the tiles are already small: use a smaller model"),  # halving would go under the 32-pixel minimum
+])
+def test_out_of_memory_in_upscale_names_the_tile_and_the_image(tile, advice, monkeypatch, tmp_path,
+                                                               srresnet_weights, capsys):
+    oom_when_inferring(monkeypatch)
+    src = tmp_path / "photo.png"
+    Image.fromarray(np.ascontiguousarray(skdata.astronaut()[:280, :300])).save(src)
+    out = tmp_path / "photo_x4.png"
+    assert main(["upscale", str(src), "--weights", str(srresnet_weights), "-o", str(out), "--tile", tile,
+                 "--device", "cpu"]) == 2
+    err = one_line(capsys)
+    how = f"in tiles of {tile} LR pixels" if tile != "0" else "whole (--tile 0)"
+    assert f"upscaling {src} (300x280 LR) {how} on cpu; {advice}" in err
+    assert not out.exists()
+
+
+def test_out_of_memory_in_eval_names_its_tile_option(monkeypatch, big_photo, srresnet_weights, capsys):
+    oom_when_inferring(monkeypatch)
+    assert main(["eval", "--model", "bicubic", "--model", str(srresnet_weights), "--data", str(big_photo),
+                 "--tile", "100", "--device", "cpu"]) == 2
+    err = one_line(capsys)
+    assert "upscaling astronaut (128x128 LR) in tiles of 100 LR pixels on cpu; lower --tile (e.g. --tile 50)" in err
+    assert main(["eval", "--model", "bicubic", "--tile", "16"]) == 2  # a tile within the overlap is refused first
+    assert "--tile: need tile >= 0 and 0 <= overlap < tile, got tile=16, overlap=32" in capsys.readouterr().err
+
+
+def test_out_of_memory_in_a_perceptual_metric_says_to_leave_it_out(monkeypatch, big_photo, capsys):
+    from fastsr import perceptual_metrics
+
+    def network(sr, hr):  # LPIPS on the whole 512x512 image, out of device memory
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB")
+
+    monkeypatch.setattr(perceptual_metrics, "build_perceptual_metric", lambda name, device, weights=None: network)
+    assert main(["eval", "--model", "bicubic", "--data", str(big_photo), "--metrics", "psnr,lpips",
+                 "--device", "cpu"]) == 2
+    err = one_line(capsys)
+    assert "scoring astronaut (512x512 HR) with lpips on cpu; lpips runs on the whole image: leave it out of " \
+           "--metrics" in err
+
+
+def test_out_of_memory_advice_on_a_gpu():
+    """The wording where the CPU is the way out, and for an image upscaled whole; "cuda" without a GPU here."""
+    cli = MemoryAdvice(tile="--tile", metrics="--metrics", cpu="--device cpu")
+    assert cli.for_tiles("0801.png", 339, 510, 0, 32, "cuda") == (
+        "out of memory upscaling 0801.png (510x339 LR) whole (--tile 0) on cuda; tile it with --tile (e.g. --tile 256)")
+    assert cli.for_tiles("0801.png", 339, 510, 256, 32, "cuda").endswith("lower --tile (e.g. --tile 128)")
+    assert cli.for_tiles("0801.png", 339, 510, 64, 32, "cuda").endswith(  # 32 would be no more than the overlap
+        "the tiles are already small: run it on the CPU (--device cpu) or use a smaller model")
+    assert cli.for_tiles("a.png", 20, 17, 256, 32, "cuda").endswith(  # one tile, smaller than the tile size
+        "the tiles are already small: run it on the CPU (--device cpu) or use a smaller model")
 
 
 def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tiny_recipe, monkeypatch, tmp_path, capsys):

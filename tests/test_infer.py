@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch import nn
 
+from fastsr.config import RecipeError
 from fastsr.data import image_to_tensor
-from fastsr.infer import _tiles, upscale, upscale_image
+from fastsr.infer import DEFAULT_OVERLAP, _tiles, check_tiling, upscale, upscale_image
 from fastsr.models import SRCNN, Bicubic, SRResNet
 from fastsr.ops import imresize
 
@@ -180,6 +181,25 @@ def test_tiny_tiles_of_bicubic_are_exact():
     pixels = np.random.default_rng(4).integers(0, 256, (6, 11, 3), dtype=np.uint8)
     whole = upscale_image(MODELS["bicubic"], pixels, 4, "cpu", tile=0)
     np.testing.assert_array_equal(upscale_image(MODELS["bicubic"], pixels, 4, "cpu", tile=5, overlap=4), whole)
+
+
+@pytest.mark.parametrize("tile", [0, 1, DEFAULT_OVERLAP, DEFAULT_OVERLAP + 1, 256])
+def test_the_validation_tile_key_takes_the_tiles_evaluation_can_run(tile):
+    """train.val_tile's rule (fastsr.config) is check_tiling's at the overlap evaluation tiles with."""
+    from fastsr.recipe import load_recipe
+
+    try:
+        check_tiling(tile, DEFAULT_OVERLAP)
+        tiles = True
+    except ValueError:
+        tiles = False
+    try:
+        load_recipe("quickstart", [f"train.val_tile={tile}"])
+        accepted = True
+    except RecipeError as err:
+        assert "train.val_tile must be 0 (whole images) or more than the tiles' 32-pixel overlap" in str(err)
+        accepted = False
+    assert accepted == tiles
 
 
 _PEAK_RSS = """

@@ -32,8 +32,9 @@ from fastsr.engine.phases import Phase, learning_rate
 from fastsr.engine.runlog import RunLog
 from fastsr.engine.setup import Run
 from fastsr.evaluate import evaluate
+from fastsr.infer import MemoryAdvice
 from fastsr.models import Bicubic
-from fastsr.util import STOP_SIGNALS, progress_bar
+from fastsr.util import STOP_SIGNALS, OutOfMemory, progress_bar
 
 BAR_INTERVAL_S = 0.1  # the progress bar's count is updated at most this often (rich redraws it 10 times a second)
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later"; a job script requeues on it and resumes
@@ -49,10 +50,6 @@ class Preempted(Exception):
                          "train.resume=auto to continue exactly where it stopped")
         self.step, self.checkpoint = step, checkpoint
         self.exit_code = EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_PREEMPTED
-
-
-class OutOfMemory(RuntimeError):
-    """The device ran out of memory; the message says which knobs lower the need."""
 
 
 @contextmanager
@@ -86,11 +83,16 @@ def score_and_log(model: nn.Module, run: Run, step: int) -> str:
     """Score the model and bicubic on each validation set (evaluation runs the model in eval mode and
     restores its mode), save the side-by-side pictures, log a record per set; return a one-line summary."""
     recipe = run.recipe
+    # out of memory: validation's own knobs, and the training state it shares the device with
+    advice = MemoryAdvice(tile="train.val_tile", metrics="train.val_metrics", cpu=None,
+                          where=f"validating at step {step}, beside the training state",
+                          then="resume with train.resume=auto")
     shown = []
     for name, pairs in run.val_sets.items():
         pictures = recipe.run_dir / "samples" / f"step_{step:08d}" / name
         bicubic, sr = evaluate({"Bicubic": Bicubic(recipe.scale), "model": model}, pairs, recipe.scale,
-                               run.accelerator.device, metrics=run.val_metrics, pictures=pictures)
+                               run.accelerator.device, metrics=run.val_metrics, tile=recipe.train.val_tile,
+                               pictures=pictures, advice=advice)
         values = {m.name: sr.mean(m.name) for m in run.val_metrics}
         run.log.write(kind="val", step=step, set=name, **values,
                       **{f"bicubic_{m}": bicubic.mean(m) for m in values}, images=len(pairs))
@@ -251,11 +253,15 @@ class Loop:
 
     @contextmanager
     def _failures_explained(self):
-        """Log why a run stops on a non-finite loss; turn an out-of-memory error into advice."""
+        """Log why a run stops on a non-finite loss or out of memory (validation's OutOfMemory names its own
+        knobs); turn a training step's out-of-memory error into advice."""
         try:
             yield
         except NonFiniteLoss as err:
             self.log.write(kind="nonfinite", step=self.pos.step, message=str(err))
+            raise
+        except OutOfMemory as err:
+            self.log.write(kind="oom", step=self.pos.step, message=str(err))
             raise
         except torch.OutOfMemoryError:
             recipe = self.run.recipe
