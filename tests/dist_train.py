@@ -1,7 +1,8 @@
 """Run by the distributed tests under `accelerate launch`: `fastsr train RECIPE [overrides]`, then every rank
 writes the generator weights it ended with to OUT/rank{R}.safetensors, so a test can check that the ranks
 agree. NAN_AT="RANK:CALL" makes that rank's pixel loss NaN on that call (1-based); STEP_SLEEP_S=S makes
-every training step take S seconds longer (so that a test's signal lands mid-run)."""
+every training step take S seconds longer (so that a test's signal lands mid-run), VAL_SLEEP_S=S every
+validation."""
 
 import os
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 from accelerate import PartialState
 from safetensors.torch import save_file
 
+import fastsr.engine.loop as loop
 import fastsr.engine.steps as steps
 from fastsr.cli import main
 from fastsr.models import GENERATORS
@@ -35,6 +37,9 @@ if __name__ == "__main__":
         for name in ("pretrain_step", "gan_step"):
             real_step = getattr(steps, name)
             setattr(steps, name, lambda *a, _real=real_step, **k: (time.sleep(pause), _real(*a, **k))[1])
+    if "VAL_SLEEP_S" in os.environ:
+        real_score, wait = loop.score_and_log, float(os.environ["VAL_SLEEP_S"])
+        loop.score_and_log = lambda *a, **k: (time.sleep(wait), real_score(*a, **k))[1]
     code = main(["train", recipe_path, *overrides])
     if code == 0:
         out.mkdir(parents=True, exist_ok=True)

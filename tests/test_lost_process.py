@@ -120,3 +120,15 @@ def test_distributed_a_hung_process_is_given_up_after_the_collective_timeout(pho
     assert len(lines) == 1 and "lost process rank 1 of 2" in lines[0], err[-3000:]
     assert "train.collective_timeout_s=5 s" in lines[0] and "Timed out" in lines[0]
     assert waited < 60  # the timeout (5 s) and the wait for the others' word (5 s), far below torch's 30 minutes
+
+
+@pytest.mark.slow
+def test_distributed_a_validation_near_the_collective_timeout_is_noted(photo_folder, tmp_path):
+    """Rank 1 waits for rank 0's validation in a barrier: a validation taking over half the timeout is said."""
+    recipe = _recipe(photo_folder, tmp_path, epochs_pretrain=1, save_every=0, collective_timeout_s=3)
+    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(_free_port()),
+           str(ROOT / "tests" / "dist_train.py"), str(recipe), str(tmp_path / "w")]
+    done = subprocess.run(cmd, env={**ENV, "VAL_SLEEP_S": "2"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    notes = [r["message"] for r in read_log(tmp_path / "runs" / "tiny" / "log.jsonl") if r["kind"] == "note"]
+    assert len(notes) == 1 and "a validation took 2 s, over half of train.collective_timeout_s=3" in notes[0], notes

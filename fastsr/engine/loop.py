@@ -117,6 +117,7 @@ class Loop:
         self.last_val_step, self.last_val_info = -1, ""
         self.lr_set: tuple[Phase, float] | None = None  # the phase and rate last written to its optimisers
         self.bar_due = 0.0  # perf_counter time after which the progress bar's count is next updated
+        self.slow_noted: set[str] = set()  # what (validation, checkpoint) was said to near the collective timeout
 
     def run_phases(self) -> None:
         run, t, pos = self.run, self.t, self.pos
@@ -135,9 +136,9 @@ class Loop:
                         if pos.step % t.log_every == 0:
                             self._flush_log(phase, epoch)
                         if t.val_every and pos.step % t.val_every == 0:
-                            self._outside_rate(self.validate)
+                            self._outside_rate(self.validate, "validation")
                         if t.save_every and pos.step % t.save_every == 0:
-                            self._outside_rate(self.checkpoint)
+                            self._outside_rate(self.checkpoint, "checkpoint")
                         if time.perf_counter() >= self.bar_due:
                             self.progress.update(self.task, completed=pos.step)
                             self.bar_due = time.perf_counter() + BAR_INTERVAL_S
@@ -146,8 +147,8 @@ class Loop:
                     pos.epoch, pos.batch = epoch + 1, 0
                 self._flush_log(phase, phase.epochs - 1)
                 pos.phase, pos.epoch = index + 1, 0
-                self._outside_rate(self.validate)
-                self._outside_rate(self.checkpoint)
+                self._outside_rate(self.validate, "validation")
+                self._outside_rate(self.checkpoint, "checkpoint")
                 self.progress.update(self.task, completed=pos.step, info=self.last_val_info)
 
     # -- one step ------------------------------------------------------------------------------
@@ -212,11 +213,21 @@ class Loop:
         shown = " ".join(f"{k[5:]} {v:.4g}" for k, v in means.items())
         self.progress.update(self.task, completed=self.pos.step, rate=rate, info=f"{shown} {self.last_val_info}")
 
-    def _outside_rate(self, action) -> None:
-        """Run a validation or a checkpoint without counting its time against images/sec."""
+    def _outside_rate(self, action, what: str) -> None:
+        """Run a validation or a checkpoint without counting its time against images/sec. With several
+        processes the others wait for rank 0's in a collective: say so once if it nears their timeout."""
         tic = time.perf_counter()
         action()
-        self.window_tic += time.perf_counter() - tic
+        spent = time.perf_counter() - tic
+        self.window_tic += spent
+        timeout = self.t.collective_timeout_s
+        if self.run.accelerator.num_processes > 1 and spent > timeout / 2 and what not in self.slow_noted:
+            self.slow_noted.add(what)
+            note = (f"a {what} took {spent:.0f} s, over half of train.collective_timeout_s={timeout:g}: the "
+                    "other processes wait for it in a collective and would give up at the timeout; raise it")
+            self.log.write(kind="note", message=note)
+            if self.run.main:
+                self.run.console.print(f"[yellow]note:[/] {note}")
 
     def validate(self) -> None:
         self._check_losses()
