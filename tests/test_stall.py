@@ -4,6 +4,7 @@ its process, so each run is a subprocess."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -89,11 +90,15 @@ def _recipe(photo_folder: Path, tmp_path: Path, **data) -> Path:
     return path
 
 
-def _train(recipe: Path, record: Path, stall: str | None = None) -> subprocess.CompletedProcess:
+def _train(recipe: Path, record: Path, stall: str | None = None) -> tuple[int, str]:
+    """(exit status, stderr) of the training process. Its output goes to files, not pipes, so that a
+    worker it left running (holding them open) cannot keep the test waiting."""
     record.mkdir()
     env = {k: v for k, v in ENV.items() if k != "STALL"} | ({"STALL": stall} if stall else {})
-    return subprocess.run([sys.executable, str(ROOT / "tests" / "stall_train.py"), str(recipe), str(record)], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+    with (record / "stdout").open("w") as out, (record / "stderr").open("w") as err:
+        code = subprocess.run([sys.executable, str(ROOT / "tests" / "stall_train.py"), str(recipe), str(record)],
+                              env=env, stdout=out, stderr=err, timeout=300, check=False).returncode
+    return code, (record / "stderr").read_text()
 
 
 def _gone(pid: int) -> bool:
@@ -122,16 +127,17 @@ CASES = {
 def test_a_stall_in_each_backend_stops_the_run_naming_the_batch_files(photo_folder, tmp_path, case):
     data, stall, (epoch, batch, steps, newest) = CASES[case]
     record = tmp_path / "record"
-    done = _train(_recipe(photo_folder, tmp_path, **data), record, stall)
-    assert done.returncode == 2, done.stderr[-3000:]
-    errors = [line for line in done.stderr.splitlines() if line.startswith("fastsr: error:")]
-    assert len(errors) == 1, done.stderr[-3000:]
+    code, stderr = _train(_recipe(photo_folder, tmp_path, **data), record, stall)
+    assert code == 2, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("fastsr: error:")]
+    assert len(errors) == 1, stderr[-3000:]
     error = errors[0]
     run_dir = tmp_path / "runs" / "tiny"
     last = read_log(run_dir / "log.jsonl")[-1]
     assert last["kind"] == "stalled" and last["message"] in error
     assert (last["backend"], last["epoch"], last["batch"], last["step"]) == (data["backend"], epoch, batch, steps)
-    assert f"the {data['backend']} loader in 2 s" in error and f"batch {batch} of epoch {epoch} (step {steps + 1})" in error
+    assert f"the {data['backend']} loader in 2 s" in error
+    assert f"batch {batch} of epoch {epoch} (step {steps + 1})" in error
     stuck = set(json.loads((record / "stuck.json").read_text()))  # the files the injected stall sat on
     assert stuck <= set(last["files"]) and all(f in error for f in last["files"])
     # nothing written after the stall: the last checkpoint is the last one due before it
@@ -139,13 +145,16 @@ def test_a_stall_in_each_backend_stops_the_run_naming_the_batch_files(photo_fold
     assert not (run_dir / "generator.safetensors").exists()
     if data.get("workers"):  # the hung worker (and the other) ended with the run
         pids = [int(p) for p in (record / "workers").read_text().split()]
-        assert len(pids) == 2 and all(_gone(pid) for pid in pids)
+        left = [pid for pid in pids if not _gone(pid)]
+        for pid in left:  # so that a failure leaves nothing behind
+            os.kill(pid, signal.SIGKILL)
+        assert len(pids) == 2 and not left
 
 
 def test_a_healthy_run_with_the_watch_on_is_unaffected(photo_folder, tmp_path):
     run_dir = tmp_path / "runs" / "tiny"
-    done = _train(_recipe(photo_folder, tmp_path, backend="torch", stall_timeout_s=30), tmp_path / "record")
-    assert done.returncode == 0, done.stderr[-3000:]
+    code, stderr = _train(_recipe(photo_folder, tmp_path, backend="torch", stall_timeout_s=30), tmp_path / "record")
+    assert code == 0, stderr[-3000:]
     log = read_log(run_dir / "log.jsonl")
     assert [r["step"] for r in log if r["kind"] == "train"] == list(range(1, 13))
     assert not [r for r in log if r["kind"] == "stalled"] and (run_dir / "generator.safetensors").is_file()

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import NoReturn, TypeVar
+from typing import NoReturn, Self, TypeVar
 
 from fastsr.engine.runlog import RunLog
 
@@ -44,7 +44,7 @@ class StallWatch:
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> StallWatch:
+    def __enter__(self) -> Self:
         if self.timeout_s > 0:
             self._thread = threading.Thread(target=self._watch, name="fastsr-stall-watch", daemon=True)
             self._thread.start()
