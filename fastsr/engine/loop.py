@@ -15,6 +15,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -103,7 +104,7 @@ class Loop:
         self.last_val_step, self.last_val_info = -1, ""
         self.lr_set: tuple[Phase, float] | None = None  # the phase and rate last written to its optimisers
         self.bar_due = 0.0  # perf_counter time after which the progress bar's count is next updated
-        self.before_exit: list = []  # callables a stalled run calls before it ends the process (stall.py)
+        self.before_exit: list[Callable[[], object]] = []  # called before a stalled run ends the process (stall.py)
 
     def run_phases(self) -> None:
         run, t, pos = self.run, self.t, self.pos
