@@ -31,7 +31,7 @@ from rich.console import Console
 from fastsr.engine.checkpoint import Position
 from fastsr.engine.loop import Loop
 from fastsr.engine.phases import build_phases
-from fastsr.engine.setup import open_run_dir, prepare_for_training, set_up
+from fastsr.engine.setup import make_accelerator, open_run_dir, prepare_for_training, set_up
 from fastsr.recipe import from_dict
 
 IMAGES = 8  # generated 32x32 training images

@@ -58,6 +58,11 @@ class DataConfig:
     crops_per_image: int = 1  # crops cut per visit to an image (spreads a file decode over k crops)
     workers: int = 2  # torch: loader worker processes (0: in the main process); DALI: CPU threads
     cache_images: bool = True  # torch loader: keep decoded training images in memory (small data sets)
+    # Seconds the loop may wait for one batch (not a step, validation or checkpoint) before the run stops
+    # naming the backend and the batch's files (a hung worker, a stuck network filesystem; 0: never).
+    # Below train.collective_timeout_s (300), so that a stalled process names its cause before the
+    # other processes' collectives time out waiting for it.
+    stall_timeout_s: float = 180.0
     val_images: int = 0  # validate on the first N held-out images (0: all)
     # Images a run cannot use (unreadable, truncated, transparent, smaller than the crop or too small to
     # score), found before the first step: `error` refuses the run naming them, `skip` leaves them out
@@ -66,7 +71,7 @@ class DataConfig:
 
     def check(self) -> None:
         positive(self, "hr_crop", "repeat", "crops_per_image")
-        non_negative(self, "workers", "val_images")
+        non_negative(self, "workers", "val_images", "stall_timeout_s")
         if self.device_budget_gb is not None:
             positive(self, "device_budget_gb")
         if self.val_sets and self.val_source is not None:

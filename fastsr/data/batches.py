@@ -34,6 +34,7 @@ class BatchSource(Protocol):
     """This process's share of the training batches, epoch by epoch."""
 
     name: str  # the backend, for logs
+    plan: CropPlan  # the crops it cuts (which files a batch comes from: `plan.files`)
 
     def __len__(self) -> int:
         """Batches per epoch for this process."""

@@ -77,7 +77,8 @@ Visit = list[Crop]
 class CropPlan:
     """Batches of crops for one process; `len(plan)` is the batches it gets per epoch.
 
-    `sizes` are the (height, width) of the training images and `names` their files, for errors.
+    `sizes` are the (height, width) of the training images and `names` their files, for messages
+    (a crop that does not fit, the files of a batch that never came: `files`).
     Every crop must fit in every image (`check_crop_fits`): checked here, unless `screened` says the
     sizes are those of images the run's screen already checked (data.screen.screen_train), so that a
     run checks each image once.
@@ -99,7 +100,8 @@ class CropPlan:
         if not screened:
             for (height, width), name in zip(sizes, names):
                 check_crop_fits(name, height, width, scale, hr_crop)
-        self.sizes, self.scale, self.hr_crop, self.batch_size = list(sizes), scale, hr_crop, batch_size
+        self.sizes, self.names = list(sizes), list(names)
+        self.scale, self.hr_crop, self.batch_size = scale, hr_crop, batch_size
         self.repeat, self.crops_per_image, self.augment, self.channel_shuffle = repeat, k, augment, channel_shuffle
         self.seed, self.rank, self.world_size = seed, rank, world_size
 
@@ -116,6 +118,10 @@ class CropPlan:
             first = (b * self.world_size + self.rank) * per_batch  # global batch b * world + rank
             batches.append([self._visit(epoch, v, int(visits[v])) for v in range(first, first + per_batch)])
         return batches
+
+    def files(self, epoch: int, batch: int) -> list[str]:
+        """The distinct image files of this process's batch `batch` of `epoch`, in plan order."""
+        return list(dict.fromkeys(self.names[visit[0].index] for visit in self.epoch(epoch)[batch]))
 
     def _visit(self, epoch: int, v: int, index: int) -> Visit:
         h, w = self.sizes[index]

@@ -28,9 +28,11 @@ from fastsr.engine.checkpoint import (
     write_training_checkpoint,
 )
 from fastsr.engine.lossguard import LossGuard, NonFiniteLoss
+from fastsr.engine.peers import tell_the_others
 from fastsr.engine.phases import Phase, learning_rate
 from fastsr.engine.runlog import RunLog
 from fastsr.engine.setup import Run
+from fastsr.engine.stall import StallWatch, stall_message, stop_stalled
 from fastsr.evaluate import evaluate
 from fastsr.infer import MemoryAdvice
 from fastsr.models import Bicubic
@@ -124,13 +126,15 @@ class Loop:
         total = self.steps_per_epoch * sum(p.epochs for p in self.phases)
         epoch_offsets = [sum(p.epochs for p in self.phases[:i]) for i in range(len(self.phases))]
         run.g_train.train()
-        with progress_bar(run.main) as self.progress, stop_requests(run.main) as requests, self._failures_explained():
+        with progress_bar(run.main) as self.progress, stop_requests(run.main) as requests, self._failures_explained(), \
+                StallWatch(run.recipe.data.stall_timeout_s, self._stalled) as watch:
             self.task = self.progress.add_task("", total=total, completed=pos.step, rate=0.0, info="")
             for index in range(pos.phase, len(self.phases)):
                 phase = self.phases[index]
                 self.progress.update(self.task, description=phase.name)
                 for epoch in range(pos.epoch, phase.epochs):
-                    for batch in run.loader.batches(epoch_offsets[index] + epoch, start=pos.batch):
+                    at = epoch_offsets[index] + epoch  # the loader's epoch
+                    for batch in watch.batches(run.loader.batches(at, start=pos.batch), at, pos.batch):
                         self._set_lr(phase, epoch)
                         self._step(phase, batch)
                         if pos.step % t.log_every == 0:
@@ -261,6 +265,16 @@ class Loop:
         self.log.write(kind="preempted", step=self.pos.step, signal=int(requests[0]) if requests else None,
                        checkpoint=str(checkpoint))
         raise Preempted(self.pos.step, checkpoint, requests[0] if requests else None)
+
+    def _stalled(self, epoch: int, batch: int) -> None:
+        """No batch `batch` of the loader's `epoch` for data.stall_timeout_s: called in the watch thread,
+        which ends the process (stall.py), telling the other processes why and letting the run directory go."""
+        run, pos = self.run, self.pos
+        files = run.loader.plan.files(epoch, batch)
+        message = stall_message(run.loader.name, run.recipe.data.stall_timeout_s, pos.epoch, batch, pos.step + 1, files)
+        before_exit = [lambda: tell_the_others(run.accelerator, message), *([run.lock.release] if run.lock else [])]
+        stop_stalled(self.log, message, {"step": pos.step, "epoch": pos.epoch, "batch": batch, "backend": run.loader.name,
+                                         "files": files}, display=self.progress, before_exit=before_exit)
 
     @contextmanager
     def _failures_explained(self):

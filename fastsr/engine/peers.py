@@ -104,6 +104,14 @@ def lost_message(err: BaseException, rank: int, world: int, heard: dict[int, str
             "train.resume=auto (from the newest complete checkpoint)")
 
 
+def tell_the_others(accelerator, why: str) -> None:
+    """Say in the process group's store why this process stops (for a process that ends itself outside an
+    exception, as a stalled one does), so that the others name it and the reason."""
+    store = _store() if accelerator.num_processes > 1 else None
+    if store is not None:
+        _tell(store, accelerator.process_index, why)
+
+
 @contextmanager
 def lost_processes_named(accelerator, step: Callable[[], int], timeout_s: float) -> Iterator[None]:
     """With several processes: a process that stops on an error tells the others why; one whose collective

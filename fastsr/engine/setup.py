@@ -38,6 +38,7 @@ from fastsr.engine.checkpoint import (
 )
 from fastsr.engine.ema import GeneratorEMA
 from fastsr.engine.peers import process_group_kwargs
+from fastsr.engine.runlock import RunLock
 from fastsr.engine.runlog import RunLog
 from fastsr.engine.runtime import Precision, Runtime, allow_tf32, autotune_convolutions, resolve_runtime
 from fastsr.evaluate import Metric, build_metrics
@@ -65,6 +66,7 @@ class Run:
     resumed_from: Path | None
     notes: list[str] = field(default_factory=list)
     log: RunLog | None = None  # once the run directory is open
+    lock: RunLock | None = None  # rank 0's hold on the run directory (a stalled run lets it go as it ends)
     # The training copies (laid out, maybe compiled, wrapped by Accelerate), sharing the parameters.
     g_train: nn.Module | None = None
     d_train: nn.Module | None = None

@@ -16,8 +16,8 @@ from rich.console import Console
 
 from fastsr.engine.checkpoint import save_weights
 from fastsr.engine.loop import Loop
-from fastsr.engine.phases import build_phases
 from fastsr.engine.peers import lost_processes_named
+from fastsr.engine.phases import build_phases
 from fastsr.engine.runlock import run_dir_lock
 from fastsr.engine.runlog import plot_curves
 from fastsr.engine.setup import Run, make_accelerator, open_run_dir, prepare_for_training, set_up
@@ -33,6 +33,7 @@ def train(recipe: Recipe, console: Console | None = None) -> Path:
         with lost_processes_named(accelerator, lambda: run.position.step if run else 0,
                                   recipe.train.collective_timeout_s), run_dir_lock(recipe.run_dir, accelerator) as lock:
             run = set_up(recipe, console, accelerator)  # all that can fail on a user's input, before touching the run dir
+            run.lock = lock
             if lock is not None and lock.note:
                 run.notes.insert(0, lock.note)
             open_run_dir(run)
