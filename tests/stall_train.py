@@ -1,4 +1,4 @@
-"""Run by tests/test_stall.py: train RECIPE (with overrides) after injecting a stall into one batch source,
+"""Run by tests/test_stall.py: `fastsr train RECIPE [overrides]` after injecting a stall into one batch source,
 as `STALL=WHERE:CALL`: the CALL-th call (1-based, counted per process from the start of the training loop,
 so a loader's set-up is not counted) of
 - `read`: `ImageStore.read` (the torch loader with data.cache_images=false reads once per visit), in the
@@ -6,7 +6,8 @@ so a loader's set-up is not counted) of
 - `cut`: `DeviceLoader._cut` (the device backend cuts a chunk of batches per call);
 - `feed`: DALI's external-source callback, `_Feeder.__call__` (after it has made its batch)
 sleeps far longer than any test waits. Before sleeping, it appends the files it is stuck on to
-RECORD/stuck.json; every DataLoader worker appends its pid to RECORD/workers (to check they are ended)."""
+RECORD/stuck.json; every DataLoader worker appends its pid to RECORD/workers (to check they are ended).
+Under `accelerate launch`, STALL_RANK=R stalls that process only."""
 
 import json
 import os
@@ -17,10 +18,9 @@ from pathlib import Path
 from torch.utils.data import get_worker_info
 
 from fastsr.data.device_backend import DeviceLoader
+from fastsr.cli import main
 from fastsr.data.store import ImageStore
 from fastsr.engine.loop import Loop
-from fastsr.engine.trainer import train
-from fastsr.recipe import load_recipe
 
 STUCK_S = 600  # "never", for a test; ended by the stall action (SIGKILL for a worker, os._exit otherwise)
 
@@ -79,7 +79,8 @@ def inject(where: str, call: int, record: Path) -> None:
 
 if __name__ == "__main__":
     recipe_path, record, overrides = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
-    if "STALL" in os.environ:
+    rank = os.environ.get("RANK", "0")
+    if "STALL" in os.environ and os.environ.get("STALL_RANK", rank) == rank:
         where, call = os.environ["STALL"].split(":")
         inject(where, int(call), record)
     real_run_phases = Loop.run_phases
@@ -89,4 +90,4 @@ if __name__ == "__main__":
         return real_run_phases(self)
 
     Loop.run_phases = run_phases
-    train(load_recipe(recipe_path, overrides))
+    sys.exit(main(["train", recipe_path, *overrides]))

@@ -5,6 +5,7 @@ its process, so each run is a subprocess."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -159,3 +160,26 @@ def test_a_healthy_run_with_the_watch_on_is_unaffected(photo_folder, tmp_path):
     log = read_log(run_dir / "log.jsonl")
     assert [r["step"] for r in log if r["kind"] == "train"] == list(range(1, 13))
     assert not [r for r in log if r["kind"] == "stalled"] and (run_dir / "generator.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_distributed_a_stalled_process_ends_and_the_other_names_it_and_why(photo_folder, tmp_path):
+    """Rank 1's data stalls: it stops with its line; rank 0, left in a collective, names rank 1 and the stall."""
+    recipe = _recipe(photo_folder, tmp_path, backend="torch", workers=0)
+    record = tmp_path / "record"
+    record.mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    done = subprocess.run(["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port",
+                           str(port), str(ROOT / "tests" / "stall_train.py"), str(recipe), str(record)],
+                          env={**ENV, "STALL": "read:5", "STALL_RANK": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("fastsr: error:")]
+    assert len(errors) == 2, done.stderr[-3000:]
+    stalled = next(e for e in errors if e.startswith("fastsr: error: no batch from the torch loader"))
+    other = next(e for e in errors if e is not stalled)
+    assert "process rank 1 of 2 stopped at step 1: no batch from the torch loader in 2 s" in other, other
+    assert "this process (rank 0) stops too" in other
+    assert not (tmp_path / "runs" / "tiny.lock").exists()
