@@ -1,6 +1,9 @@
 """Shared fixtures: a tiny image folder cut from a real photograph, a tiny recipe over it, and the cleanup
-after a test that registered the plugin architecture (tests/plugin_arch.py)."""
+after a test that registered the plugin architecture (tests/plugin_arch.py); for the tests that start real
+processes, their environment and a free port."""
 
+import os
+import socket
 import sys
 from pathlib import Path
 
@@ -13,6 +16,17 @@ from skimage import data as skdata
 from fastsr.config import merge
 from fastsr.models import GENERATORS
 from fastsr.recipe import from_dict, part_defaults
+
+ROOT = Path(__file__).resolve().parents[1]
+# Started processes: output as it happens, and one thread each (the CI machine has 2 cores for them all).
+PROCESS_ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now, for a process group's rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

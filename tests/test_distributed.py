@@ -6,7 +6,6 @@ the processes form a gloo group (`accelerate launch --multi_gpu` with the traine
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -23,16 +22,9 @@ from fastsr.engine.checkpoint import complete_checkpoints, load_state, resolve_r
 from fastsr.engine.loop import EXIT_PREEMPTED, Preempted
 from fastsr.engine.trainer import train
 
-from conftest import tiny_recipe_dict
+from conftest import PROCESS_ENV, ROOT, free_port, tiny_recipe_dict
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+ENV = PROCESS_ENV
 
 
 def _weights(path):
@@ -177,7 +169,7 @@ def test_distributed_processes_agree_on_bad_images_and_a_nan_on_one_rank(photo_f
     recipe = _recipe_file(data, tmp_path, data={"repeat": 4, "backend": "torch", "bad_images": "skip"},
                           train={"epochs_pretrain": 1, "epochs_finetune": 0, "batch_size": 2, "log_every": 2,
                                  "nonfinite": nonfinite})
-    proc = _launch(recipe, tmp_path / "w", "--num_processes", "2", "--main_process_port", str(_free_port()),
+    proc = _launch(recipe, tmp_path / "w", "--num_processes", "2", "--main_process_port", str(free_port()),
                    env={"NAN_AT": "1:3"})
     out, err = proc.communicate(timeout=600)
     log = [yaml.safe_load(line) for line in (tmp_path / "runs" / "tiny" / "log.jsonl").read_text().splitlines()]
@@ -200,7 +192,7 @@ def test_distributed_two_processes_train_identical_weights(photo_folder, tmp_pat
     recipe = _recipe_file(photo_folder, tmp_path, data={"repeat": 4, "backend": "torch"},
                           train={"epochs_pretrain": 1, "epochs_finetune": 1, "batch_size": 2, "log_every": 1,
                                  "lr_scaling": "linear", "log_with": ["tensorboard"]})
-    proc = _launch(recipe, tmp_path / "w", "--num_processes", "2", "--main_process_port", str(_free_port()))
+    proc = _launch(recipe, tmp_path / "w", "--num_processes", "2", "--main_process_port", str(free_port()))
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
     rank0, rank1 = _weights(tmp_path / "w" / "rank0.safetensors"), _weights(tmp_path / "w" / "rank1.safetensors")
@@ -218,7 +210,7 @@ def test_distributed_two_processes_train_identical_weights(photo_folder, tmp_pat
 def test_multinode_two_machines_on_loopback_train_and_checkpoint(photo_folder, tmp_path):
     recipe = _recipe_file(photo_folder, tmp_path, data={"repeat": 4, "backend": "torch"},
                           train={"epochs_pretrain": 1, "epochs_finetune": 0, "batch_size": 2, "save_every": 2})
-    port = str(_free_port())
+    port = str(free_port())
     common = ["--num_machines", "2", "--num_processes", "2", "--main_process_ip", "127.0.0.1",
               "--main_process_port", port]
     procs = [_launch(recipe, tmp_path / "w", *common, "--machine_rank", str(rank)) for rank in (0, 1)]
@@ -279,7 +271,7 @@ def test_preempt_launch_sh_passes_sigterm_on_and_exits_75(photo_folder, tmp_path
     recipe = _recipe_file(photo_folder, tmp_path, data={"backend": "torch"},
                           train={"epochs_pretrain": 500, "epochs_finetune": 0, "batch_size": 2, "log_every": 2})
     env = {k: v for k, v in ENV.items() if not k.startswith("SLURM_")}
-    env["MASTER_PORT"] = str(_free_port())
+    env["MASTER_PORT"] = str(free_port())
     proc = subprocess.Popen(["bash", str(ROOT / "launch.sh"), "--procs-per-node", str(procs), str(recipe)], env=env,
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = tmp_path / "runs" / "tiny" / "log.jsonl"

@@ -3,7 +3,6 @@ of starting a run (selected with `-k preempt`, like the other stop-signal tests)
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,16 +16,9 @@ from fastsr.engine.loop import EXIT_INTERRUPTED
 from fastsr.engine.runlock import lock_path
 from fastsr.engine.runlog import read_log
 
-from conftest import tiny_recipe_dict
+from conftest import PROCESS_ENV, ROOT, free_port, tiny_recipe_dict
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+ENV = PROCESS_ENV
 
 
 def _recipe(photo_folder, tmp_path, data=None, **train) -> Path:
@@ -141,7 +133,7 @@ def test_preempt_ctrl_c_under_accelerate_launch_two_processes(photo_folder, tmp_
     processes agree on a step at a train.log_every boundary, save, and stop."""
     recipe = _recipe(photo_folder, tmp_path, log_every=3)
     proc, err = _start(["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port",
-                        str(_free_port()), str(ROOT / "fastsr" / "train.py"), str(recipe)], tmp_path)
+                        str(free_port()), str(ROOT / "fastsr" / "train.py"), str(recipe)], tmp_path)
     run_dir = tmp_path / "runs" / "tiny"
     _ctrl_c_once_training(proc, run_dir)
     assert proc.wait(timeout=180) != 0

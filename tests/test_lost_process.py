@@ -4,7 +4,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -15,17 +14,9 @@ import yaml
 from fastsr.engine.checkpoint import complete_checkpoints, load_state
 from fastsr.engine.runlog import read_log
 
-from conftest import tiny_recipe_dict
+from conftest import PROCESS_ENV, ROOT, free_port, tiny_recipe_dict
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-ENV = {k: v for k, v in ENV.items() if not k.startswith("SLURM_")}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+ENV = {k: v for k, v in PROCESS_ENV.items() if not k.startswith("SLURM_")}
 
 
 def _recipe(photo_folder, tmp_path, **train) -> Path:
@@ -70,7 +61,7 @@ def _errors(text: str) -> list[str]:
 def test_distributed_a_killed_process_stops_the_other_and_launch_sh_exits_non_zero(photo_folder, tmp_path):
     recipe = _recipe(photo_folder, tmp_path)
     run_dir = tmp_path / "runs" / "tiny"
-    env = {**ENV, "MASTER_PORT": str(_free_port())}
+    env = {**ENV, "MASTER_PORT": str(free_port())}
     launch = subprocess.Popen(["bash", str(ROOT / "launch.sh"), "--procs-per-node", "2", str(recipe)], env=env,
                               cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_checkpoint(run_dir, 4)
@@ -82,7 +73,7 @@ def test_distributed_a_killed_process_stops_the_other_and_launch_sh_exits_non_ze
     assert "train.resume=auto" in lines[0]
     last = load_state(complete_checkpoints(run_dir)[-1])["position"]["step"]
 
-    env["MASTER_PORT"] = str(_free_port())
+    env["MASTER_PORT"] = str(free_port())
     done = subprocess.run(["bash", str(ROOT / "launch.sh"), "--procs-per-node", "2", str(recipe),
                            "train.resume=auto", "train.epochs_pretrain=3"], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
@@ -97,7 +88,7 @@ def test_distributed_a_hung_process_is_given_up_after_the_collective_timeout(pho
     """Two "machines" on loopback; rank 1 stops answering (SIGSTOP: alive, its connections open), so only the
     timeout can end rank 0's wait."""
     recipe = _recipe(photo_folder, tmp_path, collective_timeout_s=5)
-    port = str(_free_port())
+    port = str(free_port())
     machines = [subprocess.Popen(["accelerate", "launch", "--multi_gpu", "--num_machines", "2", "--num_processes", "2",
                                   "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
                                   "--main_process_port", port, str(ROOT / "fastsr" / "train.py"), str(recipe)],
@@ -126,7 +117,7 @@ def test_distributed_a_hung_process_is_given_up_after_the_collective_timeout(pho
 def test_distributed_a_validation_near_the_collective_timeout_is_noted(photo_folder, tmp_path):
     """Rank 1 waits for rank 0's validation in a barrier: a validation taking over half the timeout is said."""
     recipe = _recipe(photo_folder, tmp_path, epochs_pretrain=1, save_every=0, collective_timeout_s=3)
-    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(_free_port()),
+    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()),
            str(ROOT / "tests" / "dist_train.py"), str(recipe), str(tmp_path / "w")]
     done = subprocess.run(cmd, env={**ENV, "VAL_SLEEP_S": "2"}, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -16,10 +16,9 @@ from fastsr.engine.runlock import RunDirLocked, RunLock, lock_path
 from fastsr.engine.runlog import read_log
 from fastsr.engine.trainer import train
 
-from conftest import tiny_recipe_dict
+from conftest import PROCESS_ENV, ROOT, free_port, tiny_recipe_dict
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+ENV = PROCESS_ENV
 
 
 def _recipe(photo_folder, tmp_path, file="recipe.yaml", **train):
@@ -47,7 +46,7 @@ def _dead_pid() -> int:
 
 
 def test_a_second_run_of_any_kind_refuses_a_live_runs_directory_and_touches_nothing(photo_folder, tmp_path):
-    recipe = _recipe(photo_folder, tmp_path, epochs_pretrain=500, save_every=1)
+    recipe = _recipe(photo_folder, tmp_path, epochs_pretrain=100000, save_every=50)  # runs until stopped
     first = subprocess.Popen([sys.executable, "-m", "fastsr.cli", "train", str(recipe)], env=ENV,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dir = tmp_path / "runs" / "tiny"
@@ -133,11 +132,8 @@ def test_with_two_processes_rank_0_locks_and_both_refuse(photo_folder, tmp_path)
     held = RunLock(tmp_path / "runs" / "tiny")
     held.acquire()
     try:
-        port = socket.socket()
-        port.bind(("127.0.0.1", 0))
         cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port",
-               str(port.getsockname()[1]), str(ROOT / "fastsr" / "train.py"), str(recipe)]
-        port.close()
+               str(free_port()), str(ROOT / "fastsr" / "train.py"), str(recipe)]
         done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     finally:
         held.release()

@@ -5,7 +5,6 @@ run, bit for bit, and leave no process, open file descriptor or shared-memory se
 import os
 import random
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -17,20 +16,16 @@ from safetensors.torch import load_file
 
 from fastsr.engine.runlog import read_log
 
-from conftest import tiny_recipe_dict
+from conftest import PROCESS_ENV, ROOT, free_port, tiny_recipe_dict
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "STEP_SLEEP_S": "0.25"}
+SLOW = {**PROCESS_ENV, "STEP_SLEEP_S": "0.25"}  # steps slowed, so that each signal lands mid-run
 CYCLES = 5
 
 
-def _launch(recipe: Path, name: str, out: Path, *overrides: str) -> subprocess.Popen:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(port),
+def _launch(recipe: Path, name: str, out: Path, *overrides: str, env=SLOW) -> subprocess.Popen:
+    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(free_port()),
            str(ROOT / "tests" / "dist_train.py"), str(recipe), str(out), f"name={name}", *overrides]
-    return subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
 
 
@@ -66,7 +61,7 @@ def test_preempt_soak_two_processes_five_stops_and_resumes_end_bitwise_equal(pho
         train={"epochs_pretrain": 3, "epochs_finetune": 2, "batch_size": 2, "log_every": 1, "ema": 0.9})))
     shm_before, fds_before = set(os.listdir("/dev/shm")), sorted(os.listdir("/proc/self/fd"))
 
-    full = _launch(recipe, "full", tmp_path / "w_full")
+    full = _launch(recipe, "full", tmp_path / "w_full", env=PROCESS_ENV)
     _, err = full.communicate(timeout=600)
     assert full.returncode == 0, err[-3000:]
 

@@ -5,7 +5,6 @@ its process, so each run is a subprocess."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,10 +18,9 @@ from fastsr.data import CropPlan
 from fastsr.engine.runlog import read_log
 from fastsr.engine.stall import StallWatch
 
-from conftest import tiny_recipe_dict
+from conftest import PROCESS_ENV, ROOT, free_port, tiny_recipe_dict
 
-ROOT = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+ENV = PROCESS_ENV
 
 
 def _dali_installed() -> bool:
@@ -168,11 +166,8 @@ def test_distributed_a_stalled_process_ends_and_the_other_names_it_and_why(photo
     recipe = _recipe(photo_folder, tmp_path, backend="torch", workers=0)
     record = tmp_path / "record"
     record.mkdir()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     done = subprocess.run(["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port",
-                           str(port), str(ROOT / "tests" / "stall_train.py"), str(recipe), str(record)],
+                           str(free_port()), str(ROOT / "tests" / "stall_train.py"), str(recipe), str(record)],
                           env={**ENV, "STALL": "read:5", "STALL_RANK": "1"}, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode != 0
