@@ -431,6 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def say(line: str) -> None:
+    """A line on stderr in one write: the processes of a run share it, and print's two writes (the text, then
+    the newline) would interleave their lines."""
+    sys.stderr.write(f"{line}\n")
+    sys.stderr.flush()
+
+
 def stopped() -> type[Exception]:
     from fastsr.engine.loop import Preempted
 
@@ -445,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_command(args, console)
     except stopped() as stop:
-        print(f"fastsr: {stop}", file=sys.stderr)
+        say(f"fastsr: {stop}")
         return stop.exit_code
 
 
@@ -455,12 +462,12 @@ def run_command(args, console: Console) -> int:
     try:
         return args.func(args, console) or 0
     except user_errors() as err:
-        print(f"fastsr: error: {err}", file=sys.stderr)
+        say(f"fastsr: error: {err}")
         return 2
     except OSError as err:
         if err.errno not in DISK_FULL:
             raise
-        print(f"fastsr: error: {err.filename or 'a file'}: {err.strerror}; free space there and retry", file=sys.stderr)
+        say(f"fastsr: error: {err.filename or 'a file'}: {err.strerror}; free space there and retry")
         return 2
     except KeyboardInterrupt:
         print("fastsr: interrupted", file=sys.stderr)

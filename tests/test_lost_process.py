@@ -54,7 +54,8 @@ def _wait_for_checkpoint(run_dir: Path, step: int, timeout: float = 180) -> None
 
 
 def _errors(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.startswith("fastsr: error: ")]
+    """fastsr's error lines, from where each begins (torch's own logging may share a line with one)."""
+    return [line[line.index("fastsr: error: "):] for line in text.splitlines() if "fastsr: error: " in line]
 
 
 @pytest.mark.slow

@@ -138,6 +138,7 @@ def test_with_two_processes_rank_0_locks_and_both_refuse(photo_folder, tmp_path)
     finally:
         held.release()
     assert done.returncode != 0
-    refusals = [line for line in done.stderr.splitlines() if line.startswith("fastsr: error: ")]
-    assert len(refusals) == 2 and all("is in use by another run" in line for line in refusals), done.stderr[-3000:]
+    # each process says it (torch's own warnings may land in the same pipe, even mid-line)
+    assert done.stderr.count("fastsr: error: ") == 2, done.stderr[-3000:]
+    assert done.stderr.count(f"{tmp_path / 'runs' / 'tiny'} is in use by another run (pid {os.getpid()}") == 2
     assert not (tmp_path / "runs" / "tiny").exists()
