@@ -66,12 +66,18 @@ def _assert_saved(run_dir: Path, err: str, every: int = 1) -> int:
     return step
 
 
-@pytest.mark.parametrize("entry", ["fastsr train", "python fastsr/train.py"])
+ENTRIES = {
+    "fastsr train": lambda recipe: [sys.executable, "-m", "fastsr.cli", "train", str(recipe)],
+    "python fastsr/train.py": lambda recipe: [sys.executable, str(ROOT / "fastsr" / "train.py"), str(recipe)],
+    # launch.sh starts accelerate in a session of its own and passes the Ctrl-C it gets on
+    "launch.sh": lambda recipe: ["bash", str(ROOT / "launch.sh"), "--port", str(free_port()), str(recipe)],
+}
+
+
+@pytest.mark.parametrize("entry", list(ENTRIES))
 def test_preempt_ctrl_c_saves_a_checkpoint_and_exits_130(photo_folder, tmp_path, entry):
     recipe = _recipe(photo_folder, tmp_path)
-    cmd = ([sys.executable, "-m", "fastsr.cli", "train", str(recipe)] if entry == "fastsr train"
-           else [sys.executable, str(ROOT / "fastsr" / "train.py"), str(recipe)])
-    proc, err = _start(cmd, tmp_path)
+    proc, err = _start(ENTRIES[entry](recipe), tmp_path)
     run_dir = tmp_path / "runs" / "tiny"
     _ctrl_c_once_training(proc, run_dir)
     assert proc.wait(timeout=180) == EXIT_INTERRUPTED, err.read_text()[-3000:]
