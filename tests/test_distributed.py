@@ -24,8 +24,6 @@ from fastsr.engine.trainer import train
 
 from conftest import PROCESS_ENV, ROOT, free_port, tiny_recipe_dict
 
-ENV = PROCESS_ENV
-
 
 def _weights(path):
     return load_file(path)
@@ -104,7 +102,7 @@ def _sigterm_once_training(proc: subprocess.Popen, log: Path, timeout: float = 1
 
 def test_preempt_sigterm_exits_with_the_documented_code(photo_folder, tmp_path):
     recipe = _recipe_file(photo_folder, tmp_path, train={"epochs_pretrain": 500, "epochs_finetune": 0})
-    proc = subprocess.Popen([sys.executable, str(ROOT / "fastsr" / "train.py"), str(recipe)], env=ENV,
+    proc = subprocess.Popen([sys.executable, str(ROOT / "fastsr" / "train.py"), str(recipe)], env=PROCESS_ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = tmp_path / "runs" / "tiny" / "log.jsonl"
     _, err = _sigterm_once_training(proc, log)
@@ -133,7 +131,7 @@ def test_resume_after_kill_9_during_a_checkpoint_write_picks_the_previous_one(tm
         ck.save_weights = slow
         ck.save_checkpoint(run, 2, {{"generator": (model, model.config)}}, {{"position": {{"step": 2}}}}, keep=3)
     """)
-    proc = subprocess.Popen([sys.executable, "-c", script], env=ENV)
+    proc = subprocess.Popen([sys.executable, "-c", script], env=PROCESS_ENV)
     deadline = time.time() + 60
     while not marker.exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -154,7 +152,7 @@ def test_resume_after_kill_9_during_a_checkpoint_write_picks_the_previous_one(tm
 def _launch(recipe, out, *accelerate_args, overrides=(), env=None):
     cmd = ["accelerate", "launch", "--multi_gpu", *accelerate_args, str(ROOT / "tests" / "dist_train.py"),
            str(recipe), str(out), *overrides]
-    return subprocess.Popen(cmd, env={**ENV, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, env={**PROCESS_ENV, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @pytest.mark.slow
@@ -240,7 +238,7 @@ def test_multinode_slurm_nodelist_expansion(nodelist, hosts):
 
 
 def _dry_run(env_extra, *args):
-    env = {k: v for k, v in ENV.items() if not k.startswith(("SLURM_", "NNODES", "NODE_RANK", "MASTER_"))}
+    env = {k: v for k, v in PROCESS_ENV.items() if not k.startswith(("SLURM_", "NNODES", "NODE_RANK", "MASTER_"))}
     done = subprocess.run(["bash", str(ROOT / "launch.sh"), "--dry-run", *args], env={**env, **env_extra},
                           capture_output=True, text=True, timeout=120)
     return done
@@ -270,7 +268,7 @@ def test_preempt_launch_sh_passes_sigterm_on_and_exits_75(photo_folder, tmp_path
     """With 2 processes (gloo) they must also agree on the step to stop at."""
     recipe = _recipe_file(photo_folder, tmp_path, data={"backend": "torch"},
                           train={"epochs_pretrain": 500, "epochs_finetune": 0, "batch_size": 2, "log_every": 2})
-    env = {k: v for k, v in ENV.items() if not k.startswith("SLURM_")}
+    env = {k: v for k, v in PROCESS_ENV.items() if not k.startswith("SLURM_")}
     env["MASTER_PORT"] = str(free_port())
     proc = subprocess.Popen(["bash", str(ROOT / "launch.sh"), "--procs-per-node", str(procs), str(recipe)], env=env,
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

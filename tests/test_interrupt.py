@@ -18,8 +18,6 @@ from fastsr.engine.runlog import read_log
 
 from conftest import PROCESS_ENV, ROOT, free_port, tiny_recipe_dict
 
-ENV = PROCESS_ENV
-
 
 def _recipe(photo_folder, tmp_path, data=None, **train) -> Path:
     path = tmp_path / "recipe.yaml"
@@ -32,7 +30,7 @@ def _recipe(photo_folder, tmp_path, data=None, **train) -> Path:
 def _start(cmd, tmp_path) -> tuple[subprocess.Popen, Path]:
     """`cmd` in a session of its own, as a terminal's foreground job; stderr to a file, read as it grows."""
     err = tmp_path / "stderr.txt"
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=err.open("w"), text=True,
+    proc = subprocess.Popen(cmd, env=PROCESS_ENV, stdout=subprocess.DEVNULL, stderr=err.open("w"), text=True,
                             start_new_session=True)
     return proc, err
 
@@ -85,7 +83,7 @@ def test_preempt_ctrl_c_saves_a_checkpoint_and_exits_130(photo_folder, tmp_path,
     assert not lock_path(run_dir).exists()
     # and the run goes on from there
     done = subprocess.run([sys.executable, "-m", "fastsr.cli", "train", str(recipe), "train.resume=auto",
-                           "train.epochs_pretrain=1"], env=ENV, capture_output=True, text=True, timeout=300)
+                           "train.epochs_pretrain=1"], env=PROCESS_ENV, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"at step {step}" in done.stdout
 

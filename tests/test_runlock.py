@@ -18,8 +18,6 @@ from fastsr.engine.trainer import train
 
 from conftest import PROCESS_ENV, ROOT, free_port, tiny_recipe_dict
 
-ENV = PROCESS_ENV
-
 
 def _recipe(photo_folder, tmp_path, file="recipe.yaml", **train):
     path = tmp_path / file
@@ -29,7 +27,7 @@ def _recipe(photo_folder, tmp_path, file="recipe.yaml", **train):
 
 
 def _fastsr(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "fastsr.cli", *map(str, args)], env=ENV, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "fastsr.cli", *map(str, args)], env=PROCESS_ENV, capture_output=True,
                           text=True, timeout=300, **kw)
 
 
@@ -47,7 +45,7 @@ def _dead_pid() -> int:
 
 def test_a_second_run_of_any_kind_refuses_a_live_runs_directory_and_touches_nothing(photo_folder, tmp_path):
     recipe = _recipe(photo_folder, tmp_path, epochs_pretrain=100000, save_every=50)  # runs until stopped
-    first = subprocess.Popen([sys.executable, "-m", "fastsr.cli", "train", str(recipe)], env=ENV,
+    first = subprocess.Popen([sys.executable, "-m", "fastsr.cli", "train", str(recipe)], env=PROCESS_ENV,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run_dir = tmp_path / "runs" / "tiny"
     try:
@@ -134,7 +132,7 @@ def test_with_two_processes_rank_0_locks_and_both_refuse(photo_folder, tmp_path)
     try:
         cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port",
                str(free_port()), str(ROOT / "fastsr" / "train.py"), str(recipe)]
-        done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(cmd, env=PROCESS_ENV, capture_output=True, text=True, timeout=300)
     finally:
         held.release()
     assert done.returncode != 0

@@ -20,8 +20,6 @@ from fastsr.engine.stall import StallWatch
 
 from conftest import PROCESS_ENV, ROOT, free_port, tiny_recipe_dict
 
-ENV = PROCESS_ENV
-
 
 def _dali_installed() -> bool:
     try:
@@ -94,7 +92,7 @@ def _train(recipe: Path, record: Path, stall: str | None = None) -> tuple[int, s
     """(exit status, stderr) of the training process. Its output goes to files, not pipes, so that a
     worker it left running (holding them open) cannot keep the test waiting."""
     record.mkdir()
-    env = {k: v for k, v in ENV.items() if k != "STALL"} | ({"STALL": stall} if stall else {})
+    env = {k: v for k, v in PROCESS_ENV.items() if k != "STALL"} | ({"STALL": stall} if stall else {})
     with (record / "stdout").open("w") as out, (record / "stderr").open("w") as err:
         code = subprocess.run([sys.executable, str(ROOT / "tests" / "stall_train.py"), str(recipe), str(record)],
                               env=env, stdout=out, stderr=err, timeout=300, check=False).returncode
@@ -168,7 +166,7 @@ def test_distributed_a_stalled_process_ends_and_the_other_names_it_and_why(photo
     record.mkdir()
     done = subprocess.run(["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port",
                            str(free_port()), str(ROOT / "tests" / "stall_train.py"), str(recipe), str(record)],
-                          env={**ENV, "STALL": "read:5", "STALL_RANK": "1"}, capture_output=True, text=True,
+                          env={**PROCESS_ENV, "STALL": "read:5", "STALL_RANK": "1"}, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode != 0
     # from where each begins: torch's own logging may share a line with one
