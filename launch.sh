@@ -21,11 +21,13 @@ done
 python=${PYTHON:-python}
 mapfile -d '' cmd < <("$python" -m fastsr.cluster "${args[@]}")
 status=$?
-if [[ $status -ne 0 || ${#cmd[@]} -eq 0 ]]; then
+if [[ $status -ne 0 || ${#cmd[@]} -lt 2 ]]; then
   echo "launch.sh: could not build the launch command (see above)" >&2
   exit 2
 fi
-echo "launch.sh (node ${SLURM_NODEID:-${NODE_RANK:-0}}): ${cmd[*]}"
+node=${cmd[0]}  # this node's rank, as the command passes it on (--machine_rank)
+cmd=("${cmd[@]:1}")
+echo "launch.sh (node $node): ${cmd[*]}"
 [[ $dry_run -eq 1 ]] && exit 0
 
 # A session of its own, so that a signal sent to this script's process group reaches the

@@ -17,8 +17,8 @@ import torch
 
 from report import publish  # benchmarks/report.py: this folder is on sys.path when a script runs
 
+from fastsr.data.screen import load_val_set
 from fastsr.data.sources import resolve_source
-from fastsr.data.validation import load_val_set
 from fastsr.engine.checkpoint import load_generator
 from fastsr.infer import upscale
 from fastsr.models import build_generator

@@ -1,20 +1,22 @@
 """Crops per second of the training data paths, side by side in one run.
 
-    python benchmarks/data_throughput.py [--data DIR] [--quick] [--torch-threads N] [--no-record]
+    python benchmarks/data_throughput.py [--data DIR] [--quick] [--dali auto|skip|only] [--torch-threads N] [--no-record]
 
 Rows (each at HR 96 and HR 128, x4, batch 16, on the GPU when there is one, else the CPU):
 - seed approach: what the one-file script did: a Dataset that decodes the whole image with PIL
   for every sample, cuts a random crop and resizes it (PIL bicubic), in DataLoader worker processes;
 - torch loader: fastsr's portable loader, from the image files (decode per crop) and from the cache;
-- DALI: from the PNG files (1 and 8 crops per decode, `data.crops_per_image`) and from the cache;
+- DALI: from the PNG files (1 and 8 crops per decode, `data.crops_per_image`) and from the cache; where
+  DALI does not import these rows are skipped, and the run says so (`--dali skip` leaves them out,
+  `--dali only` measures them alone: benchmarks/gpu_check.sh's two stages);
 - device backend: the cache loaded into device memory once (untimed), every batch cut there.
 Without `--data` it measures DIV2K-sized stand-ins (2040x1356 PNGs made from scikit-image's photos
 with camera-like noise, so they compress like photographs); with `--data` the train split of any
 source fastsr reads (a DIV2K root, a folder). The cache is made with `fastsr prepare` once, untimed.
 
 The table is printed and appended to benchmarks/RESULTS.md with the machine named, with the rate at
-which the crop plan alone is drawn (every backend executes it, so it bounds them all). The last line
-is the cached DALI path's speed-up over the seed approach at HR 96, as `N.Nx`.
+which the crop plan alone is drawn (every backend executes it, so it bounds them all). When both were
+measured, the last line is the cached DALI path's speed-up over the seed approach at HR 96, as `N.Nx`.
 """
 
 from __future__ import annotations
@@ -108,6 +110,15 @@ def seed_batches(files, hr_crop, workers, device):
         yield hr.to(device), lr.to(device)
 
 
+def dali_missing() -> str | None:
+    """Why DALI cannot be measured here (one line), or None where it imports."""
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError as err:
+        return f"NVIDIA DALI does not import here ({err})"
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", help="a data source (DIV2K root, folder); default: generated DIV2K-sized PNGs")
@@ -117,8 +128,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work", default=None, help="folder for generated images and the cache (default: a temp dir)")
     ap.add_argument("--torch-threads", type=int,
                     help="torch's intra-op threads in this process (the device backend's on a CPU; default: torch's)")
+    ap.add_argument("--dali", choices=("auto", "skip", "only"), default="auto",
+                    help="the DALI rows: auto (default) where DALI imports, else skipped; skip: none; only: those alone")
     ap.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
+    missing = dali_missing()
+    if args.dali == "only" and missing:
+        ap.error(f"--dali only: {missing}")
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     count = args.images or (8 if args.quick else 32)
@@ -176,6 +192,12 @@ def main(argv: list[str] | None = None) -> None:
         "DALI, cache": lambda c: dali(from_cache, c),
         "device backend, cache": lambda c: device_loader(from_cache, c),
     }
+    dali_rows = [name for name in rows if name.startswith("DALI")]
+    if args.dali == "only":
+        rows = {name: rows[name] for name in dali_rows}
+    elif args.dali == "skip" or missing:
+        rows = {name: make for name, make in rows.items() if name not in dali_rows}
+        print(f"DALI rows skipped: {'--dali skip' if args.dali == 'skip' else missing}", flush=True)
     crops = (96, 128)
     results: dict[str, dict[int, float]] = {}
     for name, make in rows.items():
@@ -185,25 +207,28 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {name}, HR {c}: {results[name][c]:.1f} crops/s", flush=True)
             numbers("data", f"{name}, HR {c}, on {device}", results[name][c], "crops/s")
 
-    seed = results["seed approach (PIL decode per crop)"]
-    header = f"| path | {' | '.join(f'HR {c} crops/s' for c in crops)} | {' | '.join(f'vs seed, HR {c}' for c in crops)} |"
-    lines = [header, "|---" * (1 + 2 * len(crops)) + "|"]
+    seed = results.get("seed approach (PIL decode per crop)")  # absent with --dali only
+    header = ["path", *(f"HR {c} crops/s" for c in crops), *(f"vs seed, HR {c}" for c in crops if seed)]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for name, r in results.items():
-        lines.append(f"| {name} | {' | '.join(f'{r[c]:.1f}' for c in crops)} | "
-                     f"{' | '.join(f'{r[c] / seed[c]:.1f}x' for c in crops)} |")
+        cells = [name, *(f"{r[c]:.1f}" for c in crops), *(f"{r[c] / seed[c]:.1f}x" for c in crops if seed)]
+        lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines)
-    speedup = results["DALI, cache"][96] / seed[96]
     command = "python benchmarks/data_throughput.py" + (" --quick" if args.quick else "") + (f" --data {args.data}" if args.data else "") \
+        + (f" --images {args.images}" if args.images else "") + (f" --seconds {args.seconds:g}" if args.seconds else "") \
+        + (f" --dali {args.dali}" if args.dali != "auto" else "") \
         + (f" --torch-threads {args.torch_threads}" if args.torch_threads else "")
     details = (f"Device {device}. Data: {data_name}, {len(samples)} images, {png_mb:.1f} MB per PNG, {decode_ms:.0f} ms "
                f"to decode one with PIL (median of 4); batch {BATCH}, x{SCALE}, {workers} workers/threads, "
                f"{torch.get_num_threads()} torch threads, "
                f"{seconds:.0f} s per row; the crop plan alone: {plan_rate:.0f} crops/s at HR 96.")
     publish("Data throughput", details, command, table, save=not args.no_record)
-    print(f"device backend vs DALI, both from the cache, HR 96, {device}: "
-          f"{results['device backend, cache'][96] / results['DALI, cache'][96]:.1f}x")
-    print(f"DALI from the cache vs the seed approach, HR 96, {device}:")
-    print(f"{speedup:.1f}x")
+    dali_cache, device_cache = results.get("DALI, cache"), results.get("device backend, cache")
+    if dali_cache and device_cache:
+        print(f"device backend vs DALI, both from the cache, HR 96, {device}: {device_cache[96] / dali_cache[96]:.1f}x")
+    if dali_cache and seed:
+        print(f"DALI from the cache vs the seed approach, HR 96, {device}:")
+        print(f"{dali_cache[96] / seed[96]:.1f}x")
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ steps differ, so compare TFLOP/s as well as img/s. TFLOP/s = counted FLOPs x ste
 TFLOP/s / the device's peak measured here (`peak_tflops`: the faster of a large matrix product and a
 256-channel convolution) in the step's compute dtype (fp32, or bf16 under autocast).
 
-Then the training loop's host overhead per step (benchmarks/loop_overhead.py: `Loop.run_phases` against
-the bare step function, a trivial model on tiny crops); `--overhead-only` measures just that.
+Also the training loop's host overhead per step (benchmarks/loop_overhead.py: `Loop.run_phases` against
+the bare step function, a trivial model on tiny crops; `--overhead-only` measures just that) and, on a
+GPU, the largest phase-B batch that fits: both measured before the rows, as they take little time.
 
 The tables are printed and appended to benchmarks/RESULTS.md with the machine named; the last line is
 fastsr's phase-B speed-up over the seed step at HR 96 (the largest batch measured), as `N.Nx`.
@@ -218,6 +219,13 @@ def main(argv: list[str] | None = None) -> None:
     configs = {name: runtime for name, (runtime, _) in settings.items()}
     peaks = {dtype: peak_tflops(device, dtype) for dtype in (torch.float32, torch.bfloat16)}
     print(f"{device}: measured peak {peaks[torch.float32]:.2f} TFLOP/s fp32, {peaks[torch.bfloat16]:.2f} bf16", flush=True)
+    # The one-off measurements first: they are quick, and their numbers reach $FASTSR_SUMMARY even when a
+    # time-boxed run (benchmarks/gpu_check.sh) is stopped in the compiled rows.
+    largest = largest_batch(device, crops[0]) if cuda else None
+    if largest:
+        numbers("training", f"largest phase-B batch that fits, HR {crops[0]}, bf16", largest, "crops")
+        print(f"largest phase-B batch that fits, HR {crops[0]}, bf16: {largest}", flush=True)
+    overheads = overhead_table()
 
     rows = []
     names = {"A": "phase A (SRResNet-16, MSE)", "B": "phase B (SRGAN)", "srcnn": "SRCNN 9-5-5"}
@@ -240,8 +248,8 @@ def main(argv: list[str] | None = None) -> None:
         while True:
             yield hr, lr
 
-    for task in ("A", "B") if args.gpu_check else ("A", "B", "srcnn"):
-        for crop in crops:
+    for crop in crops:  # every step at one crop size before the next: what a time-boxed run keeps when stopped
+        for task in ("A", "B") if args.gpu_check else ("A", "B", "srcnn"):
             for batch in batch_sizes:
                 for name, runtime in configs.items():
                     measure(task, name, runtime, crop, batch, lambda b=batch, c=crop: forever(b, c), "synthetic")
@@ -273,13 +281,13 @@ def main(argv: list[str] | None = None) -> None:
     seed = next((r for r in rows if r[0] == "B" and r[1] == SEED and r[2] == crops[0] and r[3] == batch_sizes[-1]), None)
     versus = (f"Phase B, HR {crops[0]}, batch {batch_sizes[-1]}: fastsr auto {ours[5]:.1f} img/s vs the seed script's "
               f"step {seed[5]:.1f} img/s = {ours[5] / seed[5]:.2f}x." if seed else "")
-    largest = largest_batch(device, crops[0]) if cuda else None
     if largest:
-        numbers("training", f"largest phase-B batch that fits, HR {crops[0]}, bf16", largest, "crops")
         versus += f"\n\nThe largest phase-B batch that fits at HR {crops[0]} (eager, bf16): {largest}."
-    overheads = overhead_table()
-    command = "python benchmarks/train_throughput.py" + (" --quick" if args.quick else "") + (
-        " --gpu-check" if args.gpu_check else "")
+    command = ("python benchmarks/train_throughput.py" + (" --quick" if args.quick else "")
+               + (" --gpu-check" if args.gpu_check else "")
+               + (f" --crops {' '.join(map(str, args.crops))}" if args.crops else "")
+               + (f" --batch-sizes {' '.join(map(str, args.batch_sizes))}" if args.batch_sizes else "")
+               + (f" --steps {args.steps}" if args.steps else ""))
     details = (f"Measured peak (the faster of a large matmul and a 256-channel NHWC conv): "
                f"{peaks[torch.float32]:.2f} TFLOP/s fp32{' (TF32)' if cuda else ''}, "
                f"{peaks[torch.bfloat16]:.2f} TFLOP/s bf16. {steps} timed steps per row after {warmup} warm-up.")

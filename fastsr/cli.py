@@ -15,6 +15,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from fastsr.util import make_console
+
 def user_errors() -> tuple[type[Exception], ...]:
     from fastsr.config import RecipeError
     from fastsr.data import DownloadError, ImageError
@@ -96,8 +98,9 @@ def run_eval(methods: list[str], sources: list[str], scale: int, console: Consol
              device: str = "auto", tile: int = 256):
     """Score `methods` on each of `sources` (test-set names, folders, `samples`) and print one table; the
     models run on tiles of `tile` LR pixels (0: whole images)."""
-    from fastsr.data import ImageError, load_val_set, resolve_source
+    from fastsr.data import ImageError, resolve_source
     from fastsr.data.benchmarks import DEFAULT_ROOT
+    from fastsr.data.screen import refuse, screen_val
     from fastsr.data.sources import source_label
     from fastsr.evaluate import (
         PROTOCOL_METRICS,
@@ -117,12 +120,14 @@ def run_eval(methods: list[str], sources: list[str], scale: int, console: Consol
     for model in models.values():
         model.to(device)
     root = data_root or DEFAULT_ROOT
-    sets = {}  # every set is read (and its images checked) before any scoring
+    sets, problems = {}, []  # every set is read (and all its images checked) before any scoring
     for spec in sources:
         label = source_label(spec)
         if label in sets:
             raise ImageError(f"--data {spec}: a second set named {label}; give each set once")
-        sets[label] = load_val_set(resolve_source(spec, "eval", scale, benchmark_root=root), scale)
+        sets[label], found = screen_val(resolve_source(spec, "eval", scale, benchmark_root=root), scale)
+        problems += found
+    refuse({"evaluation": problems}, "Fix or remove them and rerun")
     scorers = build_metrics(metrics, scale, device, metric_weights)
     results = []
     for label, pairs in sets.items():
@@ -174,7 +179,7 @@ def cmd_eval(args, console: Console) -> int:
 def cmd_upscale(args, console: Console) -> int:
     """Upscale an image or a folder; a folder's unreadable images are reported, the rest written, exit 2."""
     from fastsr.data import list_images, save_image
-    from fastsr.data.images import ImageError, load_image_with_alpha, output_format
+    from fastsr.data.images import ImageError, is_gray, load_image_with_alpha, output_format
     from fastsr.engine.checkpoint import load_generator
     from fastsr.infer import check_tiling, upscale_image
 
@@ -202,7 +207,8 @@ def cmd_upscale(args, console: Console) -> int:
     for path in files:
         target = out / f"{path.stem}.png" if to_folder else out
         try:
-            lr = load_image_with_alpha(path)
+            lr = load_image_with_alpha(path)  # RGB(A): a grayscale image is run stacked to RGB...
+            gray = is_gray(path)  # ...and written back as grayscale
             h, w, channels = lr.shape
             # before the work: JPEG cannot hold the alpha, WebP not more than 16383 pixels a side
             output_format(target, (h * model.scale, w * model.scale, channels), source=path)
@@ -214,9 +220,9 @@ def cmd_upscale(args, console: Console) -> int:
             continue
         sr = upscale_image(model, lr, model.scale, device, tile=args.tile, overlap=args.overlap, image=str(path),
                            advice=memory_advice())
-        save_image(target, sr)
-        alpha = " with alpha" if channels == 4 else ""
-        console.print(f"{path} -> {target} ({w}x{h} -> {sr.shape[1]}x{sr.shape[0]}{alpha})")
+        save_image(target, sr, gray=gray)
+        kind = " grayscale" * gray + " with alpha" * (channels == 4)
+        console.print(f"{path} -> {target} ({w}x{h} -> {sr.shape[1]}x{sr.shape[0]}{kind})")
     if failed:
         print(f"fastsr: {failed} of {len(files)} images could not be upscaled; fix or remove them and rerun",
               file=sys.stderr)
@@ -344,19 +350,28 @@ def _name_path(text: str) -> tuple[str, str]:
     return name.strip().lower(), path
 
 
+def _add_device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto",
+                   help="where the models run: cuda, cuda:N, cpu (default: auto, the GPU when there is one)")
+
+
 def _add_plugin_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                    help="import MODULE first: it registers an architecture defined outside fastsr; repeat for several")
 
 
+DESCRIPTION = "Train, evaluate, upscale with and export image super-resolution models."
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastsr", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="fastsr", description=DESCRIPTION)
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train from a recipe (also: accelerate launch fastsr/train.py RECIPE)")
     p.add_argument("recipe", help="a recipe file, or the name of a packaged recipe (fastsr recipes lists them)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. train.batch_size=32 data.source=/data/DIV2K")
+    p.add_argument("overrides", nargs="*", default=[], metavar="key=value",
+                   help="recipe keys to override, e.g. train.batch_size=32 data.source=/data/DIV2K")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("recipes", help="list the packaged recipes")
@@ -373,25 +388,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated, of psnr, ssim, lpips (AlexNet), dists; default psnr,ssim")
     p.add_argument("--metric-weights", action="append", type=_name_path, default=[], metavar="NAME=PATH",
                    help="a local weights file for lpips or dists (no download); repeat for each")
-    p.add_argument("--scale", type=int, default=4)
+    p.add_argument("--scale", type=int, default=4, help="upscaling factor of the LR made from each HR image; every "
+                                                         "model must be of it (default: %(default)s)")
     p.add_argument("--json", type=Path, help="also write per-set and per-image values here")
     p.add_argument("--csv", type=Path, help="also write per-image and per-set values here, a row each")
     p.add_argument("--pictures", type=Path, help="save LR / methods / HR side by side here")
     p.add_argument("--tile", type=int, default=256,
-                   help="LR tile size the models run on (0: whole images at once); lower it if out of memory")
-    p.add_argument("--device", default="auto")
+                   help="LR tile size the models run on (0: whole images at once); lower it if out of memory "
+                        "(default: %(default)s)")
+    _add_device_option(p)
     _add_plugin_option(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("upscale", help="upscale whole images (tiled, so large images fit in memory)")
     p.add_argument("input", help="an image or a folder of images")
-    p.add_argument("--weights", type=Path, required=True)
+    p.add_argument("--weights", type=Path, required=True,
+                   help="a generator's .safetensors (fastsr's, its .json beside it), e.g. runs/NAME/generator.safetensors")
     p.add_argument("-o", "--output", required=True,
                    help="output file (.png, .jpg/.jpeg, .webp, .bmp, .tif/.tiff), or a folder (no suffix; "
                         "always for a folder input) that gets <name>.png files")
-    p.add_argument("--tile", type=int, default=256, help="LR tile size (0: whole image at once)")
-    p.add_argument("--overlap", type=int, default=32, help="LR pixels shared by neighbouring tiles")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--tile", type=int, default=256,
+                   help="LR tile size (0: whole image at once); lower it if out of memory (default: %(default)s)")
+    p.add_argument("--overlap", type=int, default=32,
+                   help="LR pixels shared by neighbouring tiles (default: %(default)s)")
+    _add_device_option(p)
     _add_plugin_option(p)
     p.set_defaults(func=cmd_upscale)
 
@@ -408,18 +428,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("quickstart", help="train SRCNN and a small SRGAN on the bundled samples, then compare")
-    p.add_argument("--out", default="runs/quickstart")
+    p.add_argument("--out", default="runs/quickstart",
+                   help="folder for the runs, their logs and the comparison pictures (default: %(default)s)")
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("download-div2k", help="download and unpack DIV2K (needs a network)")
-    p.add_argument("dest", type=Path)
-    p.add_argument("--scales", type=int, nargs="+", default=[4])
+    p.add_argument("dest", type=Path, metavar="DIR",
+                   help="where DIV2K goes (created); a rerun resumes and skips what is complete")
+    p.add_argument("--scales", type=int, nargs="+", default=[4], choices=[2, 3, 4],
+                   help="the official bicubic LR sets to fetch too, for validation (default: 4)")
     p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("download-benchmarks", help="download Set5, Set14, B100, Urban100 (needs a network)")
-    p.add_argument("dest", type=Path)
+    p.add_argument("dest", type=Path, metavar="DIR",
+                   help="where the sets go (created), as DIR/Set5/HR/...; pass it as --data-root or "
+                        "data.benchmark_root")
     p.add_argument("--sets", nargs="+", default=["set5", "set14", "b100", "urban100"],
-                   help="of set5 set14 b100 urban100 (manga109: a note on adding it by hand)")
+                   help="of set5 set14 b100 urban100 (manga109: a note on adding it by hand); default: all four")
     p.set_defaults(func=cmd_download_benchmarks)
 
     p = sub.add_parser("prepare", help="decode the training images once into a cache folder, for fast random crops")
@@ -448,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run a command. A run stopped by a signal after its checkpoint exits 75 (EXIT_PREEMPTED) for a cluster's
     notice, 130 for Ctrl-C, with or without --debug."""
     args = build_parser().parse_args(argv)
-    console = Console()
+    console = make_console()
     try:
         return run_command(args, console)
     except stopped() as stop:

@@ -8,7 +8,8 @@ Under SLURM (SLURM_JOB_ID set) the topology comes from SLURM's variables: the no
 of SLURM_JOB_NODELIST) and the GPUs of this node (SLURM_GPUS_ON_NODE, SLURM_GPUS_PER_NODE, or the GPUs
 torch sees). Elsewhere from the arguments, or from NNODES / NODE_RANK / MASTER_ADDR / MASTER_PORT /
 PROCS_PER_NODE. Arguments win over both. One process per GPU; on a machine without a GPU, one
-process per node unless --procs-per-node says otherwise (gloo). Prints the command, NUL-separated.
+process per node unless --procs-per-node says otherwise (gloo). Prints this node's rank, then the command,
+NUL-separated: launch.sh labels its output with the rank the command carries.
 """
 
 from __future__ import annotations
@@ -79,8 +80,8 @@ def topology(args: argparse.Namespace, env: Mapping[str, str]) -> dict:
     return out
 
 
-def launch_command(args: argparse.Namespace, env: Mapping[str, str]) -> list[str]:
-    t = topology(args, env)
+def launch_command(args: argparse.Namespace, t: dict) -> list[str]:
+    """The `accelerate launch` command for this node, of topology `t` (`topology`)."""
     total = t["nodes"] * t["procs_per_node"]
     cmd = ["accelerate", "launch"]
     if total > 1:
@@ -106,4 +107,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    sys.stdout.write("\0".join(launch_command(parse(sys.argv[1:]), os.environ)) + "\0")
+    arguments = parse(sys.argv[1:])
+    this_node = topology(arguments, os.environ)
+    sys.stdout.write("\0".join([str(this_node["node_rank"]), *launch_command(arguments, this_node)]) + "\0")

@@ -103,6 +103,9 @@ class TrainConfig:
     resume: str = "none"  # none | auto (newest complete checkpoint of this run) | a checkpoint dir
     seed: int = 0
     log_every: int = 10  # steps between loss read-backs (each one synchronises the device)
+    # Where output goes to a file rather than a terminal (a cluster job's log), a plain progress line comes with
+    # the log window every log_every steps, at most this often (in a terminal a progress bar is redrawn instead).
+    log_every_s: float = 30.0
     val_every: int = 500  # steps between validations (0: only at the end of each phase)
     # What validation scores, for the model and for bicubic: PSNR/SSIM (Y, the protocol's) and the
     # perceptual LPIPS (AlexNet) and DISTS, which need their backbone weights (fastsr.perceptual_metrics).
@@ -130,6 +133,7 @@ class TrainConfig:
 
     def check(self) -> None:
         positive(self, "batch_size", "log_every", "keep_checkpoints", "collective_timeout_s")
+        non_negative(self, "log_every_s")
         if "psnr" not in self.val_metrics or len(set(self.val_metrics)) != len(self.val_metrics):
             raise Invalid("val_metrics", f"must include psnr and name each metric once (got {self.val_metrics})")
         for entry in self.metric_weights:

@@ -2,7 +2,10 @@
 VGG16 for the perceptual metrics. The one rule for all of them lives here:
 
 * looked for in the torch hub cache, else downloaded there under a socket timeout, so that a machine
-  without a network fails in seconds instead of hanging (torch's downloader sets no timeout of its own);
+  without a network fails in seconds instead of hanging (torch's downloader sets no timeout of its own).
+  The download says so in one line of fastsr's on stderr (torch's own "Downloading:" line is not printed),
+  and a server that cannot be reached is remembered for the rest of the process: the next file from it
+  fails at once, with no second attempt or line;
 * or read from a file the user names. Nothing a user hands in is unpickled: a `.safetensors` file is read
   as such, a `.pth` only if its SHA-256 says it is torchvision's own file (and then with `weights_only`);
 * failing that, a one-line error (a subclass of `WeightsUnavailable`) naming what was tried, the URL to
@@ -13,9 +16,12 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+import urllib.error
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import torch
 from safetensors.torch import load_file
@@ -28,6 +34,12 @@ _DOWNLOAD_TIMEOUT_S = 10.0
 
 # Where torchvision's weight files are published (tests check it against torchvision's own URLs).
 TORCHVISION_MODELS_URL = "https://download.pytorch.org/models/"
+
+# Each file's size in MB, for the line that announces its download (tests check them against torchvision's).
+SIZES_MB = {"vgg19-dcbb9e9d.pth": 548, "vgg16-397923af.pth": 528, "alexnet-owt-7be5be79.pth": 233}
+
+# Servers (host:port) that could not be reached in this process, with the error: not tried again.
+_UNREACHABLE: dict[str, BaseException] = {}
 
 # torchvision's VGG convolution stacks (cfg "D" and "E"): ints are conv output channels, "M" a max-pool.
 VGG_CFGS: dict[int, tuple[int | str, ...]] = {
@@ -48,6 +60,14 @@ def vgg_features(depth: int) -> nn.Sequential:
             layers += [nn.Conv2d(prev, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
             prev = v
     return nn.Sequential(*layers)
+
+
+def _unreachable(e: BaseException) -> bool:
+    """Whether `e` says the server could not be reached at all (no network, refused, timed out): true of any
+    file from it, unlike an HTTP error or a bad hash, which concern this file only."""
+    if isinstance(e, urllib.error.HTTPError):
+        return False
+    return isinstance(e, (urllib.error.URLError, TimeoutError, ConnectionError))
 
 
 class WeightsUnavailable(RuntimeError):
@@ -82,14 +102,31 @@ class ImageNetFile:
         )
 
     def from_hub(self) -> dict[str, torch.Tensor]:
-        """The state dict from the torch hub cache, else downloaded there (as torchvision's
-        ``Weights.get_state_dict`` does)."""
+        """The state dict from the torch hub cache, else downloaded there (checked against the SHA-256 its
+        name begins with, as torchvision's ``Weights.get_state_dict`` does)."""
+        server = urlsplit(self.url).netloc
+        if not self.hub_path.is_file() and server in _UNREACHABLE:
+            raise self.unavailable(f"tried the torch hub cache {self.hub_path}; no download, as {server} could not "
+                                   "be reached earlier in this process", _UNREACHABLE[server])
+        try:
+            if not self.hub_path.is_file():
+                self._download()
+            return torch.load(self.hub_path, map_location="cpu", weights_only=True)
+        except Exception as e:  # URLError, timeouts, a bad hash, a corrupt cache file...
+            if _unreachable(e):
+                _UNREACHABLE[server] = e
+            raise self.unavailable(f"tried the torch hub cache {self.hub_path} and a download", e) from e
+
+    def _download(self) -> None:
+        """Fetch the file into the hub cache under a socket timeout, saying so in one line; torch's lower-level
+        downloader, which unlike ``load_state_dict_from_url`` prints nothing of its own with progress off."""
+        size = f" ({SIZES_MB[self.file]} MB)" if self.file in SIZES_MB else ""
+        sys.stderr.write(f"fastsr: downloading {self.what}{size} from {self.url} to {self.hub_path}\n")
+        self.hub_path.parent.mkdir(parents=True, exist_ok=True)
         previous = socket.getdefaulttimeout()
         socket.setdefaulttimeout(_DOWNLOAD_TIMEOUT_S)
         try:
-            return torch.hub.load_state_dict_from_url(self.url, progress=False)
-        except Exception as e:  # URLError, timeouts, a corrupt cache file...
-            raise self.unavailable(f"tried the torch hub cache {self.hub_path} and a download", e) from e
+            torch.hub.download_url_to_file(self.url, str(self.hub_path), self.sha256_prefix, progress=False)
         finally:
             socket.setdefaulttimeout(previous)
 

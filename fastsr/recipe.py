@@ -76,9 +76,24 @@ def find_recipe(spec: str | Path) -> Path:
 
 def load_recipe(spec: str | Path, overrides: list[str] = ()) -> Recipe:
     """Read a recipe (a file, following `base:`, or a packaged recipe's name), apply `key=value`
-    overrides, validate."""
+    overrides, validate. An error is reported against the file, or against the command line when the file
+    alone is a valid recipe (the overrides broke it)."""
     path = find_recipe(spec)
-    return from_dict(read_raw(path, overrides, part_defaults()), source=str(path))
+    defaults = part_defaults()
+    try:
+        return from_dict(read_raw(path, overrides, defaults), source=str(path))
+    except RecipeError:
+        if not overrides or not _valid(path, defaults):
+            raise
+    return from_dict(read_raw(path, overrides, defaults), source="command line")
+
+
+def _valid(path: Path, defaults: dict[str, str]) -> bool:
+    try:
+        from_dict(read_raw(path, (), defaults), source=str(path))
+    except RecipeError:
+        return False
+    return True
 
 
 def part_defaults() -> dict[str, str]:

@@ -98,17 +98,25 @@ def photo_crops_and_cache(tmp_path_factory, sizes: list[tuple[int, int]]):
     return samples, root / "cache"
 
 
-def hide_dali(monkeypatch) -> None:
-    """Make `import nvidia.dali` fail for the rest of the test, as on a machine without DALI."""
+def hide_module(monkeypatch, prefix: str) -> None:
+    """Make `import PREFIX` (and its submodules) fail for the rest of the test, as on a machine without it."""
     import builtins
 
-    for name in [m for m in sys.modules if m.startswith("nvidia.dali")]:
+    def hidden(name: str) -> bool:
+        return name == prefix or name.startswith(prefix + ".")
+
+    for name in [m for m in sys.modules if hidden(m)]:
         monkeypatch.delitem(sys.modules, name)
     real_import = builtins.__import__
 
-    def no_dali(name, *args, **kw):
-        if name.startswith("nvidia.dali"):
-            raise ImportError("No module named 'nvidia.dali'")
+    def without(name, *args, **kw):
+        if hidden(name):
+            raise ImportError(f"No module named {name!r}")
         return real_import(name, *args, **kw)
 
-    monkeypatch.setattr(builtins, "__import__", no_dali)
+    monkeypatch.setattr(builtins, "__import__", without)
+
+
+def hide_dali(monkeypatch) -> None:
+    hide_module(monkeypatch, "nvidia.dali")
+

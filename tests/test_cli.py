@@ -135,10 +135,12 @@ def test_upscale_keeps_transparency(mode, bicubic_weights, tmp_path):
     assert main(["upscale", str(src), "--weights", str(bicubic_weights), "-o", str(tmp_path / "out.png"),
                  "--tile", "8", "--overlap", "6"]) == 0
     with Image.open(tmp_path / "out.png") as im:
-        assert im.mode == "RGBA"
+        assert im.mode == ("LA" if mode == "LA" else "RGBA")  # grayscale in, grayscale out
         out = np.asarray(im)
-    # the bicubic model on the colour and bicubic on the alpha: imresize of all four channels, rounded
-    np.testing.assert_array_equal(out, _as_uint8(imresize(image_to_tensor(pixels), scale=4)))
+    # the bicubic model on the colour and bicubic on the alpha: imresize of all four channels, rounded (on a gray
+    # image stacked to RGB its three channels are equal, so their luma is each of them)
+    expected = _as_uint8(imresize(image_to_tensor(pixels), scale=4))
+    np.testing.assert_array_equal(out, expected[:, :, [0, 3]] if mode == "LA" else expected)
 
 
 def test_upscale_opaque_alpha_writes_rgb_and_jpeg_refuses_transparency(bicubic_weights, tmp_path, capsys):
@@ -220,3 +222,62 @@ def test_train_script_runs_under_python_and_accelerate(launcher, photo_folder, t
     bad = subprocess.run([*prefix, script, str(recipe), "train.epochs=3"], capture_output=True, text=True,
                          env=env, timeout=600)
     assert bad.returncode != 0 and "unknown key 'train.epochs'" in bad.stderr
+
+
+def test_train_refuses_an_out_dir_that_is_a_file_and_leaves_it_alone(photo_folder, tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe_dict(photo_folder, tmp_path / "runs")))
+    taken = tmp_path / "notes.txt"
+    taken.write_bytes(b"not a folder\n")
+    assert main(["train", str(recipe), f"out_dir={taken}"]) == 2
+    err = one_line_error(capsys)
+    assert f"{taken}: is a file" in err and "choose another out_dir" in err
+    assert taken.read_bytes() == b"not a folder\n"
+    assert main(["train", str(recipe), f"out_dir={taken / 'runs'}"]) == 2  # a folder above out_dir a file
+    assert f"{taken}: is a file, so out_dir {taken / 'runs'} cannot be made inside it" in one_line_error(capsys)
+    # the run directory (out_dir/name) a file: refused before the run is set up, and no lock left beside it
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "tiny").write_bytes(b"not a folder\n")
+    assert main(["train", str(recipe)]) == 2
+    err = one_line_error(capsys)
+    assert f"{tmp_path / 'runs' / 'tiny'}: is a file" in err and "choose another out_dir or name" in err
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["tiny"]
+    assert (tmp_path / "runs" / "tiny").read_bytes() == b"not a folder\n"
+
+
+def test_an_override_error_names_the_command_line_and_a_file_error_the_file(tmp_path, capsys):
+    assert main(["train", "quickstart_srcnn", "train.batchsize=8"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "fastsr: error: command line: unknown key 'train.batchsize' (did you mean 'train.batch_size'?)"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {batchsize: 8}\n")
+    assert main(["train", str(bad), "train.lr=1e-3"]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"fastsr: error: {bad}: unknown key 'train.batchsize'")
+
+
+def test_train_without_a_recipe_asks_for_the_recipe_only(capsys):
+    with pytest.raises(SystemExit):
+        main(["train"])
+    err = capsys.readouterr().err
+    assert "required: recipe" in err and "key=value" not in err.splitlines()[-1]
+
+
+@pytest.mark.parametrize("command", ["eval", "upscale", "export", "quickstart", "download-div2k",
+                                     "download-benchmarks", "prepare", "train"])
+def test_every_option_and_argument_has_help(command):
+    """Each argument of each command says what it is; a default worth knowing is shown."""
+    from fastsr.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
+    for action in sub._actions:
+        assert action.help, f"fastsr {command}: {action.option_strings or action.dest} has no help"
+        if action.default not in (None, False, [], "==SUPPRESS==") and action.option_strings:
+            assert "default" in action.help, f"fastsr {command} {action.option_strings[0]}: default not shown"
+
+
+def test_top_level_help_keeps_command_names_whole(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    description = out.split("\n\n")[1]
+    assert "download-\n" not in description and "Train" in description

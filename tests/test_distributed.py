@@ -258,6 +258,9 @@ def test_multinode_launch_dry_run_under_fake_slurm():
                         "--procs-per-node", "2", "r.yaml")
     assert "--num_machines 2 --machine_rank 1 --main_process_ip 10.1.1.1 --main_process_port 1234 " \
            "--num_processes 4" in explicit.stdout
+    assert explicit.stdout.startswith("launch.sh (node 1): ")  # the label from the rank the command passes on
+    from_env = _dry_run({"NNODES": "3", "NODE_RANK": "2"}, "--node-rank", "1", "r.yaml")
+    assert from_env.stdout.startswith("launch.sh (node 1): ") and "--machine_rank 1 " in from_env.stdout
     bad = _dry_run({}, "--nodes", "2", "--node-rank", "2", "r.yaml")
     assert bad.returncode != 0 and "node rank 2 is outside 2 node(s)" in bad.stderr
 

@@ -9,10 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch import nn
 
+from fastsr.cli import main
 from fastsr.config import RecipeError
 from fastsr.data import image_to_tensor
+from fastsr.engine.checkpoint import save_weights
 from fastsr.infer import DEFAULT_OVERLAP, _tiles, check_tiling, upscale, upscale_image
 from fastsr.models import SRCNN, Bicubic, SRResNet
 from fastsr.ops import imresize
@@ -229,3 +232,51 @@ def test_upscale_image_memory_is_the_uint8_output_not_a_float_one():
     # uint8 output (34 MiB) plus a few tile-sized buffers; any full-size float output would alone be 137 MiB
     # (the float path measured 415 MiB here).
     assert result["grown"] < 0.75 * float_output, result
+
+
+# BT.601 luma weights, full range: what a grayscale output is made of (fastsr.ops.rgb_to_gray)
+LUMA = np.array([0.299, 0.587, 0.114])
+
+
+def _upscaled(src: Path, weights: Path, out: Path) -> np.ndarray:
+    assert main(["upscale", str(src), "--weights", str(weights), "-o", str(out), "--tile", "0"]) == 0
+    with Image.open(out) as im:
+        return np.asarray(im), im.mode
+
+
+@pytest.fixture
+def random_weights(tmp_path) -> Path:
+    """A random (untrained) generator: its three output channels differ, as a trained one's slightly do."""
+    torch.manual_seed(0)
+    model = SRResNet(scale=4, res_blocks=1, channels=8)
+    save_weights(model, tmp_path / "g.safetensors", model.config)
+    return tmp_path / "g.safetensors"
+
+
+def _gray(h: int = 9, w: int = 11) -> np.ndarray:
+    rng = np.random.default_rng(3)
+    return rng.integers(0, 256, (h, w), dtype=np.uint8)
+
+
+def test_upscale_gives_grayscale_back_as_the_luma_of_the_colour_output(random_weights, tmp_path):
+    gray = _gray()
+    Image.fromarray(gray, "L").save(tmp_path / "gray.png")
+    Image.fromarray(np.repeat(gray[:, :, None], 3, axis=2), "RGB").save(tmp_path / "rgb.png")  # the same, as RGB
+    colour, colour_mode = _upscaled(tmp_path / "rgb.png", random_weights, tmp_path / "rgb_x4.png")
+    out, mode = _upscaled(tmp_path / "gray.png", random_weights, tmp_path / "gray_x4.png")
+    assert colour_mode == "RGB" and colour.shape == (36, 44, 3)  # an RGB image stays RGB
+    assert np.ptp(colour.astype(int), axis=2).max() > 1  # the model's channels differ: the case this is about
+    assert mode == "L" and out.shape == (36, 44)
+    # the model ran on the gray image stacked to RGB; its output folded into one channel and rounded
+    assert np.abs(out - colour @ LUMA).max() <= 0.5 + 1e-9
+
+
+def test_upscale_keeps_the_alpha_of_a_grayscale_image(random_weights, tmp_path):
+    gray, alpha = _gray(), np.tile(np.linspace(0, 255, 11).astype(np.uint8), (9, 1))
+    Image.fromarray(np.dstack([gray, alpha]), "LA").save(tmp_path / "gray.png")
+    Image.fromarray(np.dstack([gray, gray, gray, alpha]), "RGBA").save(tmp_path / "rgba.png")
+    colour, colour_mode = _upscaled(tmp_path / "rgba.png", random_weights, tmp_path / "rgba_x4.png")
+    out, mode = _upscaled(tmp_path / "gray.png", random_weights, tmp_path / "gray_x4.png")
+    assert colour_mode == "RGBA" and mode == "LA" and out.shape == (36, 44, 2)
+    assert np.abs(out[:, :, 0] - colour[:, :, :3] @ LUMA).max() <= 0.5 + 1e-9
+    np.testing.assert_array_equal(out[:, :, 1], colour[:, :, 3])

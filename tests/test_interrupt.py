@@ -52,8 +52,9 @@ def _run_ended(run_dir: Path, timeout: float = 180) -> None:
         time.sleep(0.2)
 
 
-def _assert_saved(run_dir: Path, err: str, every: int = 1) -> int:
-    assert "Ctrl-C: finishing the step, then a checkpoint" in err
+def _assert_saved(run_dir: Path, err: str, every: int = 1, announced: bool = True) -> int:
+    if announced:
+        assert "Ctrl-C: finishing the step, then a checkpoint" in err
     assert "stopped by Ctrl-C at step" in err and "train.resume=auto" in err, err[-3000:]
     stop = [r for r in read_log(run_dir / "log.jsonl") if r["kind"] == "preempted"]
     assert len(stop) == 1 and stop[0]["signal"] == signal.SIGINT
@@ -120,7 +121,9 @@ def test_preempt_a_second_ctrl_c_stops_at_once_without_a_checkpoint(photo_folder
 @pytest.mark.slow
 def test_preempt_ctrl_c_under_accelerate_launch_one_process(photo_folder, tmp_path):
     """accelerate's own launcher stops at the Ctrl-C (its KeyboardInterrupt); the training process it started
-    still finishes the step and writes the checkpoint."""
+    still finishes the step and writes the checkpoint. The launcher copies the process's stderr through a pipe
+    and its KeyboardInterrupt can drop the chunk read as it arrives, the Ctrl-C's announcement among them (seen
+    on a busy machine), so only what follows is checked."""
     recipe = _recipe(photo_folder, tmp_path)
     proc, err = _start(["accelerate", "launch", "--num_processes", "1", "--cpu", str(ROOT / "fastsr" / "train.py"),
                         str(recipe)], tmp_path)
@@ -128,7 +131,7 @@ def test_preempt_ctrl_c_under_accelerate_launch_one_process(photo_folder, tmp_pa
     _ctrl_c_once_training(proc, run_dir)
     proc.wait(timeout=180)
     _run_ended(run_dir)
-    _assert_saved(run_dir, err.read_text())
+    _assert_saved(run_dir, err.read_text(), announced=False)
 
 
 @pytest.mark.slow
@@ -144,3 +147,24 @@ def test_preempt_ctrl_c_under_accelerate_launch_two_processes(photo_folder, tmp_
     text = err.read_text()
     _assert_saved(run_dir, text, every=3)
     assert text.count("stopped by Ctrl-C at step") == 2  # each process
+
+
+def test_preempt_a_ctrl_c_after_the_last_step_is_said_and_the_run_finishes(tiny_recipe, monkeypatch, capsys):
+    """Ctrl-C during the run's final validation: nothing is left to stop, and the run says so (not a silent 0)."""
+    from fastsr.engine.loop import Loop
+    from fastsr.engine.trainer import train
+
+    validate = Loop.validate
+
+    def validate_then_ctrl_c(loop):
+        validate(loop)
+        if loop.pos.phase == len(loop.phases):  # the last phase is over: its final validation
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(Loop, "validate", validate_then_ctrl_c)
+    run_dir = train(tiny_recipe(train={"epochs_finetune": 0}))
+    assert (run_dir / "generator.safetensors").is_file()
+    notes = [r["message"] for r in read_log(run_dir / "log.jsonl") if r["kind"] == "note"]
+    assert len(notes) == 1 and notes[0].startswith("Ctrl-C came after the last step (step 3)"), notes
+    assert "did not stop it" in capsys.readouterr().out
+    assert not [r for r in read_log(run_dir / "log.jsonl") if r["kind"] == "preempted"]

@@ -165,6 +165,19 @@ def test_tv_loss_matches_numpy():
     assert tv_loss(torch.ones(2, 3, 4, 4)).item() == 0.0
 
 
+@pytest.mark.parametrize("shape", [(1, 3, 8, 8), (4, 3, 17, 9), (2, 1, 5, 1), (3, 2, 96, 96)])
+def test_tv_without_kornia_is_kornias_bit_for_bit(shape, monkeypatch):
+    """Where Kornia is missing (the GPU machines) the `tv` term computes what Kornia computes, exactly."""
+    kornia = pytest.importorskip("kornia")
+    from fastsr.losses import tv
+
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(sum(shape)))
+    assert torch.equal(tv.total_variation(x), kornia.losses.total_variation(x, reduction="sum"))
+    with_kornia = tv_loss(x)
+    monkeypatch.setattr(tv, "kornia_total_variation", None)
+    assert torch.equal(tv_loss(x), with_kornia)
+
+
 def test_pixel_loss():
     sr, hr = torch.tensor([0.0, 0.5, 1.0]), torch.tensor([0.5, 0.5, 0.0])
     assert pixel_loss(sr, hr).item() == pytest.approx((0.25 + 0 + 1) / 3)

@@ -3,6 +3,8 @@ weights are: zero for identical photographs, growing with blur, per image, and t
 
 import dataclasses
 import hashlib
+import http.server
+import threading
 
 import numpy as np
 import pytest
@@ -11,15 +13,15 @@ from safetensors.torch import save_file
 from skimage import data as skdata
 from skimage.filters import gaussian
 
-from fastsr import perceptual_metrics
-from fastsr.losses.perceptual import _vgg19_file
+from fastsr import perceptual_metrics, pretrained
+from fastsr.losses.perceptual import VGGFeatures, _vgg19_file
 from fastsr.perceptual_metrics import (
     BACKBONES,
     PERCEPTUAL_METRICS,
     MetricWeightsUnavailable,
     build_perceptual_metric,
 )
-from fastsr.pretrained import vgg_features
+from fastsr.pretrained import SIZES_MB, WeightsUnavailable, vgg_features
 
 SIZE = 96
 
@@ -126,6 +128,9 @@ def test_backbone_urls_are_torchvisions():
     assert BACKBONES["lpips"].url == AlexNet_Weights.IMAGENET1K_V1.url
     assert BACKBONES["dists"].url == VGG16_Weights.IMAGENET1K_V1.url  # DISTS's VGG16_Weights.DEFAULT
     assert _vgg19_file().url == VGG19_Weights.IMAGENET1K_V1.url
+    # the sizes the download line announces
+    for weights in (AlexNet_Weights.IMAGENET1K_V1, VGG16_Weights.IMAGENET1K_V1, VGG19_Weights.IMAGENET1K_V1):
+        assert SIZES_MB[weights.url.rsplit("/", 1)[1]] == round(weights.meta["_file_size"])
 
 
 @pytest.mark.parametrize("name", PERCEPTUAL_METRICS)
@@ -146,6 +151,60 @@ def test_no_network_and_no_cache_fails_in_one_line(name):
         build_perceptual_metric(name, "cpu")
     message = str(info.value)
     assert "\n" not in message and BACKBONES[name].url in message and str(BACKBONES[name].hub_path) in message
+
+
+@pytest.fixture
+def models_url(tmp_path, monkeypatch):
+    """Point the weight downloads at `url` (returned as a setter), into an empty hub cache, with no server
+    remembered as unreachable."""
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    monkeypatch.setattr(pretrained, "_UNREACHABLE", {})
+    return lambda url: monkeypatch.setattr(pretrained, "TORCHVISION_MODELS_URL", url)
+
+
+def _fail_to_load_vgg_then_lpips() -> list[str]:
+    """The quick start's order in one process: the loss's VGG19, then the metric's AlexNet; their errors."""
+    errors = []
+    for load in (lambda: VGGFeatures("conv1_2"), lambda: build_perceptual_metric("lpips", "cpu")):
+        with pytest.raises(WeightsUnavailable) as info:
+            load()
+        errors.append(str(info.value))
+    return errors
+
+
+def test_an_unreachable_server_is_tried_once_and_only_fastsr_says_so(models_url, tmp_path, capfd):
+    models_url("http://127.0.0.1:9/")  # nothing listens on port 9 of loopback: refused at once
+    vgg_error, lpips_error = _fail_to_load_vgg_then_lpips()
+    out, err = capfd.readouterr()
+    assert "Downloading" not in out + err  # torch's own line
+    hub = tmp_path / "hub" / "checkpoints"
+    assert err == (f"fastsr: downloading VGG19 ImageNet weights (548 MB) from http://127.0.0.1:9/vgg19-dcbb9e9d.pth "
+                   f"to {hub / 'vgg19-dcbb9e9d.pth'}\n")  # once: the second load does not try
+    assert "and a download" in vgg_error and "Connection refused" in vgg_error
+    assert "no download, as 127.0.0.1:9 could not be reached earlier in this process" in lpips_error
+    assert "http://127.0.0.1:9/alexnet-owt-7be5be79.pth" in lpips_error and "\n" not in lpips_error
+    assert not list(hub.iterdir())  # no partial file left in the cache
+
+
+class _NotFound(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_error(404)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_server_that_answers_is_tried_again_for_the_next_file(models_url, capfd):
+    """An HTTP error concerns one file (a moved URL), not the network: the next file is still downloaded."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), _NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    models_url(f"http://127.0.0.1:{server.server_port}/")
+    try:
+        vgg_error, lpips_error = _fail_to_load_vgg_then_lpips()
+    finally:
+        server.shutdown()
+    assert "HTTP Error 404" in vgg_error and "HTTP Error 404" in lpips_error
+    assert capfd.readouterr().err.count("fastsr: downloading") == 2
 
 
 class _Exploit:

@@ -18,6 +18,8 @@ from fastsr.data.cache import prepare_cache
 from fastsr.data.screen import apply_policy, screen_train, screen_val
 from fastsr.engine.trainer import train
 
+from test_images import _png_rgb16
+
 PHOTO = skdata.astronaut()  # 512x512 RGB
 
 
@@ -79,15 +81,21 @@ def test_a_too_small_validation_image_is_named(messy):
     assert len(problems) == 1 and "v_small.png" in problems[0][1] and "at least 19x19" in problems[0][1]
 
 
-def test_policy_error_names_the_first_few_and_counts_the_rest():
-    problems = [(f"f{i}.png", f"f{i}.png: broken") for i in range(7)]
+def test_policy_error_names_the_first_twenty_and_counts_the_rest():
+    problems = [(f"f{i}.png", f"f{i}.png: broken") for i in range(22)]
     with pytest.raises(ImageError) as e:
-        apply_policy(problems, "error", "training")
+        apply_policy({"training": problems}, "error")
     msg = str(e.value)
-    assert "\n" not in msg and "7 unusable training image(s)" in msg and "f4.png: broken" in msg
-    assert "f5.png" not in msg and "and 2 more" in msg and "data.bad_images=skip" in msg
-    assert apply_policy(problems[:2], "skip", "training") == [
+    assert "\n" not in msg and "22 unusable training image(s)" in msg and "f19.png: broken" in msg
+    assert "f20.png" not in msg and "and 2 more" in msg and "data.bad_images=skip" in msg
+    assert apply_policy({"training": problems[:2]}, "skip") == [
         "skipped training image f0.png: broken", "skipped training image f1.png: broken"]
+
+
+def test_policy_error_names_training_and_validation_problems_in_one_refusal():
+    with pytest.raises(ImageError) as e:
+        apply_policy({"training": [("t.png", "t.png: broken")], "validation": [("v.png", "v.png: broken")]}, "error")
+    assert str(e.value).startswith("2 unusable images (1 training, 1 validation): t.png: broken; v.png: broken. ")
 
 
 def test_training_refuses_bad_files_up_front_before_touching_the_run(messy, tiny_recipe):
@@ -95,7 +103,8 @@ def test_training_refuses_bad_files_up_front_before_touching_the_run(messy, tiny
     recipe = tiny_recipe(data={"source": str(root)})
     with pytest.raises(ImageError) as e:
         train(recipe)
-    assert all(name in str(e.value) for name in bad) and "\n" not in str(e.value)
+    # the validation image too: one refusal for the whole run, not one per rerun
+    assert all(name in str(e.value) for name in [*bad, "v_small.png"]) and "\n" not in str(e.value)
     assert not recipe.run_dir.exists()
 
 
@@ -162,3 +171,29 @@ def test_eval_refuses_an_image_too_small_to_score(tmp_path, capsys):
     assert main(["eval", "--model", "bicubic", "--data", str(tmp_path / "tiny.png")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("fastsr: error: ") and "\n" not in err and "tiny.png: 12x12" in err and "at least 19x19" in err
+
+
+def test_eval_names_every_unusable_image_of_its_sets_in_one_error(tmp_path, capsys):
+    folder, other = tmp_path / "mixed", tmp_path / "other"
+    folder.mkdir()
+    other.mkdir()
+    for i in range(2):
+        Image.fromarray(_tile(i)).save(folder / f"good{i}.png")
+    Image.fromarray(_tile(2)).save(folder / "cut.png")
+    (folder / "cut.png").write_bytes((folder / "cut.png").read_bytes()[:300])
+    Image.fromarray(np.dstack([_tile(3), np.full((64, 64), 128, np.uint8)]), "RGBA").save(folder / "alpha.png")
+    _png_rgb16(folder / "wide.png", np.full((64, 64, 3), 300, np.uint16))
+    Image.fromarray(_tile(4)).save(other / "good.png")
+    (other / "zero.png").write_bytes(b"")
+    assert main(["eval", "--model", "bicubic", "--data", str(folder), "--data", str(other)]) == 2
+    err = capsys.readouterr().err.strip()
+    head = "fastsr: error: 4 unusable evaluation image(s): "
+    assert err.startswith(head) and "\n" not in err
+    # each problem is "FILE: reason; what to do" (the reason is what is kept of it here), joined by "; "
+    reasons = dict(part.split(": ", 1) for part in err.removeprefix(head).split("; ") if ".png: " in part)
+    assert {Path(path).name for path in reasons} == {"cut.png", "alpha.png", "wide.png", "zero.png"}
+    assert "truncated" in reasons[str(folder / "cut.png")]
+    assert "transparency" in reasons[str(folder / "alpha.png")]
+    assert "16-bit colour" in reasons[str(folder / "wide.png")]
+    assert "not a readable image" in reasons[str(other / "zero.png")]
+    assert "good" not in err and err.endswith("Fix or remove them and rerun")

@@ -273,3 +273,70 @@ def test_download_resumes_from_the_part_file(tmp_path):
     assert server.ranges == [1000]
     assert (dest / "DIV2K_valid_HR.zip").read_bytes() == payload
     assert len(list((dest / "DIV2K_valid_HR").glob("*.png"))) == 100
+
+
+# A failed download leaves nothing it made, but for what a rerun resumes from.
+
+
+def _tree(root):
+    return sorted((str(p.relative_to(root)), p.read_bytes() if p.is_file() else None) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("download", [
+    lambda dest: download_div2k(dest, parts=("valid_HR",), base_url="http://127.0.0.1:9/"),  # refused at once
+    lambda dest: download_benchmarks(dest, ("set5",), url="file:///nonexistent/benchmark.tar"),
+    lambda dest: download_benchmarks(dest, ("set6",)),
+], ids=["div2k-unreachable", "benchmarks-missing-file", "benchmarks-unknown-set"])
+def test_a_failed_download_leaves_no_folder_it_made_and_a_users_folder_as_it_was(tmp_path, download):
+    with pytest.raises(DownloadError):
+        download(tmp_path / "DIR" / "a" / "b")
+    assert not (tmp_path / "DIR").exists()
+    mine = tmp_path / "mine"
+    (mine / "empty").mkdir(parents=True)
+    (mine / "notes.txt").write_text("a user's file")
+    before = _tree(mine)
+    with pytest.raises(DownloadError):
+        download(mine)
+    assert _tree(mine) == before
+
+
+def test_ctrl_c_leaves_no_folder_it_made(tmp_path, monkeypatch):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("fastsr.data.div2k.fetch_verified", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        download_div2k(tmp_path / "DIR" / "a", parts=("valid_HR",))
+    assert not (tmp_path / "DIR").exists()
+
+
+class _CutShortHandler(http.server.BaseHTTPRequestHandler):
+    """Announces the whole payload, sends its first `self.server.sent` bytes and closes the connection."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.server.payload)))
+        self.end_headers()
+        self.wfile.write(self.server.payload[:self.server.sent])
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("sent", [0, 1000])
+def test_a_cut_download_keeps_the_part_only_if_bytes_came(tmp_path, sent):
+    """The .part of a connection that closed early is what a rerun resumes from (not an archive to verify and
+    move aside); with no bytes in it there is nothing to resume, and the folders made go too."""
+    server = http.server.HTTPServer(("127.0.0.1", 0), _CutShortHandler)
+    server.payload, server.sent = bytes(5000), sent
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    dest = tmp_path / "DIR" / "div2k"
+    try:
+        with pytest.raises(DownloadError, match=f"closed after {sent} of 5000 bytes"):
+            download_div2k(dest, parts=("valid_HR",), base_url=f"http://127.0.0.1:{server.server_port}/")
+    finally:
+        server.shutdown()
+    if sent:
+        assert _tree(tmp_path / "DIR") == [("div2k", None), ("div2k/DIV2K_valid_HR.zip.part", bytes(sent))]
+    else:
+        assert not (tmp_path / "DIR").exists()

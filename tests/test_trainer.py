@@ -52,9 +52,11 @@ def test_two_phase_run_leaves_everything_a_user_needs(tiny_recipe):
     assert model(torch.rand(1, 3, 8, 8)).shape == (1, 3, 32, 32)
 
 
-def test_validation_on_several_sets_logs_each(tiny_recipe, photo_folder, tmp_path):
+@pytest.mark.parametrize("backend", ["torch", "dali"])
+def test_validation_on_several_sets_logs_each(tiny_recipe, photo_folder, tmp_path, backend):
     """data.val_sets: a test set by name under data.benchmark_root and a folder, each scored and logged
-    under its own name, with its own pictures; the numbers equal `fastsr eval`'s on the same images."""
+    under its own name, with its own pictures; the numbers equal `fastsr eval`'s on the same images exactly,
+    whichever loader fed training, with the training copy laid out channels_last."""
     from fastsr.cli import main
 
     bench = tmp_path / "benchmarks"
@@ -62,9 +64,10 @@ def test_validation_on_several_sets_logs_each(tiny_recipe, photo_folder, tmp_pat
     for name in ("v0.png", "v1.png"):
         (bench / "Set5" / "HR" / name).write_bytes((photo_folder / "val" / name).read_bytes())
     other = photo_folder / "train"
-    recipe = tiny_recipe(data={"val_sets": ["set5", str(other)], "benchmark_root": str(bench)},
-                         train={"epochs_finetune": 0})
+    recipe = tiny_recipe(data={"val_sets": ["set5", str(other)], "benchmark_root": str(bench), "backend": backend},
+                         train={"epochs_finetune": 0}, runtime={"channels_last": "on"})
     run = train(recipe)
+    assert records(run, "run")[0]["loader"] == backend and records(run, "run")[0]["channels_last"]
     val = records(run, "val")
     assert [(r["set"], r["images"]) for r in val] == [("Set5", 2), ("train", 6)]
     assert all({"psnr", "ssim", "bicubic_psnr", "bicubic_ssim"} <= set(r) for r in val)
@@ -75,8 +78,9 @@ def test_validation_on_several_sets_logs_each(tiny_recipe, photo_folder, tmp_pat
                  "--data", str(other), "--data-root", str(bench), "--json", str(out)]) == 0
     sets = json.loads(out.read_text())["sets"]
     for r in val:
-        assert sets[r["set"]]["methods"]["M"]["psnr"] == pytest.approx(r["psnr"], abs=1e-9)
-        assert sets[r["set"]]["methods"]["Bicubic"]["ssim"] == pytest.approx(r["bicubic_ssim"], abs=1e-9)
+        assert sets[r["set"]]["methods"]["M"]["psnr"] == r["psnr"]
+        assert sets[r["set"]]["methods"]["M"]["ssim"] == r["ssim"]
+        assert sets[r["set"]]["methods"]["Bicubic"]["ssim"] == r["bicubic_ssim"]
 
 
 def test_srcnn_trains_and_beats_its_start(tiny_recipe):

@@ -3,8 +3,10 @@ a user runs: the packaged recipes, `fastsr quickstart`, `fastsr train NAME`, `ev
 
 import os
 import shutil
+import site
 import subprocess
 import sys
+import sysconfig
 import zipfile
 from pathlib import Path
 
@@ -19,6 +21,21 @@ def _run(args, cwd, env, timeout=600):
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"{args} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout
+
+
+def borrow_site_packages(python: Path) -> None:
+    """Let the environment of `python` import the dependencies installed where this test runs (torch is
+    gigabytes), but not fastsr: a .pth file lists this interpreter's site-packages folders. `venv
+    --system-site-packages` would not do: run from inside a venv, it borrows the base interpreter's packages,
+    not the venv's. The listed folders are added to the path, not read as site folders, so their own .pth
+    files (an editable install of fastsr among them) are not run; the new environment's own site-packages,
+    where the wheel goes, come first."""
+    ours = {*site.getsitepackages(), *([site.getusersitepackages()] if site.ENABLE_USER_SITE else []),
+            sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    folders = [f for f in dict.fromkeys(sorted(ours)) if Path(f).is_dir()]
+    theirs = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    (Path(theirs) / "borrowed_site_packages.pth").write_text("\n".join(folders) + "\n")
 
 
 @pytest.mark.slow
@@ -40,11 +57,10 @@ def test_built_wheel_runs_outside_the_checkout(tmp_path):
     assert {p.name for p in (ROOT / "fastsr" / "recipes").glob("*.yaml")} == packaged
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
 
-    # A fresh environment that borrows the installed dependencies (torch is gigabytes), not fastsr: the
-    # wheel goes into the venv's own site-packages, which come first.
     venv = tmp_path / "venv"
-    _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], tmp_path, os.environ)
+    _run([sys.executable, "-m", "venv", str(venv)], tmp_path, os.environ)
     python, fastsr = venv / "bin" / "python", venv / "bin" / "fastsr"
+    borrow_site_packages(python)
     _run([python, "-m", "pip", "install", "--no-deps", "--no-index", "-q", str(wheel)], tmp_path, os.environ)
     outside = tmp_path / "user"
     outside.mkdir()

@@ -11,10 +11,10 @@ from fastsr.data.div2k import download_div2k
 from fastsr.data.download import DownloadError
 from fastsr.data.images import IMAGE_EXTS, ImageError, image_to_tensor, list_images, load_image, read_header, save_image
 from fastsr.data.plan import Crop, CropPlan, draw_crop
+from fastsr.data.screen import load_val_set
 from fastsr.data.sources import BUILTIN_SOURCES, Sample, resolve_source
 from fastsr.data.store import ImageStore
 from fastsr.data.torch_backend import TorchLoader
-from fastsr.data.validation import load_val_set
 
 __all__ = [
     "BACKENDS",

@@ -21,7 +21,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastsr.data.download import DownloadError, fetch_verified
+from fastsr.data.download import DownloadError, download_dir, fetch_verified
 from fastsr.data.images import IMAGE_EXTS
 
 DEFAULT_ROOT = "data/benchmarks"
@@ -69,20 +69,19 @@ def missing_message(bench: Benchmark, root: str | os.PathLike) -> str:
 def download_benchmarks(dest: str | os.PathLike, names: tuple[str, ...] = ("set5", "set14", "b100", "urban100"),
                         url: str = ARCHIVE_URL, md5: str | None = ARCHIVE_MD5) -> list[str]:
     """Fill `dest` with the HR images of the named sets; return a note per set it could not fetch (Manga109)."""
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
     sets = []
     for name in names:
         bench = benchmark(name)
         if bench is None:
             raise DownloadError(f"unknown test set {name!r}; choose from {', '.join(BENCHMARKS)}")
         sets.append(bench)
-    notes = [missing_message(b, dest) for b in sets if not b.in_archive and _count(hr_dir(b, dest)) != b.images]
-    wanted = [b for b in sets if b.in_archive and _count(hr_dir(b, dest)) != b.images]
-    if wanted:
-        archive = dest / Path(url).name
-        fetch_verified(url, archive, md5)
-        _extract_hr(archive, dest, wanted)
+    with download_dir(dest) as dest:
+        notes = [missing_message(b, dest) for b in sets if not b.in_archive and _count(hr_dir(b, dest)) != b.images]
+        wanted = [b for b in sets if b.in_archive and _count(hr_dir(b, dest)) != b.images]
+        if wanted:
+            archive = dest / Path(url).name
+            fetch_verified(url, archive, md5)
+            _extract_hr(archive, dest, wanted)
     return notes
 
 

@@ -98,6 +98,7 @@ def prepare_cache(source: str, dst: str | os.PathLike, workers: int | None = Non
     try:
         with progress_bar(progress and bool(jobs)) as bar, _results(jobs, workers) as results:
             task = bar.add_task("prepare", total=len(jobs), rate=0.0, info=str(dst))
+            # the info comes with every count: in a file (util.LineProgress) that makes a line every so often
             for src, entry, error in results:
                 if error is not None:
                     failed[src] = error
@@ -109,7 +110,7 @@ def prepare_cache(source: str, dst: str | os.PathLike, workers: int | None = Non
                     if src in verifying:
                         repaired.append(src)
                 done += 1
-                bar.update(task, completed=done, rate=done / max(time.perf_counter() - start, 1e-9))
+                bar.update(task, completed=done, rate=done / max(time.perf_counter() - start, 1e-9), info=str(dst))
                 if time.monotonic() - saved_at > _SAVE_EVERY_S:
                     _write_manifest(dst, spec, order, entries, failed)
                     saved_at = time.monotonic()

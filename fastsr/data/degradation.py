@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import kornia
 import numpy as np
 import torch
 
+from fastsr.config import RecipeError
 from fastsr.data.images import ImageError, image_to_tensor, load_image
 from fastsr.data.plan import Crop, crop_region
 from fastsr.ops import imresize, kernel_margin
@@ -40,10 +40,20 @@ def degrade(hr: torch.Tensor, scale: int, method: str = "matlab", quantize: bool
     if method == "matlab":
         lr = imresize(hr, scale=1 / scale)
     elif method == "kornia":
-        lr = kornia.geometry.transform.rescale(hr, 1 / scale, interpolation="bicubic", antialias=True)
+        lr = kornia_rescale()(hr, 1 / scale, interpolation="bicubic", antialias=True)
     else:
         raise ValueError(f"unknown degradation method {method!r}; use one of {', '.join(METHODS)}")
     return quantize_8bit(lr) if quantize else lr
+
+
+def kornia_rescale():
+    """Kornia's `rescale`, imported only when `data.degradation=kornia` asks for it (Kornia is optional)."""
+    try:
+        from kornia.geometry.transform import rescale
+    except ImportError:
+        raise RecipeError("data.degradation=kornia needs Kornia, which is not installed: pip install kornia, "
+                          "or use data.degradation=matlab (the protocol's bicubic)") from None
+    return rescale
 
 
 def crop_to_scale(hr: torch.Tensor, scale: int) -> torch.Tensor:

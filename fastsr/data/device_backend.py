@@ -133,13 +133,14 @@ class DeviceLoader:
         show = sum(lengths) > _PROGRESS_BYTES if progress is None else progress
         tic = time.perf_counter()
         with progress_bar(show) as bar:
-            task = bar.add_task("load", total=len(sizes), rate=0.0, info=f"{sum(lengths) / 1e9:.1f} GB to {self.device}")
+            info = f"{sum(lengths) / 1e9:.1f} GB to {self.device}"  # with every count: a line now and then in a file
+            task = bar.add_task("load", total=len(sizes), rate=0.0, info=info)
             for i, (h, w) in enumerate(sizes):
                 image = torch.from_numpy(np.array(images.read(i)[:h, :w])).to(self.device)  # a copy: cache maps are read-only
                 padded = image.index_select(0, _mirror(h, m, self.device)).index_select(1, _mirror(w, m, self.device))
                 # channel-planar: each channel's rows contiguous, as a window's gather reads them
                 self.buffer[starts[i] : starts[i] + lengths[i]].view(3, heights[i], widths[i]).copy_(padded.permute(2, 0, 1))
-                bar.update(task, completed=i + 1, rate=(i + 1) / max(time.perf_counter() - tic, 1e-9))
+                bar.update(task, completed=i + 1, rate=(i + 1) / max(time.perf_counter() - tic, 1e-9), info=info)
         self.starts = torch.from_numpy(starts).to(self.device)
         self.heights = torch.tensor(heights, dtype=torch.int64, device=self.device)
         self.widths = torch.tensor(widths, dtype=torch.int64, device=self.device)

@@ -11,7 +11,7 @@ import os
 import zipfile
 from pathlib import Path
 
-from fastsr.data.download import DownloadError, fetch_verified
+from fastsr.data.download import DownloadError, download_dir, fetch_verified
 
 BASE_URL = "https://data.vision.ee.ethz.ch/cvl/DIV2K/"
 PARTS = ("train_HR", "valid_HR", "train_LR_bicubic", "valid_LR_bicubic")
@@ -33,14 +33,13 @@ MD5 = {
 def download_div2k(dest: str | os.PathLike, scales: tuple[int, ...] = (4,), parts: tuple[str, ...] = PARTS,
                    base_url: str = BASE_URL, md5: dict[str, str] = MD5) -> Path:
     """Make `dest` a DIV2K root holding the asked `parts` (LR parts once per scale); returns `dest`."""
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    for zip_name, folder, count in _plan(parts, scales):
-        if _count_pngs(dest / folder) == count:
-            continue
-        archive = dest / zip_name
-        fetch_verified(base_url.rstrip("/") + "/" + zip_name, archive, md5.get(zip_name))
-        _extract(archive, dest, folder, count)
+    with download_dir(dest) as dest:
+        for zip_name, folder, count in _plan(parts, scales):
+            if _count_pngs(dest / folder) == count:
+                continue
+            archive = dest / zip_name
+            fetch_verified(base_url.rstrip("/") + "/" + zip_name, archive, md5.get(zip_name))
+            _extract(archive, dest, folder, count)
     return dest
 
 

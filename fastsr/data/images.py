@@ -17,13 +17,17 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from fastsr.ops import quantize
+from fastsr.ops import quantize, rgb_to_gray
 from fastsr.util import write_atomic
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 # Pillow modes whose pixels hold 16-bit (or wider) integers; "I" is what some plugins give 16-bit gray.
 _WIDE_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# Pillow modes of grayscale images, with or without alpha ("La": alpha premultiplied)
+_GRAY_MODES = ("1", "L", "LA", "La", *_WIDE_GRAY_MODES)
+# The Pillow mode `save_image` writes for each number of channels
+_MODES = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
 
 
 class _Writer(NamedTuple):
@@ -111,6 +115,13 @@ def read_header(path: str | os.PathLike) -> tuple[int, int, str]:
                          "replace or remove it") from None
 
 
+def is_gray(path: str | os.PathLike) -> bool:
+    """Whether the file stores a grayscale image (with or without alpha), from its header: the pixels
+    `load_image_with_alpha` gives are RGB(A) all the same, and `save_image(..., gray=True)` writes them
+    back as grayscale."""
+    return read_header(path)[2] in _GRAY_MODES
+
+
 def _too_large(path: Path, e: Image.DecompressionBombError) -> ImageError:
     # Pillow refuses (rather than warns) above 2 * MAX_IMAGE_PIXELS; its message gives both counts.
     return ImageError(f"{path}: too large to decode safely ({_one_line(e).rstrip('.')}); if the file is "
@@ -150,26 +161,37 @@ def image_to_tensor(img: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(img).permute(2, 0, 1).unsqueeze(0).float().div_(255)
 
 
-def save_image(path: str | os.PathLike, x: torch.Tensor | np.ndarray) -> None:
+def save_image(path: str | os.PathLike, x: torch.Tensor | np.ndarray, *, gray: bool = False) -> None:
     """Write `x` at `path` in the format its suffix names (see `output_format`), atomically (a reader
     never sees a half-written file).
 
     `x` is a float tensor in [0, 1] shaped CxHxW or 1xCxHxW (rounded by `tensor_to_uint8`) or a uint8
-    HxWxC array, with C = 3 (RGB) or 4 (RGBA). Parent folders are created.
+    HxWxC array, with C = 3 (RGB) or 4 (RGBA). Parent folders are created. `gray` writes the luma of the
+    RGB (`fastsr.ops.rgb_to_gray`, rounded to uint8 levels) as one channel, keeping any alpha: a grayscale
+    image comes back grayscale (WebP, which has no grayscale, stores it as equal RGB).
     """
     path = Path(path)
     pixels = _to_uint8_hwc(x)
+    if gray:
+        pixels = _gray_levels(pixels)
     writer = output_format(path, pixels.shape)
     path.parent.mkdir(parents=True, exist_ok=True)
-    image = Image.fromarray(pixels, "RGBA" if pixels.shape[2] == 4 else "RGB")
+    image = Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels, _MODES[pixels.shape[2]])
     write_atomic(path, lambda f: image.save(f, format=writer.format, **writer.options))
+
+
+def _gray_levels(pixels: np.ndarray) -> np.ndarray:
+    """uint8 HxWx3 (RGB) or HxWx4 (RGBA) -> uint8 HxWx1 (luma) or HxWx2 (luma, alpha)."""
+    luma = tensor_to_uint8(rgb_to_gray(image_to_tensor(pixels[:, :, :3]))[0])
+    return np.concatenate([luma, pixels[:, :, 3:]], axis=2)
 
 
 def output_format(path: str | os.PathLike, shape: tuple[int, ...] | None = None,
                   source: str | os.PathLike | None = None) -> _Writer:
     """How `save_image` writes `path` (chosen by its suffix), checked against an image of `shape`
-    (HxWxC) when given; otherwise a one-line ImageError naming `path` (and `source`, the image it
-    comes from, when given). Cheap, so callers can check before long work rather than fail after it."""
+    (HxWxC; C = 1 gray, 2 gray and alpha, 3 RGB, 4 RGBA) when given; otherwise a one-line ImageError
+    naming `path` (and `source`, the image it comes from, when given). Cheap, so callers can check before
+    long work rather than fail after it."""
     path = Path(path)
     writer = _WRITERS.get(path.suffix.lower())
     if writer is None:
@@ -179,7 +201,7 @@ def output_format(path: str | os.PathLike, shape: tuple[int, ...] | None = None,
         return writer
     where = f"{source} -> {path}" if source else str(path)
     height, width, channels = shape
-    if channels == 4 and not writer.alpha:
+    if channels in (2, 4) and not writer.alpha:
         raise ImageError(f"{where}: the image has transparency, which {writer.format} cannot hold; "
                          "write a .png or .webp to keep it")
     if writer.max_side is not None and max(height, width) > writer.max_side:

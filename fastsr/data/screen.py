@@ -3,7 +3,9 @@
 A training run visits each image many times over hours; an image that cannot serve (unreadable,
 truncated, transparent, 16-bit colour, smaller than the crop, too small to score) must be found
 before the first step, not when the loader first reaches it at 3 a.m. `data.bad_images` says what
-then happens: `error` refuses the run naming the files, `skip` leaves them out and names each.
+then happens: `error` refuses the run naming the files, `skip` leaves them out and names each. Every
+image is checked before that one refusal (training and validation alike, as `fastsr eval` checks all its
+sets), so a user fixes them all at once rather than meeting the next one on each rerun.
 
 Training images read from files are decoded in full here (a truncated PNG has an intact header), in
 threads (Pillow decodes without holding the GIL), each process checking its share; a decode-once
@@ -19,13 +21,15 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import torch
+
 from fastsr.data.cache import Cache, open_cache
 from fastsr.data.images import ImageError, load_image
 from fastsr.data.plan import check_crop_fits
 from fastsr.data.sources import Sample
 from fastsr.data.validation import load_val_pair
 
-NAMED = 5  # problems named in a refusal; `skip` names every one
+NAMED = 20  # problems named in a refusal (the rest counted); `skip` names every one
 
 
 def screen_train(samples: Sequence[Sample], data, scale: int, *, cache: Cache | None = None, rank: int = 0,
@@ -59,7 +63,7 @@ def without(samples: Sequence[Sample], problems: list[tuple[str, str]]) -> list[
     return [s for s in samples if str(s.hr) not in bad]
 
 
-def screen_val(samples: Sequence[Sample], scale: int, method: str, max_images: int | None
+def screen_val(samples: Sequence[Sample], scale: int, method: str = "matlab", max_images: int | None = None
                ) -> tuple[list[tuple], list[tuple[str, str]]]:
     """(the first `max_images` usable validation pairs, (file, problem) for each unusable image met on the way)."""
     pairs, problems = [], []
@@ -73,17 +77,33 @@ def screen_val(samples: Sequence[Sample], scale: int, method: str, max_images: i
     return pairs, problems
 
 
-def apply_policy(problems: list[tuple[str, str]], policy: str, what: str) -> list[str]:
-    """Refuse (`error`) with one line naming the first few problems, or return one warning per skipped
-    image (`skip`)."""
-    if not problems:
-        return []
-    lines = [message for _, message in problems]
+def load_val_set(samples: Sequence[Sample], scale: int, method: str = "matlab",
+                 max_images: int | None = None) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """The first `max_images` validation pairs (`load_val_pair`), or one ImageError naming every unusable image."""
+    pairs, problems = screen_val(samples, scale, method, max_images)
+    refuse({"validation": problems}, "Fix or remove them and rerun")
+    return pairs
+
+
+def apply_policy(problems: dict[str, list[tuple[str, str]]], policy: str) -> list[str]:
+    """Refuse (`error`) in one line naming the first few problems of every kind (`{"training": [(file,
+    problem), ...], "validation": ...}`), or return one warning per skipped image (`skip`)."""
     if policy == "error":
-        more = f"; and {len(lines) - NAMED} more" if len(lines) > NAMED else ""
-        raise ImageError(f"{len(lines)} unusable {what} image(s): {'; '.join(lines[:NAMED])}{more}. "
-                         "Fix or remove them, or set data.bad_images=skip to run without them")
-    return [f"skipped {what} image {line}" for line in lines]
+        refuse(problems, "Fix or remove them, or set data.bad_images=skip to run without them")
+    return [f"skipped {what} image {message}" for what, found in problems.items() for _, message in found]
+
+
+def refuse(problems: dict[str, list[tuple[str, str]]], remedy: str) -> None:
+    """Raise one one-line ImageError naming the first NAMED problems of all kinds (and counting the rest),
+    then `remedy`, what to do; return when there are none."""
+    lines = [message for found in problems.values() for _, message in found]
+    if not lines:
+        return
+    counts = {what: len(found) for what, found in problems.items() if found}
+    head = (f"{len(lines)} unusable {next(iter(counts))} image(s)" if len(counts) == 1 else
+            f"{len(lines)} unusable images ({', '.join(f'{n} {what}' for what, n in counts.items())})")
+    more = f"; and {len(lines) - NAMED} more" if len(lines) > NAMED else ""
+    raise ImageError(f"{head}: {'; '.join(lines[:NAMED])}{more}. {remedy}")
 
 
 def _problem(sample: Sample, check, *args) -> list[tuple[str, str]]:

@@ -1,9 +1,8 @@
 """Validation and evaluation pairs: whole images, HR cropped to a multiple of the scale, and their LR
-(the paired file where the source has one, else the protocol's degradation of the HR)."""
+(the paired file where the source has one, else the protocol's degradation of the HR). A set of them is
+read through `fastsr.data.screen`, which names every unusable image at once."""
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import torch
 
@@ -29,9 +28,3 @@ def load_val_pair(sample: Sample, scale: int, method: str = "matlab") -> tuple[s
                          "remove it from the evaluation images")
     hr, lr = lr_for_eval(image_to_tensor(hr), scale, sample.lr, method)
     return sample.name, hr, lr
-
-
-def load_val_set(samples: Sequence[Sample], scale: int, method: str = "matlab",
-                 max_images: int | None = None) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """`load_val_pair` of each of the first `max_images` samples."""
-    return [load_val_pair(s, scale, method) for s in list(samples)[:max_images]]

@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
+from copy import deepcopy
 from pathlib import Path
 
 import torch
@@ -81,10 +82,22 @@ def stop_requests(announce: bool = True):
             signal.signal(sig, handler)
 
 
+def as_saved(model: nn.Module) -> nn.Module:
+    """`model` with its tensors in the layout of a saved weights file: itself, or a copy when training laid it
+    out channels_last. A convolution sums in another order in the other layout, so scoring the training layout
+    would differ from `fastsr eval` of the saved weights in the last digits."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if all(t.is_contiguous() for t in tensors):
+        return model
+    return deepcopy(model).to(memory_format=torch.contiguous_format)
+
+
 def score_and_log(model: nn.Module, run: Run, step: int) -> str:
     """Score the model and bicubic on each validation set (evaluation runs the model in eval mode and
-    restores its mode), save the side-by-side pictures, log a record per set; return a one-line summary."""
+    restores its mode), save the side-by-side pictures, log a record per set; return a one-line summary.
+    The numbers are those `fastsr eval` gives for the weights saved at this step (`as_saved`)."""
     recipe = run.recipe
+    model = as_saved(model)
     # out of memory: validation's own knobs, and the training state it shares the device with
     advice = MemoryAdvice(tile="train.val_tile", metrics="train.val_metrics", cpu=None,
                           where=f"validating at step {step}, beside the training state",
@@ -126,8 +139,8 @@ class Loop:
         total = self.steps_per_epoch * sum(p.epochs for p in self.phases)
         epoch_offsets = [sum(p.epochs for p in self.phases[:i]) for i in range(len(self.phases))]
         run.g_train.train()
-        with progress_bar(run.main) as self.progress, stop_requests(run.main) as requests, self._failures_explained(), \
-                StallWatch(run.recipe.data.stall_timeout_s, self._stalled) as watch:
+        with progress_bar(run.main, t.log_every_s, run.console) as self.progress, stop_requests(run.main) as requests, \
+                self._failures_explained(), StallWatch(run.recipe.data.stall_timeout_s, self._stalled) as watch:
             self.task = self.progress.add_task("", total=total, completed=pos.step, rate=0.0, info="")
             for index in range(pos.phase, len(self.phases)):
                 phase = self.phases[index]
@@ -154,6 +167,8 @@ class Loop:
                 self._outside_rate(self.validate, "validation")
                 self._outside_rate(self.checkpoint, "checkpoint")
                 self.progress.update(self.task, completed=pos.step, info=self.last_val_info)
+            if requests:
+                self._stopped_too_late(requests[0])
 
     # -- one step ------------------------------------------------------------------------------
 
@@ -215,7 +230,9 @@ class Loop:
         self.logged.clear()
         self.window_tic, self.window_step = time.perf_counter(), self.pos.step
         shown = " ".join(f"{k[5:]} {v:.4g}" for k, v in means.items())
-        self.progress.update(self.task, completed=self.pos.step, rate=rate, info=f"{shown} {self.last_val_info}")
+        lr = phase.optimisers[0].param_groups[0]["lr"]
+        self.progress.update(self.task, completed=self.pos.step, rate=rate, info=f"{shown} {self.last_val_info}",
+                             epoch=f"{epoch + 1}/{phase.epochs}", lr=f"{lr:.3g}")
 
     def _outside_rate(self, action, what: str) -> None:
         """Run a validation or a checkpoint without counting its time against images/sec. With several
@@ -265,6 +282,16 @@ class Loop:
         self.log.write(kind="preempted", step=self.pos.step, signal=int(requests[0]) if requests else None,
                        checkpoint=str(checkpoint))
         raise Preempted(self.pos.step, checkpoint, requests[0] if requests else None)
+
+    def _stopped_too_late(self, signum: int) -> None:
+        """A stop signal that came after the last step, during the final validation or checkpoint: the run
+        finished all the same, and says so rather than nothing."""
+        by = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        note = (f"{by} came after the last step (step {self.pos.step}), as the run was finishing: it did not stop it; "
+                "the run is complete and its last checkpoint written")
+        self.log.write(kind="note", message=note)
+        if self.run.main:
+            self.run.console.print(f"[yellow]note:[/] {note}")
 
     def _stalled(self, epoch: int, batch: int) -> None:
         """No batch `batch` of the loader's `epoch` for data.stall_timeout_s: called in the watch thread,

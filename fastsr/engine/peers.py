@@ -10,17 +10,28 @@ few seconds for the others' word: the ranks never heard from are the lost ones.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
+import torch
 import torch.distributed as dist
 from accelerate.utils import InitProcessGroupKwargs
 
 HEARD_PREFIX = "fastsr/stopped/"  # + rank: "" for a process that lost contact, else why it stopped
 GRACE_S = 5.0  # how long a process whose collective failed waits for the others' word
+
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+# Where torch runs collectives: torch.distributed (collectives, barriers, the store) and DDP (its buffer sync)
+COLLECTIVE_CODE = (os.path.join(_TORCH_DIR, "distributed") + os.sep,
+                   os.path.join(_TORCH_DIR, "nn", "parallel", "distributed.py"))
+# Words of the process-group backends' own messages, for an error raised outside those frames (DDP's
+# gradient all-reduce runs inside autograd's backward)
+BACKEND_WORDS = ("/gloo/", "ProcessGroupGloo", "ProcessGroupNCCL", "NCCL communicator", "NCCL error", "WorkNCCL")
 
 
 class LostProcess(RuntimeError):
@@ -32,9 +43,29 @@ def process_group_kwargs(timeout_s: float) -> InitProcessGroupKwargs:
 
 
 def collective_failed(err: BaseException) -> bool:
-    """Whether `err` is a collective's failure: torch's distributed errors (NCCL's), or gloo's, which are
-    plain RuntimeErrors naming gloo's source file ("[.../gloo/transport/tcp/pair.cc:545] Read error ...")."""
-    return isinstance(err, dist.DistError) or (isinstance(err, RuntimeError) and "/gloo/" in str(err))
+    """Whether `err` is a collective's failure, known by what it is rather than by one message's wording:
+    torch's distributed errors (NCCL's `DistBackendError`, e.g. "Watchdog caught collective operation timeout:
+    WorkNCCL(...) ran for N milliseconds before timing out", "NCCL communicator was aborted on rank N"), or a
+    RuntimeError raised where a collective runs (a torch.distributed collective or barrier, DDP's buffer sync
+    before a forward) or naming a process-group backend. gloo's are plain RuntimeErrors, mostly naming its
+    source file ("[.../gloo/transport/tcp/pair.cc:545] Read error ...", "Timed out waiting 3000ms for recv
+    operation"), but not all: once a timeout has closed the connections, the next collective raises
+    "Application timeout caused pair closure"."""
+    if isinstance(err, dist.DistError):
+        return True
+    if not isinstance(err, RuntimeError):
+        return False
+    return _raised_in_collective(err) or any(word in str(err) for word in BACKEND_WORDS)
+
+
+def _raised_in_collective(err: BaseException) -> bool:
+    """Whether the innermost of torch's own frames that `err` passed through is collective code: the error
+    came from a collective, not from a model or a loss run under DDP or Accelerate."""
+    innermost = None
+    for frame, _ in traceback.walk_tb(err.__traceback__):
+        if frame.f_code.co_filename.startswith(_TORCH_DIR):
+            innermost = frame.f_code.co_filename
+    return innermost is not None and innermost.startswith(COLLECTIVE_CODE)
 
 
 def _store():

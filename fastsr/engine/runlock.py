@@ -8,6 +8,9 @@ see (a shared filesystem may not carry `flock` between machines), is never taken
 dead process of this host (killed, or its machine rebooted) is taken over, with a note.
 
 With several processes only rank 0 takes the lock; the others learn the outcome from it before they start.
+
+Before the lock file is made, the run directory and the folders above it (out_dir first) are checked to be
+folders or not there yet, so a path that is a file is refused in one line and left as it was.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from fastsr.config import RecipeError
+
 
 class RunDirLocked(RuntimeError):
     """Another live run holds the run directory; the message names it and the holder."""
@@ -29,6 +34,21 @@ class RunDirLocked(RuntimeError):
 
 def lock_path(run_dir: Path) -> Path:
     return run_dir.with_name(f"{run_dir.name}.lock")
+
+
+def check_folders(run_dir: Path) -> None:
+    """Refuse (RecipeError) a run directory (out_dir/name) that is a file, or that has a file for its
+    out_dir or a folder above: neither the lock nor the directory could be made there."""
+    blocked = next((p for p in (run_dir, *run_dir.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is None:
+        return
+    if blocked == run_dir:
+        raise RecipeError(f"{run_dir}: is a file, but the run directory (out_dir/name) must be a folder; "
+                          "choose another out_dir or name")
+    if blocked == run_dir.parent:
+        raise RecipeError(f"{blocked}: is a file, but out_dir must be a folder; choose another out_dir")
+    raise RecipeError(f"{blocked}: is a file, so out_dir {run_dir.parent} cannot be made inside it; "
+                      "choose another out_dir")
 
 
 def _start_time(pid: int) -> str | None:
@@ -73,7 +93,9 @@ class RunLock:
         self.note: str | None = None  # set when a dead process's lock was taken over
 
     def acquire(self) -> None:
-        """Take the lock or raise RunDirLocked naming the directory and its holder; nothing is changed then."""
+        """Take the lock or raise RunDirLocked naming the directory and its holder (RecipeError when a file
+        stands where a folder must be: `check_folders`); nothing is changed then."""
+        check_folders(self.run_dir)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -158,12 +180,12 @@ def run_dir_lock(run_dir: Path, accelerator):
     if lock is not None:
         try:
             lock.acquire()
-        except RunDirLocked as err:
-            refusal = str(err)
+        except (RunDirLocked, RecipeError) as err:
+            refusal = err
     if accelerator.num_processes > 1:
         refusal = broadcast_object_list([refusal])[0]
     if refusal is not None:
-        raise RunDirLocked(refusal)
+        raise refusal
     try:
         yield lock
     finally:

@@ -6,8 +6,12 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fastsr.util import write_atomic
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 class RunLog:
@@ -37,36 +41,84 @@ def read_log(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+# The legend entry of the line drawn where phase B starts.
+PHASE_B_LABEL = "phase B (finetune) starts"
+
+
 def plot_curves(log_path: Path, png_path: Path) -> None:
-    """Losses (log scale) and validation PSNR against steps, from the JSONL log."""
-    import matplotlib
+    """Write `curves_figure` of the JSONL log at `log_path` to `png_path`."""
+    fig = curves_figure(read_log(log_path))
+    write_atomic(png_path, lambda f: fig.savefig(f, dpi=90, format="png"))
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    records = read_log(log_path)
+def curves_figure(records: list[dict]) -> Figure:
+    """Each training loss term on its own small panel (log scale), beside each validation set's PSNR and
+    bicubic's, against steps; a dotted line where phase B (finetune) starts.
+
+    A panel per term rather than one shared axis: the terms' raw values lie decades apart (TV ~1e2..1e4,
+    pixel ~1e-2, VGG ~1e-3, adversarial spiking from 1e-25 to 1e1), so on one axis, even a log one, each
+    trend is squashed flat; its own y-range shows every term's trend, with no threshold to tune."""
+    from matplotlib.figure import Figure  # not pyplot: no global backend or figure list to manage
+    from matplotlib.ticker import MaxNLocator
+
     train = [r for r in records if r.get("kind") == "train"]
     val = [r for r in records if r.get("kind") == "val"]
-    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(11, 4))
-    loss_keys = sorted({k for r in train for k in r if k.startswith("loss_")})
-    for key in loss_keys:
-        points = [(r["step"], r[key]) for r in train if r.get(key) is not None and r[key] > 0]
-        if points:
-            ax_loss.plot(*zip(*points), label=key.removeprefix("loss_"))
-    ax_loss.set_yscale("log")
-    ax_loss.set_xlabel("step")
-    ax_loss.set_title("training losses")
-    if loss_keys:
-        ax_loss.legend()
-    for name in dict.fromkeys(r.get("set", "val") for r in val):  # one colour per validation set
-        points = [r for r in val if r.get("set", "val") == name]
-        line, = ax_val.plot([r["step"] for r in points], [r["psnr"] for r in points], marker="o", label=name)
-        ax_val.plot([r["step"] for r in points], [r["bicubic_psnr"] for r in points], linestyle="--",
-                    color=line.get_color(), label=f"{name} bicubic")
+    terms = list(dict.fromkeys(k for r in train for k in r if k.startswith("loss_")))  # phase A's pixel first
+    rows = max(1, len(terms))
+    fig = Figure(figsize=(11, max(4.0, 1.3 * rows + 0.8)), layout="constrained")
+    grid = fig.add_gridspec(rows, 2)
+    loss_axes = [fig.add_subplot(grid[0, 0])]
+    loss_axes += [fig.add_subplot(grid[i, 0], sharex=loss_axes[0]) for i in range(1, rows)]
+    ax_val = fig.add_subplot(grid[:, 1], sharex=loss_axes[0])
+    # matplotlib's automatic ticks, but whole steps only (a one-step log would show 0.98, 1.02...); the
+    # panels share this axis and so its ticks
+    ax_val.xaxis.set_major_locator(MaxNLocator("auto", steps=[1, 2, 2.5, 5, 10], integer=True, min_n_ticks=1))
+    for ax, key in zip(loss_axes, terms):
+        _plot_term(ax, train, key)
+    if not terms:
+        loss_axes[0].set_ylabel("loss")
+    loss_axes[0].set_title("training losses (log scale, one panel per term)")
+    for ax in loss_axes[:-1]:
+        ax.tick_params(labelbottom=False)  # the panels share the bottom one's steps
+    loss_axes[-1].set_xlabel("step")
+    _plot_val(ax_val, val)
+    phase_b = _phase_b_start(train)
+    if phase_b is not None:
+        for ax in (*loss_axes, ax_val):
+            ax.axvline(phase_b, color="0.4", linestyle=":", label=PHASE_B_LABEL)
+        for ax in (loss_axes[0], ax_val):
+            ax.text(phase_b, 1, " phase B", transform=ax.get_xaxis_transform(), va="top", ha="left", color="0.3")
     if val:
         ax_val.legend()
-    ax_val.set_xlabel("step")
-    ax_val.set_title("validation PSNR (dB, Y)")
-    fig.tight_layout()
-    write_atomic(png_path, lambda f: fig.savefig(f, dpi=90, format="png"))
-    plt.close(fig)
+    return fig
+
+
+def _plot_term(ax, train: list[dict], key: str) -> None:
+    """One loss term against steps; values <= 0 (a log axis has no place for them) are left out."""
+    points = [(r["step"], r[key]) for r in train if r.get(key) is not None and r[key] > 0]
+    if points:
+        ax.plot(*zip(*points), marker="." if len(points) == 1 else None)
+        ax.set_yscale("log")
+    ax.set_ylabel(f"{key.removeprefix('loss_')} loss")
+
+
+def _plot_val(ax, val: list[dict]) -> None:
+    """Per validation set, the model's PSNR and bicubic's (dashed) in one colour; both with markers, so that
+    a single validation shows too."""
+    for name in dict.fromkeys(r.get("set", "val") for r in val):
+        points = [r for r in val if r.get("set", "val") == name]
+        steps = [r["step"] for r in points]
+        line, = ax.plot(steps, [r["psnr"] for r in points], marker="o", label=name)
+        ax.plot(steps, [r["bicubic_psnr"] for r in points], linestyle="--", marker="x", color=line.get_color(),
+                label=f"{name} bicubic")
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation PSNR (dB, Y)")
+    ax.set_title("validation")
+
+
+def _phase_b_start(train: list[dict]) -> int | None:
+    """The first finetune step, when the log holds both phases (a phase-B-only run has no boundary)."""
+    phases = {r.get("phase") for r in train}
+    if not {"pretrain", "finetune"} <= phases:
+        return None
+    return min(r["step"] for r in train if r.get("phase") == "finetune")

@@ -191,7 +191,8 @@ def check_init_from(path: str, config: dict) -> None:
 
 def screened_data(recipe: Recipe, accelerator, console: Console):
     """(usable training samples, the opened data.cache or None, validation pairs by set name, one note per
-    skipped image), with the recipe's `data.bad_images` policy applied to every image the run cannot use."""
+    skipped image), with the recipe's `data.bad_images` policy applied once to every image the run cannot
+    use, training and validation alike."""
     data, scale = recipe.data, recipe.scale
     train_samples = resolve_source(data.source, "train", scale)
     # A listed set is read as `fastsr eval --data` reads it (a plain folder whole); the default, the
@@ -210,14 +211,15 @@ def screened_data(recipe: Recipe, accelerator, console: Console):
     if accelerator.num_processes > 1:
         problems = gather_object(problems)
     problems = sorted(set(problems))
-    notes = apply_policy(problems, data.bad_images, "training")
+    val_sets, val_problems = {}, []
+    for name, samples in val_samples.items():
+        val_sets[name], found = screen_val(samples, scale, data.degradation, data.val_images or None)
+        val_problems += found
+    notes = apply_policy({"training": problems, "validation": val_problems}, data.bad_images)
     train_samples = without(train_samples, problems)
     if not train_samples:
         raise ImageError(f"data.source {data.source}: no usable training images left after skipping the bad ones")
-    val_sets = {}
-    for (name, samples), spec in zip(val_samples.items(), val_specs):
-        val_sets[name], val_problems = screen_val(samples, scale, data.degradation, data.val_images or None)
-        notes += apply_policy(val_problems, data.bad_images, "validation")
-        if not val_sets[name]:
+    for pairs, spec in zip(val_sets.values(), val_specs):
+        if not pairs:
             raise ImageError(f"validation set {spec}: no usable images left after skipping the bad ones")
     return train_samples, cache, val_sets, notes

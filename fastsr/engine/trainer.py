@@ -22,11 +22,12 @@ from fastsr.engine.runlock import run_dir_lock
 from fastsr.engine.runlog import plot_curves
 from fastsr.engine.setup import Run, make_accelerator, open_run_dir, prepare_for_training, set_up
 from fastsr.recipe import Recipe
+from fastsr.util import make_console
 
 
 def train(recipe: Recipe, console: Console | None = None) -> Path:
     """Run every phase of `recipe`; return the run directory (weights in run_dir/generator.safetensors)."""
-    console = console or Console()
+    console = console or make_console()
     accelerator = make_accelerator(recipe)
     run: Run | None = None
     try:
@@ -52,7 +53,8 @@ def _train(run: Run, console: Console) -> None:
                   steps_per_epoch=loop.steps_per_epoch, compile=run.runtime.compile,
                   mixed_precision=run.runtime.mixed_precision, channels_last=run.runtime.channels_last)
     if run.main:
-        console.print(f"[bold]{recipe.name}[/]: {', '.join(f'{p.name} {p.epochs} epochs' for p in loop.phases)}; "
+        phases = ", ".join(f"{p.name} {p.epochs} epoch{'s' if p.epochs != 1 else ''}" for p in loop.phases)
+        console.print(f"[bold]{recipe.name}[/]: {phases}; "
                       f"{loop.steps_per_epoch} steps/epoch of {loop.images_per_step} crops "
                       f"({run.loader.name} loader); {run.accelerator.num_processes} process(es) on "
                       f"{run.accelerator.device} ({run.runtime.describe()}); run dir {run.run_dir}")
