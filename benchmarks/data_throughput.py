@@ -1,6 +1,7 @@
 """Crops per second of the training data paths, side by side in one run.
 
-    python benchmarks/data_throughput.py [--data DIR] [--quick] [--dali auto|skip|only] [--torch-threads N] [--no-record]
+    python benchmarks/data_throughput.py [--data DIR] [--quick] [--dali auto|skip|only] [--torch-threads N]
+                                         [--no-record]
 
 Rows (each at HR 96 and HR 128, x4, batch 16, on the GPU when there is one, else the CPU):
 - seed approach: what the one-file script did: a Dataset that decodes the whole image with PIL
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--torch-threads", type=int,
                     help="torch's intra-op threads in this process (the device backend's on a CPU; default: torch's)")
     ap.add_argument("--dali", choices=("auto", "skip", "only"), default="auto",
-                    help="the DALI rows: auto (default) where DALI imports, else skipped; skip: none; only: those alone")
+                    help="the DALI rows: auto (default) where DALI imports, else none; skip: none; only: those alone")
     ap.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
     missing = dali_missing()
@@ -214,10 +215,11 @@ def main(argv: list[str] | None = None) -> None:
         cells = [name, *(f"{r[c]:.1f}" for c in crops), *(f"{r[c] / seed[c]:.1f}x" for c in crops if seed)]
         lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines)
-    command = "python benchmarks/data_throughput.py" + (" --quick" if args.quick else "") + (f" --data {args.data}" if args.data else "") \
-        + (f" --images {args.images}" if args.images else "") + (f" --seconds {args.seconds:g}" if args.seconds else "") \
-        + (f" --dali {args.dali}" if args.dali != "auto" else "") \
-        + (f" --torch-threads {args.torch_threads}" if args.torch_threads else "")
+    command = ("python benchmarks/data_throughput.py" + (" --quick" if args.quick else "")
+               + (f" --data {args.data}" if args.data else "") + (f" --images {args.images}" if args.images else "")
+               + (f" --seconds {args.seconds:g}" if args.seconds else "")
+               + (f" --dali {args.dali}" if args.dali != "auto" else "")
+               + (f" --torch-threads {args.torch_threads}" if args.torch_threads else ""))
     details = (f"Device {device}. Data: {data_name}, {len(samples)} images, {png_mb:.1f} MB per PNG, {decode_ms:.0f} ms "
                f"to decode one with PIL (median of 4); batch {BATCH}, x{SCALE}, {workers} workers/threads, "
                f"{torch.get_num_threads()} torch threads, "

@@ -24,8 +24,9 @@
 #               run("true", carry=[".whl/1"], timeout_s=60) ... run("true", carry=[".whl/4"], timeout_s=60)
 #   call 6:     run("bash benchmarks/gpu_check.sh stage2", carry=[".whl/5"], timeout_s=240), then give_back()
 # At most 3 + 5.5 + 4 x 0.5 + 4 = 14.5 minutes: stage 1's time boxes add up to 285 s, stage 2's to 150 s
-# after the wheels' install (30-60 s). Where stage 2 names a folder that did not arrive whole, carry it again
-# with `true` and rerun stage 2 if time is left. Afterwards `rm -rf .whl` here (it is ignored; never commit it).
+# after the wheels' install (not yet timed there; call 6 leaves it 80 s). Where stage 2 names a folder that
+# did not arrive whole, carry it again with `true` and rerun stage 2 if time is left. Afterwards
+# `rm -rf .whl` here (it is ignored; never commit it).
 #
 # Without a GPU the same script runs through in a few minutes as a smoke test of itself: stage 1 at the
 # benchmarks' smallest settings, saying that its numbers are not GPU numbers, the CUDA-only parts skipped;
