@@ -145,6 +145,10 @@ class LineProgress:
     def __exit__(self, *exc) -> None:
         return None
 
+    def stop(self) -> None:
+        """As rich's bar's `stop` (a stalled run stops its display before its last words): nothing is drawn in
+        place here, so there is nothing to take down."""
+
     def add_task(self, description: str, total: int, completed: int = 0, **fields) -> int:
         now = time.perf_counter()
         self.tasks.append(_LineTask(description, total, completed, fields, line_at=now, line_completed=completed))

@@ -299,6 +299,7 @@ _VALID_BY_KEY = {
     "train.ema": st.floats(0, 1, exclude_max=True),
     "train.log_every": _positive_int,
     "train.collective_timeout_s": _positive_float,
+    "train.log_every_s": _non_negative_float,
     "train.val_every": _non_negative_int,
     "train.val_tile": st.just(0) | st.integers(33, 4096),
     "train.save_every": _non_negative_int,

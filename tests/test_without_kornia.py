@@ -7,23 +7,16 @@ import sys
 import pytest
 import yaml
 
-from conftest import PROCESS_ENV, hide_module, tiny_recipe_dict
+from conftest import PROCESS_ENV, ROOT, hide_module, tiny_recipe_dict
 from fastsr.cli import main
 from fastsr.engine.runlog import read_log
 
-# Run first in a fresh interpreter: importing kornia there then fails as if it were not installed.
-HIDE_KORNIA = """
-import sys
-
-class NoKornia:
-    def find_spec(self, name, path=None, target=None):
-        if name == "kornia" or name.startswith("kornia."):
-            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-
-sys.meta_path.insert(0, NoKornia())
-"""
+# benchmarks/hide/sitecustomize.py: on the path of a fresh interpreter, it refuses to import what FASTSR_HIDE names
+WITHOUT_KORNIA = {**PROCESS_ENV, "FASTSR_HIDE": "kornia", "PYTHONPATH": str(ROOT / "benchmarks" / "hide")}
 
 TRAIN = """
+import sys
+
 import fastsr.cli, fastsr.data, fastsr.engine.trainer, fastsr.losses
 from fastsr.engine.trainer import train
 from fastsr.recipe import load_recipe
@@ -42,7 +35,7 @@ def _recipe(photo_folder, tmp_path, **sections):
 @pytest.mark.slow  # a training run in a fresh interpreter: ~10 s
 def test_imports_and_trains_both_phases_without_kornia(photo_folder, tmp_path):
     recipe = _recipe(photo_folder, tmp_path, train={"epochs_pretrain": 1, "epochs_finetune": 1, "log_every": 1})
-    done = subprocess.run([sys.executable, "-c", HIDE_KORNIA + TRAIN, str(recipe)], env=PROCESS_ENV, cwd=tmp_path,
+    done = subprocess.run([sys.executable, "-c", TRAIN, str(recipe)], env=WITHOUT_KORNIA, cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "kornia imported: False" in done.stdout

@@ -56,6 +56,13 @@ def kornia_rescale():
     return rescale
 
 
+def require(method: str) -> None:
+    """Fail now, in one line, when `method` needs a package that is missing: before a run starts, rather than
+    in a loader's worker process, whose error torch wraps in a traceback."""
+    if method == "kornia":
+        kornia_rescale()
+
+
 def crop_to_scale(hr: torch.Tensor, scale: int) -> torch.Tensor:
     """Crop (...)xHxW top-left anchored so H and W are multiples of `scale` (the protocol's HR crop)."""
     h, w = hr.shape[-2:]

@@ -24,6 +24,7 @@ from fastsr.data import (
     open_cache,
     resolve_source,
 )
+from fastsr.data import degradation
 from fastsr.data.screen import apply_policy, screen_train, screen_val, without
 from fastsr.data.sources import source_label
 from fastsr.engine import trackers
@@ -102,6 +103,7 @@ def set_up(recipe: Recipe, console: Console, accelerator: Accelerator) -> Run:
     precision = Precision(runtime.mixed_precision, accelerator.device.type)
     t = recipe.train
     torch.manual_seed(t.seed)
+    degradation.require(recipe.data.degradation)
 
     train_samples, cache, val_sets, notes = screened_data(recipe, accelerator, console)
     loader, loader_note = make_batch_source(
