@@ -66,7 +66,6 @@ def rank_main(rank: int, kind: str, how: str, port: str) -> None:
         report(err)
     else:
         report(None)
-    os._exit(0)
 
 
 if __name__ == "__main__":
@@ -74,3 +73,5 @@ if __name__ == "__main__":
     peer = mp.get_context("spawn").Process(target=rank_main, args=(1, kind, how, port))
     peer.start()
     rank_main(0, kind, how, port)
+    peer.kill()  # a hung rank 1 would sleep on
+    os._exit(0)  # not through the process group's teardown, which would wait for rank 1
