@@ -100,7 +100,7 @@ def run_eval(methods: list[str], sources: list[str], scale: int, console: Consol
     models run on tiles of `tile` LR pixels (0: whole images)."""
     from fastsr.data import ImageError, resolve_source
     from fastsr.data.benchmarks import DEFAULT_ROOT
-    from fastsr.data.screen import refuse, screen_val
+    from fastsr.data.screen import FIX_AND_RERUN, refuse, screen_val
     from fastsr.data.sources import source_label
     from fastsr.evaluate import (
         PROTOCOL_METRICS,
@@ -127,7 +127,7 @@ def run_eval(methods: list[str], sources: list[str], scale: int, console: Consol
             raise ImageError(f"--data {spec}: a second set named {label}; give each set once")
         sets[label], found = screen_val(resolve_source(spec, "eval", scale, benchmark_root=root), scale)
         problems += found
-    refuse({"evaluation": problems}, "Fix or remove them and rerun")
+    refuse({"evaluation": problems}, FIX_AND_RERUN)
     scorers = build_metrics(metrics, scale, device, metric_weights)
     results = []
     for label, pairs in sets.items():

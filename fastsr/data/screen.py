@@ -29,6 +29,8 @@ from fastsr.data.plan import check_crop_fits
 from fastsr.data.sources import Sample
 from fastsr.data.validation import load_val_pair
 
+# What a refusal of evaluation images tells the user to do (a training run can also skip them: apply_policy)
+FIX_AND_RERUN = "Fix or remove them and rerun"
 NAMED = 20  # problems named in a refusal (the rest counted); `skip` names every one
 
 
@@ -81,7 +83,7 @@ def load_val_set(samples: Sequence[Sample], scale: int, method: str = "matlab",
                  max_images: int | None = None) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     """The first `max_images` validation pairs (`load_val_pair`), or one ImageError naming every unusable image."""
     pairs, problems = screen_val(samples, scale, method, max_images)
-    refuse({"validation": problems}, "Fix or remove them and rerun")
+    refuse({"validation": problems}, FIX_AND_RERUN)
     return pairs
 
 

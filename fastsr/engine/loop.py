@@ -225,12 +225,12 @@ class Loop:
         rate = steps * self.images_per_step / (time.perf_counter() - self.window_tic)
         _, names, values = window
         means = {f"loss_{k}": v for k, v in zip(names, values.mean(dim=0).tolist())}
-        self.log.write(kind="train", step=self.pos.step, phase=phase.name, epoch=epoch,
-                       lr=phase.optimisers[0].param_groups[0]["lr"], images_per_sec=rate, **means)
+        lr = phase.optimisers[0].param_groups[0]["lr"]
+        self.log.write(kind="train", step=self.pos.step, phase=phase.name, epoch=epoch, lr=lr, images_per_sec=rate,
+                       **means)
         self.logged.clear()
         self.window_tic, self.window_step = time.perf_counter(), self.pos.step
         shown = " ".join(f"{k[5:]} {v:.4g}" for k, v in means.items())
-        lr = phase.optimisers[0].param_groups[0]["lr"]
         self.progress.update(self.task, completed=self.pos.step, rate=rate, info=f"{shown} {self.last_val_info}",
                              epoch=f"{epoch + 1}/{phase.epochs}", lr=f"{lr:.3g}")
 
