@@ -14,15 +14,14 @@ import shlex
 import sys
 
 import torch
-
 from report import publish  # benchmarks/report.py: this folder is on sys.path when a script runs
 
 from fastsr.data.screen import load_val_set
 from fastsr.data.sources import resolve_source
-from fastsr.engine.checkpoint import load_generator
 from fastsr.infer import upscale
 from fastsr.models import build_generator
 from fastsr.ops import quantize
+from fastsr.weights import load_generator
 
 
 def channel_shift(sr: torch.Tensor, hr: torch.Tensor) -> list[float]:
@@ -31,6 +30,7 @@ def channel_shift(sr: torch.Tensor, hr: torch.Tensor) -> list[float]:
 
 
 def main() -> None:
+    """Print each method's per-image channel shift and append the table to RESULTS.md (unless --no-record)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", action="append", required=True,
                     help="`bicubic`, or NAME=PATH of a generator.safetensors (repeatable)")

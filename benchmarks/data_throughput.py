@@ -4,7 +4,7 @@
                                          [--no-record]
 
 Rows (each at HR 96 and HR 128, x4, batch 16, on the GPU when there is one, else the CPU):
-- seed approach: what the one-file script did: a Dataset that decodes the whole image with PIL
+- reference approach: the reference script's data path: a Dataset that decodes the whole image with PIL
   for every sample, cuts a random crop and resizes it (PIL bicubic), in DataLoader worker processes;
 - torch loader: fastsr's portable loader, from the image files (decode per crop) and from the cache;
 - DALI: from the PNG files (1 and 8 crops per decode, `data.crops_per_image`) and from the cache; where
@@ -17,7 +17,7 @@ source fastsr reads (a DIV2K root, a folder). The cache is made with `fastsr pre
 
 The table is printed and appended to benchmarks/RESULTS.md with the machine named, with the rate at
 which the crop plan alone is drawn (every backend executes it, so it bounds them all). When both were
-measured, the last line is the cached DALI path's speed-up over the seed approach at HR 96, as `N.Nx`.
+measured, the last line is the cached DALI path's speed-up over the reference approach at HR 96, as `N.Nx`.
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ def stand_in_images(folder: Path, count: int) -> list[Sample]:
     return samples
 
 
-class SeedDataset(Dataset):
-    """The seed script's way: decode the whole file for every crop."""
+class ReferenceDataset(Dataset):
+    """The reference script's way: decode the whole file for every crop."""
 
     def __init__(self, files: list[Path], hr_crop: int, length: int):
         self.files, self.hr_crop, self.length = files, hr_crop, length
@@ -104,8 +104,9 @@ def epochs_of(loader):
         epoch += 1
 
 
-def seed_batches(files, hr_crop, workers, device):
-    loader = DataLoader(SeedDataset(files, hr_crop, 10**7), batch_size=BATCH, shuffle=True,
+def reference_batches(files, hr_crop, workers, device):
+    """Endless (HR, LR) batches of the reference approach, moved to `device` (the row's timed work)."""
+    loader = DataLoader(ReferenceDataset(files, hr_crop, 10**7), batch_size=BATCH, shuffle=True,
                         num_workers=workers, persistent_workers=workers > 0)
     for hr, lr in loader:
         yield hr.to(device), lr.to(device)
@@ -121,6 +122,8 @@ def dali_missing() -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Measure every row the module docstring lists, print the table and append it to RESULTS.md (unless
+    --no-record)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", help="a data source (DIV2K root, folder); default: generated DIV2K-sized PNGs")
     ap.add_argument("--images", type=int, help="how many images (default 8 with --quick, else 32)")
@@ -185,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     plan_rate = planned / (time.perf_counter() - tic)
 
     rows = {
-        "seed approach (PIL decode per crop)": lambda c: seed_batches(files, c, workers, device),
+        "reference approach (PIL decode per crop)": lambda c: reference_batches(files, c, workers, device),
         "torch loader, PNG files": lambda c: torch_loader(from_files, c),
         "torch loader, cache": lambda c: torch_loader(from_cache, c),
         "DALI, PNG files, 1 crop per decode": lambda c: dali(from_files, c),
@@ -208,11 +211,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"  {name}, HR {c}: {results[name][c]:.1f} crops/s", flush=True)
             numbers("data", f"{name}, HR {c}, on {device}", results[name][c], "crops/s")
 
-    seed = results.get("seed approach (PIL decode per crop)")  # absent with --dali only
-    header = ["path", *(f"HR {c} crops/s" for c in crops), *(f"vs seed, HR {c}" for c in crops if seed)]
+    reference = results.get("reference approach (PIL decode per crop)")  # absent with --dali only
+    header = ["path", *(f"HR {c} crops/s" for c in crops), *(f"vs reference, HR {c}" for c in crops if reference)]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for name, r in results.items():
-        cells = [name, *(f"{r[c]:.1f}" for c in crops), *(f"{r[c] / seed[c]:.1f}x" for c in crops if seed)]
+        cells = [name, *(f"{r[c]:.1f}" for c in crops), *(f"{r[c] / reference[c]:.1f}x" for c in crops if reference)]
         lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     command = ("python benchmarks/data_throughput.py" + (" --quick" if args.quick else "")
@@ -228,9 +231,9 @@ def main(argv: list[str] | None = None) -> None:
     dali_cache, device_cache = results.get("DALI, cache"), results.get("device backend, cache")
     if dali_cache and device_cache:
         print(f"device backend vs DALI, both from the cache, HR 96, {device}: {device_cache[96] / dali_cache[96]:.1f}x")
-    if dali_cache and seed:
-        print(f"DALI from the cache vs the seed approach, HR 96, {device}:")
-        print(f"{dali_cache[96] / seed[96]:.1f}x")
+    if dali_cache and reference:
+        print(f"DALI from the cache vs the reference script approach, HR 96, {device}:")
+        print(f"{dali_cache[96] / reference[96]:.1f}x")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 # (benchmarks/report.py reading the summary; each benchmark also appends its own table to RESULTS.md):
 #   stage 1, the GPU machine's own packages only (no DALI, no Kornia), about 4 minutes on one H200: the device
 #     backend's CUDA tests (exact against imresize and the torch loader) and its crops/s beside the torch
-#     loader's and the seed approach's; phases A and B, images/s and MFU at HR 96 and 128, eager, compile +
-#     bf16 and CUDA graphs; the loop's host overhead per step; the largest phase-B batch that fits.
+#     loader's and the reference script approach's; both phases, images/s and MFU at HR 96 and 128, eager, compile +
+#     bf16 and CUDA graphs; the loop's host overhead per step; the largest finetune batch that fits.
 #   stage 2, only where DALI imports (installed from the wheels carried into .whl/), about 2 minutes: DALI's
 #     GPU operators against imresize and the torch loader; DALI's crops/s.
 #

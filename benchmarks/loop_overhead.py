@@ -4,11 +4,11 @@ A trivial model (SRCNN 1-1-1 with 4 channels, no residual; batch 2, HR crop 16, 
 itself cheap, so the difference is the loop's own work per step (learning rate, loss guard, log window,
 progress bar, stop check, EMA, the runtime's batch layout) and the torch loader's (crop plan, `crop_pair`,
 collation; `data.workers=0`, images cached in memory). The run is set up as `fastsr.engine.trainer.train`
-sets it up (set_up, open_run_dir, prepare_for_training, build_phases, Loop) over a generated folder of
-small images; the validation and checkpoint at the phase's end are left out (not per-step work).
+sets it up (`set_up`) over a generated folder of small images; the validation and checkpoint at the phase's
+end are left out (not per-step work).
 
 Each configuration times one epoch three ways, each the best of a few repeats (shared machines):
-- step: `phase.step` alone over the epoch's batches, collected beforehand and laid out as the loop lays
+- step: `pretrain_step` alone over the epoch's batches, collected beforehand and laid out as the loop lays
   them out;
 - loop, replayed batches: `Loop.run_phases()` drawing those same batches from a list (the loop's own
   overhead);
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +30,8 @@ from rich.console import Console
 
 from fastsr.engine.checkpoint import Position
 from fastsr.engine.loop import Loop
-from fastsr.engine.phases import build_phases
-from fastsr.engine.setup import make_accelerator, open_run_dir, prepare_for_training, set_up
+from fastsr.engine.setup import make_accelerator, set_up
+from fastsr.engine.steps import pretrain_step
 from fastsr.recipe import from_dict
 
 IMAGES = 8  # generated 32x32 training images
@@ -39,6 +39,8 @@ IMAGES = 8  # generated 32x32 training images
 
 @dataclass
 class Overhead:
+    """One setting's three timings of the same `steps` steps, in seconds (each the best of its repeats)."""
+
     setting: str
     steps: int
     step_s: float  # the step function alone
@@ -46,9 +48,11 @@ class Overhead:
     loader_s: float  # the loop with the torch loader
 
     def us(self, seconds: float) -> float:
+        """Microseconds per step that a timing of `seconds` adds to the step function alone."""
         return 1e6 * (seconds - self.step_s) / self.steps
 
     def row(self) -> str:
+        """The setting's Markdown row under HEADER."""
         return (f"| {self.setting} | {self.steps / self.step_s:.0f} | {self.steps / self.replay_s:.0f} | "
                 f"{self.steps / self.loader_s:.0f} | {self.us(self.replay_s):.0f} | {self.us(self.loader_s):.0f} |")
 
@@ -82,6 +86,8 @@ def _folder(root: Path) -> Path:
 
 
 def measure(setting: str, train: dict, steps: int = 1000, batch: int = 2, repeats: int = 5) -> Overhead:
+    """Time about `steps` pretrain steps of the trivial model three ways, with `train` overriding recipe
+    keys of the train section; leaves its generated images and run under a temporary folder."""
     work = Path(tempfile.mkdtemp(prefix="fastsr_loop_overhead_"))
     recipe = from_dict({
         "name": "overhead", "out_dir": str(work / "runs"), "scale": 4,
@@ -91,24 +97,20 @@ def measure(setting: str, train: dict, steps: int = 1000, batch: int = 2, repeat
         "train": {"epochs_pretrain": 1, "epochs_finetune": 0, "batch_size": batch, "val_every": 0, "save_every": 0,
                   **train},
     })
-    run = set_up(recipe, Console(quiet=True), make_accelerator(recipe))
-    open_run_dir(run)
-    prepare_for_training(run)
-    phase = build_phases(run)[0]
-    loader = run.loader
-    batches = [run.runtime.batch(*b) for b in loader.batches(0)]  # also decodes the images once (kept)
+    run = set_up(recipe, Console(quiet=True), make_accelerator(recipe), None, Position())
+    loader, train = run.loader, run.training
+    batches = [run.runtime.start_step(*b) for b in loader.batches(0)]  # also decodes the images once (kept)
     replay = _Replay(batches)
 
     def step_alone() -> float:
         tic = time.perf_counter()
         for b in batches:
-            out = phase.step(b, lambda loss: True)
+            out = pretrain_step(train.generator, b, train.opt_g, run.accelerator, train.pretrain_loss, run.precision)
         float(out["pixel"])
         return time.perf_counter() - tic
 
     def loop(source) -> float:
-        run.loader, run.position = source, Position()
-        timed = Loop(run, [phase])
+        timed = Loop(replace(run, loader=source, position=Position()))
         timed.validate = timed.checkpoint = lambda: None  # phase-end work, not per step
         tic = time.perf_counter()
         timed.run_phases()

@@ -12,15 +12,17 @@ from pathlib import Path
 
 import onnxruntime as ort
 import torch
+from report import publish  # benchmarks/report.py: this folder is on sys.path when a script runs
 from skimage import data
 
-from fastsr.engine.checkpoint import load_generator
 from fastsr.export import export_onnx
 from fastsr.ops import imresize, quantize
-from report import publish  # benchmarks/report.py: this folder is on sys.path when a script runs
+from fastsr.weights import load_generator
 
 
 def main() -> None:
+    """Export the weights both ways into a temporary folder, print the table, and append it to RESULTS.md only
+    with --save."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("weights", type=Path)
     parser.add_argument("--save", action="store_true", help="append the record to RESULTS.md")

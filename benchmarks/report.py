@@ -46,6 +46,7 @@ SUMMARY_ENV = "FASTSR_SUMMARY"
 
 
 def numbers(benchmark: str, what: str, value: float, unit: str) -> None:
+    """Append one measurement to the GPU check's summary file ($FASTSR_SUMMARY); nothing when it is unset."""
     path = os.environ.get(SUMMARY_ENV)
     if path:
         with open(path, "a") as f:

@@ -39,6 +39,7 @@ def crops(photos: list[np.ndarray], size: int, count: int) -> list[np.ndarray]:
 
 
 def main() -> None:
+    """Write DEST/Set5/HR, DEST/Set14/HR and DEST/B100/HR as numbered PNGs (existing files are overwritten)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dest", type=Path)
     dest = ap.parse_args().dest

@@ -2,7 +2,7 @@
 
     python benchmarks/scaling.py [--procs 1 2] [--recipe R] [--steps N] [--no-record]
 
-Each run trains phase A of RECIPE (default: the quick start's generator on the bundled photographs,
+Each run trains pretrain of RECIPE (default: the quick start's generator on the bundled photographs,
 batch 16 per process) for about N steps and reads images/sec from its log (the mean after the
 first logged window, which holds start-up). Throughput counts every process's images; scaling
 efficiency = throughput(N) / (N x throughput(1)). On a machine without a GPU the processes form a
@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(procs: int, recipe: str, steps: int, out: Path) -> float:
+    """Train `recipe`'s pretrain for about `steps` steps on `procs` processes under `out`; returns the mean
+    images/sec of its log windows after the first. Exits with the run's stderr tail if it fails."""
     name = f"scale{procs}"
     overrides = [f"out_dir={out}", f"name={name}", "train.epochs_finetune=0", "train.val_every=0", "train.save_every=0",
                  "train.log_every=5", "data.backend=torch"]
@@ -45,6 +47,8 @@ def run(procs: int, recipe: str, steps: int, out: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run each --procs count in turn (default: 1 and 2, or up to the GPUs there are), then print the table and
+    append it to RESULTS.md (unless --no-record)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     gpus = torch.cuda.device_count()
     ap.add_argument("--procs", type=int, nargs="+", default=[1, 2] if gpus < 2 else [1, 2, 4, 8][: gpus.bit_length()])
@@ -58,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = ["| processes | images/s (all processes) | vs the first row | scaling efficiency |", "|---|---|---|---|"]
     lines += [f"| {n} | {r:.1f} | {r / rates[args.procs[0]]:.2f}x | {100 * r / (n * base):.0f}% |" for n, r in rates.items()]
     details = (f"{'' if gpus else 'CPU processes in a gloo group, sharing the cores. '}Recipe {Path(args.recipe).name}, "
-               f"phase A, batch 16 per process, ~{args.steps} steps.")
+               f"pretrain, batch 16 per process, ~{args.steps} steps.")
     publish("Data-parallel scaling", details, f"python benchmarks/scaling.py --procs {' '.join(map(str, args.procs))}",
             "\n".join(lines), save=not args.no_record)
 

@@ -15,23 +15,12 @@ from pathlib import Path
 
 from rich.console import Console
 
+from fastsr.errors import FastsrError
 from fastsr.util import make_console
 
-def user_errors() -> tuple[type[Exception], ...]:
-    from fastsr.config import RecipeError
-    from fastsr.data import DownloadError, ImageError
-    from fastsr.engine.checkpoint import CheckpointWriteError, WeightsError
-    from fastsr.engine.lossguard import NonFiniteLoss
-    from fastsr.engine.peers import LostProcess
-    from fastsr.engine.runlock import RunDirLocked
-    from fastsr.export import ExportError
-    from fastsr.losses import VGGWeightsUnavailable
-    from fastsr.perceptual_metrics import MetricWeightsUnavailable
-    from fastsr.util import OutOfMemory
-
-    return (RecipeError, ImageError, WeightsError, VGGWeightsUnavailable, MetricWeightsUnavailable, DownloadError,
-            FileNotFoundError, PermissionError, CheckpointWriteError, NonFiniteLoss, OutOfMemory, ExportError,
-            RunDirLocked, LostProcess)
+# What the CLI reports as one line and exit 2: fastsr's user errors, and a file the user named that is
+# missing or unreadable. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (FastsrError, FileNotFoundError, PermissionError)
 
 
 # errno values of a write that failed for want of space: no space, quota exceeded, file too large
@@ -50,24 +39,33 @@ def memory_advice():
 
 
 def cmd_train(args, console: Console) -> None:
+    """Train the recipe (a file or a packaged name) with its `key=value` overrides; the run goes to
+    out_dir/name."""
     from fastsr.engine.trainer import train
     from fastsr.recipe import load_recipe
 
     train(load_recipe(args.recipe, args.overrides), console)
 
 
+def phase_length(train, phase: str) -> str:
+    """`pretrain 100000 steps` or `finetune 2 epochs`: a phase's length as its recipe gives it."""
+    steps = getattr(train, f"steps_{phase}")
+    return f"{phase} {steps} steps" if steps is not None else f"{phase} {getattr(train, f'epochs_{phase}')} epochs"
+
+
 def cmd_recipes(args, console: Console) -> None:
     """The packaged recipes and what each trains, on what."""
     from rich.table import Table
 
+    from fastsr.config import PHASES
     from fastsr.recipe import PACKAGED, load_recipe, packaged_recipes
 
     table = Table(title="Packaged recipes: fastsr train NAME [key=value ...]", caption=f"files in {PACKAGED}")
-    for column in ("Name", "Generator", "Phases (epochs)", "Data"):
+    for column in ("Name", "Generator", "Phases", "Data"):
         table.add_column(column, no_wrap=True)
     for name, path in packaged_recipes().items():
         r = load_recipe(path)
-        phases = ", ".join(f"{p} {n}" for p, n in (("A", r.train.epochs_pretrain), ("B", r.train.epochs_finetune)) if n)
+        phases = ", ".join(phase_length(r.train, phase) for phase in PHASES if r.train.runs(phase))
         table.add_row(name, f"{r.model.name} x{r.scale}", phases, r.data.source)
     console.print(table)
 
@@ -78,11 +76,12 @@ def cmd_recipes(args, console: Console) -> None:
 
 def parse_method(spec: str, scale: int):
     """`bicubic`, `WEIGHTS.safetensors` or `LABEL=WEIGHTS.safetensors` -> (label, model)."""
-    from fastsr.engine.checkpoint import WeightsError, load_generator
-    from fastsr.models import Bicubic
+    from fastsr.errors import WeightsError
+    from fastsr.models import build_generator
+    from fastsr.weights import load_generator
 
     if spec.lower() == "bicubic":
-        return "Bicubic", Bicubic(scale)
+        return "Bicubic", build_generator("bicubic", scale=scale)
     label, sep, path = spec.partition("=")
     if not sep:
         label, path = "", spec
@@ -98,10 +97,11 @@ def run_eval(methods: list[str], sources: list[str], scale: int, console: Consol
              device: str = "auto", tile: int = 256):
     """Score `methods` on each of `sources` (test-set names, folders, `samples`) and print one table; the
     models run on tiles of `tile` LR pixels (0: whole images)."""
-    from fastsr.data import ImageError, resolve_source
+    from fastsr.data import resolve_source
     from fastsr.data.benchmarks import DEFAULT_ROOT
     from fastsr.data.screen import FIX_AND_RERUN, refuse, screen_val
     from fastsr.data.sources import source_label
+    from fastsr.errors import ImageError
     from fastsr.evaluate import (
         PROTOCOL_METRICS,
         SetResult,
@@ -151,6 +151,8 @@ def run_eval(methods: list[str], sources: list[str], scale: int, console: Consol
 
 
 def cmd_eval(args, console: Console) -> int:
+    """Score each --model on each --data set (default: the bundled samples) and print the table; returns 2,
+    before loading anything, when --tile cannot tile or --metric-weights names a metric not scored."""
     from fastsr.evaluate import PROTOCOL_METRICS
     from fastsr.infer import DEFAULT_OVERLAP, check_tiling
 
@@ -179,9 +181,10 @@ def cmd_eval(args, console: Console) -> int:
 def cmd_upscale(args, console: Console) -> int:
     """Upscale an image or a folder; a folder's unreadable images are reported, the rest written, exit 2."""
     from fastsr.data import list_images, save_image
-    from fastsr.data.images import ImageError, is_gray, load_image_with_alpha, output_format
-    from fastsr.engine.checkpoint import load_generator
+    from fastsr.data.images import is_gray, load_image_with_alpha, output_format
+    from fastsr.errors import ImageError
     from fastsr.infer import check_tiling, upscale_image
+    from fastsr.weights import load_generator
 
     load_plugins(args.plugin)
     try:
@@ -236,8 +239,9 @@ def cmd_upscale(args, console: Console) -> int:
 
 def cmd_export(args, console: Console) -> None:
     """Export a generator to ONNX, checked in onnxruntime against PyTorch before the file is written."""
-    from fastsr.engine.checkpoint import load_generator
-    from fastsr.export import CHECK_SHAPE, INPUT, OUTPUT, ExportError, export_onnx
+    from fastsr.errors import ExportError
+    from fastsr.export import CHECK_SHAPE, INPUT, OUTPUT, export_onnx
+    from fastsr.weights import load_generator
 
     load_plugins(args.plugin)
     out = Path(args.output) if args.output else Path(args.weights).with_suffix(".onnx")
@@ -281,12 +285,16 @@ def cmd_quickstart(args, console: Console) -> None:
 
 
 def cmd_download(args, console: Console) -> None:
+    """Fetch DIV2K's HR zips and the --scales' bicubic LR zips into DIR and unpack them; a rerun resumes and
+    skips what is complete."""
     from fastsr.data.div2k import download_div2k
 
     download_div2k(args.dest, scales=tuple(args.scales))
 
 
 def cmd_download_benchmarks(args, console: Console) -> None:
+    """Fetch the HR images of the --sets into DIR; a set that cannot be fetched (Manga109) is a printed note
+    on adding it by hand, not an error."""
     from fastsr.data.benchmarks import download_benchmarks
 
     for note in download_benchmarks(args.dest, tuple(args.sets)):
@@ -322,12 +330,16 @@ def cmd_prepare(args, console: Console) -> int:
 
 
 def load_plugins(modules: list[str]) -> None:
+    """Import the --plugin modules (and the installed entry points) so that the architectures they register
+    can be loaded; a module that fails is a one-line RecipeError naming it."""
     from fastsr.registry import load_plugins as load
 
     load(modules, source="--plugin")
 
 
 def resolve_device(device: str):
+    """The --device value to use: `auto` becomes `cuda` when a GPU is visible, else `cpu`; any other value is
+    returned as given."""
     import torch
 
     return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
@@ -364,6 +376,10 @@ DESCRIPTION = "Train, evaluate, upscale with and export image super-resolution m
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `fastsr` argument parser; each command's `func` is its cmd_* handler. Commands: train (a recipe),
+    recipes (list the packaged ones), eval (score models on test sets), upscale (images with a generator),
+    export (to ONNX), quickstart (train and compare on the bundled samples), download-div2k,
+    download-benchmarks (the test sets) and prepare (decode the training images into a cache)."""
     parser = argparse.ArgumentParser(prog="fastsr", description=DESCRIPTION)
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -464,7 +480,9 @@ def say(line: str) -> None:
 
 
 def stopped() -> type[Exception]:
-    from fastsr.engine.loop import Preempted
+    """The exception of a run stopped by a signal (Preempted), imported only when `main` catches something,
+    as the CLI imports everything else only once a command needs it."""
+    from fastsr.engine.safety.signals import Preempted
 
     return Preempted
 
@@ -482,11 +500,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_command(args, console: Console) -> int:
+    """Run the parsed command and return its exit code: a user error or a full disk is one line on stderr and
+    2, Ctrl-C outside training 130; with --debug every error keeps its traceback."""
     if args.debug:
         return args.func(args, console) or 0
     try:
         return args.func(args, console) or 0
-    except user_errors() as err:
+    except USER_ERRORS as err:
         say(f"fastsr: error: {err}")
         return 2
     except OSError as err:

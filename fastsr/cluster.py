@@ -95,6 +95,8 @@ def launch_command(args: argparse.Namespace, t: dict) -> list[str]:
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
+    """launch.sh's arguments; a topology option left out is None, to be filled by `topology` from the
+    environment."""
     ap = argparse.ArgumentParser(prog="launch.sh", description=__doc__.split("\n\n")[0])
     ap.add_argument("--nodes", type=int, help="machines in the job")
     ap.add_argument("--node-rank", type=int, help="this machine's rank, 0 .. nodes-1")

@@ -26,13 +26,14 @@ from typing import Any, Literal
 
 import yaml
 
-
-class RecipeError(ValueError):
-    """A recipe or an override is wrong; the message says where and what to do."""
+from fastsr.errors import RecipeError
 
 
 @dataclass
 class DataConfig:
+    """The recipe's `data:` section: where the training and validation images come from, how training
+    crops are cut and augmented, and which loader backend serves them."""
+
     source: str = "samples"  # `samples`, a DIV2K root, or an image folder
     val_source: str | None = None  # default: the held-out split of `source`
     # Validate on several sets instead, each logged under its own name (val/Set5/psnr, ...), each read as
@@ -70,6 +71,9 @@ class DataConfig:
     bad_images: Literal["error", "skip"] = "error"
 
     def check(self) -> None:
+        """Raise Invalid for a value out of range or a contradiction between keys (val_sets with
+        val_source, a set named twice). Whether hr_crop suits the scale is checked with the whole recipe
+        (fastsr.recipe)."""
         positive(self, "hr_crop", "repeat", "crops_per_image")
         non_negative(self, "workers", "val_images", "stall_timeout_s")
         if self.device_budget_gb is not None:
@@ -80,26 +84,43 @@ class DataConfig:
             raise Invalid("val_sets", f"names a set twice ({self.val_sets})")
 
 
+# The two phases of a run, in order, named as the reference script's knobs (epochs_pretrain, epochs_finetune),
+# and the epochs each runs when a recipe gives it no length.
+PHASES = ("pretrain", "finetune")
+DEFAULT_EPOCHS = {"pretrain": 100, "finetune": 0}
+
+
 @dataclass
 class TrainConfig:
-    epochs_pretrain: int = 100  # phase A: pixel loss, generator only
-    epochs_finetune: int = 0  # phase B: GAN fine-tuning
+    """The recipe's `train:` section: each phase's length, the optimiser and its learning-rate schedule,
+    EMA, resuming, and how often the run logs, validates and writes checkpoints."""
+
+    # How long each phase runs, in optimiser steps: each step takes one batch per process, so the global batch
+    # is train.batch_size x processes, and a recipe runs the same steps at the same learning rates on 1 or 64
+    # GPUs. Or in epochs (the reference script's knobs), when a phase's steps are null: an epoch is the steps
+    # ONE process takes to see the training crops once (images x data.repeat // batch_size), converted to steps
+    # once when the run starts and logged; under N processes those steps see the data N times. A phase with
+    # steps set takes no other epochs than the default; a phase of length 0 is skipped.
+    steps_pretrain: int | None = None  # pretrain: the generator alone on loss.terms_pretrain (MSE pre-training)
+    steps_finetune: int | None = None  # finetune: the GAN, G on loss.terms and D by the GAN kind
+    epochs_pretrain: int | None = DEFAULT_EPOCHS["pretrain"]
+    epochs_finetune: int | None = DEFAULT_EPOCHS["finetune"]
     batch_size: int = 16  # per process
-    lr: float = 1e-4  # Adam, phase A (and phase B unless lr_finetune is set)
+    lr: float = 1e-4  # Adam, pretrain (and finetune unless lr_finetune is set)
     lr_finetune: float | None = None
     # `cosine` decays each phase's learning rate to 0 over the phase (settles the weights and the
     # BatchNorm statistics by the end of a short run); `constant` is SRGAN's schedule; `multistep`
     # multiplies it by lr_gamma at each of the phase's milestones (ESRGAN's schedule).
     lr_schedule: Literal["constant", "cosine", "multistep"] = "constant"
-    lr_milestones: list[int] = field(default_factory=list)  # multistep: steps into phase A
-    lr_milestones_finetune: list[int] | None = None  # multistep: steps into phase B (null: lr_milestones)
+    lr_milestones: list[int] = field(default_factory=list)  # multistep: steps into pretrain
+    lr_milestones_finetune: list[int] | None = None  # multistep: steps into finetune (null: lr_milestones)
     lr_gamma: float = 0.5  # multistep: the factor at each milestone
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     # With N processes the global batch is N x batch_size; `linear` multiplies the learning rates by
     # N (Goyal et al.), `sqrt` by sqrt(N) (gentler, often better for Adam), `none` keeps them.
     lr_scaling: Literal["none", "linear", "sqrt"] = "none"
     ema: float = 0.0  # decay of an exponential moving average of the generator (0: off)
-    init_from: str | None = None  # generator weights (.safetensors) to start from, e.g. phase A's
+    init_from: str | None = None  # generator weights (.safetensors) to start from, e.g. a pretrain run's
     resume: str = "none"  # none | auto (newest complete checkpoint of this run) | a checkpoint dir
     seed: int = 0
     log_every: int = 10  # steps between loss read-backs (each one synchronises the device)
@@ -132,6 +153,8 @@ class TrainConfig:
     collective_timeout_s: float = 300.0
 
     def check(self) -> None:
+        """Raise Invalid for a value out of range, a phase given both steps and epochs, no phase to train, or a
+        log_with tracker Accelerate does not support (only then is Accelerate imported)."""
         positive(self, "batch_size", "log_every", "keep_checkpoints", "collective_timeout_s")
         non_negative(self, "log_every_s")
         if "psnr" not in self.val_metrics or len(set(self.val_metrics)) != len(self.val_metrics):
@@ -141,15 +164,23 @@ class TrainConfig:
             if not sep or not path or name not in ("lpips", "dists"):
                 raise Invalid("metric_weights", f"entries are lpips=PATH or dists=PATH (got {entry!r})")
 
-        non_negative(self, "epochs_pretrain", "epochs_finetune", "val_every", "save_every", "max_skipped_steps",
-                     "val_tile")
+        non_negative(self, "val_every", "save_every", "max_skipped_steps", "val_tile")
+        for phase in PHASES:
+            steps, epochs = f"steps_{phase}", f"epochs_{phase}"
+            for key in (steps, epochs):
+                if getattr(self, key) is not None:
+                    non_negative(self, key)
+            if getattr(self, steps) is not None and getattr(self, epochs) not in (None, DEFAULT_EPOCHS[phase]):
+                raise Invalid(steps, f"and train.{epochs} are both set: give the phase one length (set the other "
+                                     "to null)")
         if 0 < self.val_tile <= 32:  # fastsr.infer.check_tiling's rule at evaluation's overlap
             raise Invalid("val_tile", f"must be 0 (whole images) or more than the tiles' 32-pixel overlap "
                                       f"(got {self.val_tile})")
         if self.lr <= 0 or (self.lr_finetune is not None and self.lr_finetune <= 0):
             raise Invalid("lr", "and train.lr_finetune must be positive")
-        if self.epochs_pretrain + self.epochs_finetune == 0:
-            raise Invalid("epochs_pretrain", "and train.epochs_finetune are both 0: nothing to train")
+        if not any(self.runs(phase) for phase in PHASES):
+            raise Invalid("steps_pretrain", "and train.steps_finetune (or train.epochs_pretrain and "
+                                            "train.epochs_finetune) are all unset or 0: nothing to train")
         if not 0 <= self.ema < 1:
             raise Invalid("ema", f"must be in [0, 1) (got {self.ema})")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
@@ -172,6 +203,17 @@ class TrainConfig:
                     raise Invalid("log_with", f"{name!r} is not a tracker Accelerate supports{hint}: "
                                               f"one of {', '.join(known)}")
 
+    def runs(self, phase: str) -> bool:
+        """Whether phase `phase` (one of PHASES) has any length."""
+        steps = getattr(self, f"steps_{phase}")
+        return bool(steps if steps is not None else getattr(self, f"epochs_{phase}"))
+
+    def phase_steps(self, phase: str, epoch_steps: int) -> int:
+        """The optimiser steps of phase `phase`: its `steps_`, or its `epochs_` at `epoch_steps` steps each (the
+        steps of one process's epoch, whatever the number of processes)."""
+        steps = getattr(self, f"steps_{phase}")
+        return steps if steps is not None else (getattr(self, f"epochs_{phase}") or 0) * epoch_steps
+
     def metric_weight_files(self) -> dict[str, str]:
         """train.metric_weights as {metric: file}."""
         return dict(entry.split("=", 1) for entry in self.metric_weights)
@@ -179,9 +221,12 @@ class TrainConfig:
 
 @dataclass
 class RuntimeConfig:
+    """The recipe's `runtime:` section: the speed switches (torch.compile, mixed precision, channels_last),
+    each `auto` by default. They change speed and numerics, not what the recipe trains."""
+
     # `auto` picks by device, as measured (benchmarks/RESULTS.md): on a GPU compile + bf16 +
     # channels_last; on a CPU eager fp32 + channels_last (compiling costs minutes there and bf16 is
-    # slower without AMX; channels_last made the GAN step 1.6x faster).
+    # slower without AMX; channels_last speeds up the GAN step through oneDNN).
     # torch.compile mode; `reduce-overhead` (and `max-autotune`) also replay each compiled forward and backward
     # as a CUDA graph (one launch for the whole graph; needs fixed shapes, README "Speed switches")
     compile: Literal["auto", "off", "default", "reduce-overhead", "max-autotune"] = "auto"
@@ -302,7 +347,7 @@ def _is_list(hint: Any) -> bool:
 
 def _suggest(key: str, keys: list[str]) -> str:
     leaf = key.rsplit(".", 1)[-1]
-    # A bare seed knob (`batch_size=32`) should point to its section (`train.batch_size`).
+    # A bare reference-script knob (`batch_size=32`) should point to its section (`train.batch_size`).
     by_leaf = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
     close = by_leaf or difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
     return f" (did you mean '{close[0]}'?)" if close else ""

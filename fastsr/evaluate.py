@@ -20,11 +20,12 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
-from fastsr.data import ImageError, save_image
+from fastsr.data import save_image
+from fastsr.errors import ImageError, OutOfMemory
 from fastsr.infer import DEFAULT_TILE, PYTHON_ADVICE, MemoryAdvice, upscale
 from fastsr.metrics import psnr, ssim
 from fastsr.ops import quantize
-from fastsr.util import OutOfMemory, write_atomic
+from fastsr.util import write_atomic
 
 Pair = tuple[str, torch.Tensor, torch.Tensor]  # (name, HR 1x3xHxW, LR 1x3xhxw), [0, 1]
 
@@ -37,7 +38,6 @@ class Metric:
     """A per-image metric of (SR, HR), both 1x3xHxW in [0, 1] on the CPU, SR already rounded to uint8 levels."""
 
     name: str
-    lower_is_better: bool
     score: Callable[[torch.Tensor, torch.Tensor], float]
 
 
@@ -48,14 +48,14 @@ def build_metrics(names: Sequence[str], scale: int, device, weights: dict[str, s
     out = []
     for name in names:
         if name == "psnr":
-            out.append(Metric(name, False, lambda sr, hr: psnr(sr, hr, crop_border=scale).item()))
+            out.append(Metric(name, lambda sr, hr: psnr(sr, hr, crop_border=scale).item()))
         elif name == "ssim":
-            out.append(Metric(name, False, lambda sr, hr: ssim(sr, hr, crop_border=scale).item()))
+            out.append(Metric(name, lambda sr, hr: ssim(sr, hr, crop_border=scale).item()))
         else:
             from fastsr.perceptual_metrics import build_perceptual_metric  # loads networks: only when asked
 
             net = build_perceptual_metric(name, device, (weights or {}).get(name))
-            out.append(Metric(name, True, _shaved(net, scale, device)))
+            out.append(Metric(name, _shaved(net, scale, device)))
     return out
 
 
@@ -74,6 +74,7 @@ class Score:
     values: dict[str, list[float]] = field(default_factory=dict)
 
     def mean(self, metric: str) -> float:
+        """The mean of `metric`'s per-image values (what tables show)."""
         return sum(self.values[metric]) / len(self.values[metric])
 
 

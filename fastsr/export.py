@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fastsr.errors import ExportError
 from fastsr.util import write_atomic
 
 DEFAULT_OPSET = 18  # the exporter's own opset: any other is reached by converting its graph
@@ -38,12 +39,10 @@ _TRACE_SHAPE = (2, 3, 24, 20)
 CHECK_SHAPE = (1, 3, 19, 13)
 
 
-class ExportError(RuntimeError):
-    """The model could not be exported, or its graph does not compute what the model does."""
-
-
 @dataclass(frozen=True)
 class Exported:
+    """What `export_onnx` wrote and how its onnxruntime check came out."""
+
     opset: int
     dtype: str  # of the input, the output and the graph's arithmetic: "float32" or "float16"
     seconds: float  # the export itself, without the check

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from fastsr.data.images import image_to_tensor, tensor_to_uint8
+from fastsr.errors import OutOfMemory
 from fastsr.ops import imresize
-from fastsr.util import OutOfMemory
 
 DEFAULT_TILE = 256  # LR pixels: what evaluation (`fastsr eval`, validation) and `fastsr upscale` tile by
 DEFAULT_OVERLAP = 32  # LR pixels neighbouring tiles share (what models need: `upscale`)
@@ -34,10 +34,11 @@ class MemoryAdvice:
     tile: str = "tile"  # the LR tile size
     metrics: str = "metrics"  # the metrics scored on each output (evaluation)
     cpu: str | None = "device='cpu'"  # running on the CPU instead (None: the caller has no such knob)
-    where: str = ""  # what the work is part of, said after the device (a run's validation, which shares it)
+    where: str = ""  # the larger work this belongs to, said after the device (a run's validation, which shares it)
     then: str = ""  # what to do once the knob is lowered (a run: resume)
 
     def setting(self, knob: str, value: int) -> str:
+        """`knob` set to `value` as the user writes it: `--tile 64` for an option, `tile=64` otherwise."""
         return f"{knob} {value}" if knob.startswith("--") else f"{knob}={value}"
 
     def to_cpu(self, device: str | torch.device) -> str | None:
@@ -186,7 +187,7 @@ def _run_tiles(
     device: str | torch.device, image: str | None, advice: MemoryAdvice,
 ) -> None:
     """Run ``model`` on the tiles of an ``h`` x ``w`` LR image, one at a time, and hand ``put`` the
-    part of each output that the stitched image keeps.
+    region of each output that the stitched image keeps.
 
     ``read(rows, cols)`` returns the LR tile at those LR slices, ready for the model;
     ``put(sr, rows, cols)`` receives the kept output (N, C, ...) and the HR slices it belongs at.

@@ -35,7 +35,8 @@ from unittest import mock
 import torch
 from torch import Tensor, nn
 
-from fastsr.pretrained import ImageNetFile, WeightsUnavailable, vgg_features
+from fastsr.errors import WeightsUnavailable
+from fastsr.pretrained import ImageNetFile, vgg_features
 
 PERCEPTUAL_METRICS = ("lpips", "dists")
 

@@ -27,6 +27,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from fastsr.errors import WeightsUnavailable
 from fastsr.util import file_digest
 
 # Seconds a stalled network read may block before a weight download gives up.
@@ -70,11 +71,6 @@ def _unreachable(e: BaseException) -> bool:
     return isinstance(e, (urllib.error.URLError, TimeoutError, ConnectionError))
 
 
-class WeightsUnavailable(RuntimeError):
-    """ImageNet weights could not be loaded (no network, a missing, unreadable or unknown file). Each user
-    of this module raises its own subclass, so a caller can tell the loss's weights from a metric's."""
-
-
 @dataclass(frozen=True)
 class ImageNetFile:
     """One of torchvision's weight files and how a fastsr user supplies it."""
@@ -86,6 +82,7 @@ class ImageNetFile:
 
     @property
     def url(self) -> str:
+        """Where torchvision publishes the file."""
         return TORCHVISION_MODELS_URL + self.file
 
     @property
@@ -132,6 +129,7 @@ class ImageNetFile:
 
     @property
     def sha256_prefix(self) -> str:
+        """The first hex digits of the file's SHA-256, from its name (`dcbb9e9d` of vgg19-dcbb9e9d.pth)."""
         return self.file.removesuffix(".pth").rsplit("-", 1)[1]
 
     def from_file(self, path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -39,7 +39,7 @@ class Recipe:
     model: PartConfig = field(default_factory=lambda: GENERATORS.default("srresnet"),
                               metadata={"registry": GENERATORS})
     discriminator: PartConfig = field(default_factory=lambda: DISCRIMINATORS.default("srgan"),
-                                      metadata={"registry": DISCRIMINATORS})  # phase B only
+                                      metadata={"registry": DISCRIMINATORS})  # finetune only
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -130,8 +130,6 @@ def _check_joins(r: Recipe, source: str) -> None:
     def fail(key: str, why: str):
         raise RecipeError(f"{source}: {key} {why}")
 
-    if r.scale not in (2, 4, 8):
-        fail("scale", f"must be 2, 4 or 8 (got {r.scale})")
     generator = GENERATORS.entry(r.model.name).cls
     if r.scale not in generator.scales:
         fail("scale", f"{r.scale} is not one generator '{r.model.name}' is built for ({generator.scales})")
@@ -140,7 +138,7 @@ def _check_joins(r: Recipe, source: str) -> None:
     if r.data.hr_crop % r.scale:
         fail("data.hr_crop", f"must be a multiple of scale {r.scale} (got {r.data.hr_crop})")
     least = DISCRIMINATORS.entry(r.discriminator.name).cls.min_size
-    if r.data.hr_crop < least and r.train.epochs_finetune:
+    if r.data.hr_crop < least and r.train.runs("finetune"):
         fail("data.hr_crop", f"must be at least {least} for the discriminator '{r.discriminator.name}' "
              f"(got {r.data.hr_crop})")
     k = r.data.crops_per_image

@@ -1,22 +1,41 @@
 """Registries of the parts a recipe names by `name:` (generators, discriminators, loss terms).
 
-A part is a class plus a typed config (a dataclass deriving from `PartConfig`): the config's fields are
-the recipe keys of that part, with their defaults, and its `check()` states their value rules. A part
-file registers itself with a decorator, so adding an architecture is one file:
+A part is a class plus a typed config (a dataclass deriving from `PartConfig`). The config declares the
+part's hyperparameters once: its fields are the part's recipe keys, with their defaults (a comment on each
+says what it is), and its `check()` states their value rules. The class's constructor takes that config
+(as torchtitan's components do) and reads `config.x`; it repeats no key. A part file registers itself with
+a decorator, so adding an architecture is one file:
 
     @dataclass
     class TinyConfig(PartConfig):
-        channels: int = 32
+        channels: int = 32  # feature channels
+
+        def check(self) -> None:
+            positive(self, "channels")
 
     @GENERATORS.register("tiny", TinyConfig)
     class Tiny(nn.Module):
-        def __init__(self, scale: int = 4, channels: int = 32): ...
+        scales = (2, 3, 4)  # the upscaling factors it can be built for
+        trainable = True  # False for a baseline with nothing to train
 
-The registry checks at registration that each config field is a keyword of the class's `__init__` with
-the same default (so the recipe and the class cannot drift apart), builds configs from recipe
-sections with one-line errors that name the key and the closest valid key *of that part*, and records on
-each instance the `config` dict it was built with (`{"name": ..., **init arguments}`, JSON-ready), which
-is what weights are saved with and what rebuilds the part.
+        def __init__(self, config: TinyConfig, scale: int):
+            super().__init__()
+            self.scale = scale
+            self.body = nn.Conv2d(3, config.channels, 3, padding=1)  # ...
+
+Each registry says what its parts are built with besides their config (`built_with`: a generator's
+`scale`) and which class attributes the rest of fastsr reads without building one (`requires`: a
+generator's `scales` and `trainable`). `register` checks the whole contract when the class is defined and
+refuses a part that breaks it with one line naming the class, its module and what to change: the config
+is not a `@dataclass` deriving from `PartConfig`, a required class attribute is missing or of the wrong
+type, `__init__` does not take `config` first, a default does not have its field's type, or the
+all-default config fails its own `check()`.
+
+The registry builds configs from recipe sections with one-line errors that name the key and the closest
+valid key *of that part*; `create` builds the part and records on the instance the JSON-ready `config`
+dict it was built from (`{"name": ..., **built_with, **fields}`, plus `"plugin": MODULE` for a part
+defined outside fastsr), which is what weights are saved with and what `rebuild` rebuilds the part from,
+importing the plugin module first when the part is not registered yet.
 
 Parts defined outside fastsr register the same way from their own module; a recipe's `plugins:` list
 and the `fastsr.models` / `fastsr.losses` entry-point groups name the modules to import (`load_plugins`).
@@ -37,6 +56,12 @@ from typing import Any
 from fastsr.config import RecipeError, build_section, section_keys
 
 ENTRY_POINT_GROUPS = ("fastsr.models", "fastsr.losses")
+_MISSING = object()
+
+
+class PartError(RecipeError):
+    """A part class (or its config) breaks the registry's contract; the message names the class, its
+    module and what to change."""
 
 
 @dataclass
@@ -59,26 +84,92 @@ class Entry:
 class Registry:
     """Name -> (class, typed config) for one kind of part; `kind` names it in messages."""
 
-    def __init__(self, kind: str, outside: tuple[str, ...] = ()):
-        """`outside`: config fields every part of this kind has that its caller uses rather than the class
-        (a loss term's `weight`): they are not constructor arguments."""
-        self.kind, self.outside = kind, ("name", *outside)
+    def __init__(self, kind: str, built_with: tuple[str, ...] = (), requires: dict[str, type] | None = None,
+                 outside: tuple[str, ...] = ()):
+        """`built_with`: the keyword arguments every part of this kind is built with besides its config (a
+        generator's `scale`); `requires`: the class attributes every part of this kind declares, by type (a
+        generator's `scales: tuple`); `outside`: config fields every part of this kind has that its caller
+        uses rather than the class (a loss term's `weight`): they are not recorded in the instance's config."""
+        self.kind, self.built_with, self.requires = kind, tuple(built_with), dict(requires or {})
+        self.outside = ("name", *outside)
         self._entries: dict[str, Entry] = {}
 
     def register(self, name: str, config: type[PartConfig]):
-        """Class decorator: register the class as `name` with its typed `config`."""
+        """Class decorator: register the class as `name` with its typed `config`, after checking the
+        contract (a `PartError` otherwise)."""
 
         def add(cls: type) -> type:
             if name in self._entries and self._entries[name].cls.__qualname__ != cls.__qualname__:
-                raise ValueError(f"{self.kind} {name!r} is registered twice ({self._entries[name].cls} and {cls})")
-            if not (dataclasses.is_dataclass(config) and issubclass(config, PartConfig)):
-                raise TypeError(f"{self.kind} {name!r}: its config must be a dataclass deriving from PartConfig")
-            _check_init_matches(cls, config, f"{self.kind} {name!r}", self.outside)
-            _record_config(cls, name)
+                old = self._entries[name].cls
+                raise PartError(f"{self.kind} {name!r} is registered twice ({old.__qualname__} in {old.__module__}, "
+                                f"{cls.__qualname__} in {cls.__module__}): give one another name")
+            self._check_contract(name, cls, config)
             self._entries[name] = Entry(name, cls, config)
             return cls
 
         return add
+
+    def _check_contract(self, name: str, cls: type, config: Any) -> None:
+        what = f"{self.kind} {name!r} ({cls.__qualname__} in module {cls.__module__})"
+
+        def fail(why: str):
+            raise PartError(f"{what}: {why}")
+
+        label = getattr(config, "__name__", repr(config))
+        if not (isinstance(config, type) and issubclass(config, PartConfig)):
+            fail(f"its config {label} must be a dataclass deriving from fastsr.registry.PartConfig")
+        if "__dataclass_fields__" not in vars(config):  # a subclass of a dataclass is one, with its base's fields
+            fail(f"{label} is not a dataclass: put @dataclass on it, or its fields are not config keys")
+        for attr, kind in self.requires.items():
+            value = getattr(cls, attr, _MISSING)
+            if value is _MISSING:
+                fail(f"{cls.__name__} has no class attribute `{attr}`: declare `{attr} = ...` ({kind.__name__}) "
+                     f"in its class body")
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                fail(f"{cls.__name__}.{attr} must be a {kind.__name__}, got {value!r}")
+        self._check_init(cls, config, fail)
+        self._check_defaults(name, config, fail)
+
+    def _check_init(self, cls: type, config: type, fail) -> None:
+        passed = (*self.built_with, *getattr(cls, "shared", ()))
+        wanted = ", ".join(("self", f"config: {config.__name__}", *passed))
+        take = (f"{cls.__name__}.__init__ must take ({wanted}): declare the hyperparameters once, in "
+                f"{config.__name__}, and read them from config")
+        try:
+            params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        except (TypeError, ValueError):
+            fail(f"{take} (its signature cannot be read)")
+        if not params or params[0].name != "config" or params[0].kind not in (
+                inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            now = ", ".join(str(p) for p in params)
+            fail(f"{take} (it takes ({now}))")
+        rest = {p.name: p for p in params[1:]}
+        catch_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in rest.values())
+        for key in passed:
+            if key not in rest and not catch_all:
+                fail(f"{take} (it has no `{key}`)")
+        for p in rest.values():
+            needed = p.default is inspect.Parameter.empty and p.kind not in (
+                inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+            if needed and p.name not in passed:
+                fail(f"{take} (`{p.name}` is not passed to it: make it a field of {config.__name__})")
+
+    def _check_defaults(self, name: str, config: type, fail) -> None:
+        """Every field has a default of its annotated type, and the all-default config passes `check()`:
+        the defaults go through `build_section` as a recipe section's values would."""
+        defaults = {}
+        for f in dataclasses.fields(config):
+            if f.name == "name":
+                continue
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                fail(f"{config.__name__}.{f.name} has no default: give every field a default")
+            defaults[f.name] = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+        try:
+            build_section(config, {"name": name, **defaults}, f"{config.__name__}.", "default")
+        except RecipeError as err:
+            fail(f"the default {str(err).removeprefix('default: ')}; fix the default or the check")
+        except Exception as err:  # noqa: BLE001 - annotations that cannot be resolved, a check that crashes
+            fail(f"its defaults cannot be checked: {type(err).__name__} ({_first_line(err)}) in {config.__name__}")
 
     def names(self) -> list[str]:
         return sorted(self._entries)
@@ -119,24 +210,59 @@ class Registry:
         """Each registered part's recipe keys (its config fields), by part name."""
         return {name: section_keys(entry.config) for name, entry in sorted(self._entries.items())}
 
-    def create(self, config: PartConfig, **extra):
-        """An instance of the part `config` names, built from the config's fields and `extra` (e.g. `scale`)."""
-        fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in self.outside}
-        return self.entry(config.name).cls(**extra, **fields)
+    def create(self, config: PartConfig, **built_with):
+        """`cls(config, **built_with)` for the part `config` names (`built_with`: e.g. a generator's `scale`,
+        a loss term's shared keys), with the JSON-ready `config` dict it was built from set on the instance:
+        `{"name": ..., **built_with, **fields}` (fields `outside` left out, tuples as lists), plus
+        `"plugin": MODULE` when the class is defined outside fastsr, so `rebuild` can import it."""
+        entry = self.entry(config.name)
+        instance = entry.cls(config, **built_with)
+        if isinstance(getattr(instance, "__dict__", {}).get("config"), PartConfig):
+            raise PartError(f"{self.kind} {config.name!r} ({entry.cls.__qualname__} in module {entry.cls.__module__}): "
+                            "its __init__ sets self.config, which the registry sets to the saved config dict: "
+                            "keep the typed config under another name")
+        record = {"name": config.name, **{k: _jsonable(v) for k, v in built_with.items()},
+                  **{f.name: _jsonable(getattr(config, f.name)) for f in dataclasses.fields(config)
+                     if f.name not in self.outside}}
+        module = entry.cls.__module__
+        if module != "__main__" and module != "fastsr" and not module.startswith("fastsr."):
+            record["plugin"] = module
+        object.__setattr__(instance, "config", record)
+        return instance
 
     def rebuild(self, saved: dict, source: str):
-        """An instance from a saved `config` dict (`{"name": ..., **init arguments}`), its arguments checked
-        as a recipe section's are, with errors naming `source` (the file it came from)."""
+        """An instance from a saved `config` dict (what `create` records), its fields checked as a recipe
+        section's are, with errors naming `source` (the file it came from). A part not registered yet whose
+        dict names its `plugin` module has that module imported first."""
         if not isinstance(saved, dict) or "name" not in saved:
             raise RecipeError(f"{source}: not a fastsr {self.kind} config (no `name`)")
-        entry_name = saved.get("name")
-        extra = {k: v for k, v in saved.items() if k not in _config_fields(self, entry_name, source)}
+        saved = dict(saved)
+        plugin = saved.pop("plugin", None)
+        name = saved["name"]
+        if plugin is not None and isinstance(name, str) and name not in self:
+            _import_plugin(plugin, source)
+        fields = _config_fields(self, name, source)
+        extra = {k: v for k, v in saved.items() if k not in fields}
         config = self.config_from({k: v for k, v in saved.items() if k not in extra}, self.kind, source)
-        init = inspect.signature(self.entry(config.name).cls).parameters
-        unknown = [k for k in extra if k not in init]
+        takes = (*self.built_with, *getattr(self.entry(config.name).cls, "shared", ()))
+        unknown = [k for k in extra if k not in takes]
         if unknown:
             raise RecipeError(f"{source}: {self.kind} '{config.name}' takes no argument {unknown[0]!r}")
+        missing = [k for k in self.built_with if k not in extra]
+        if missing:
+            raise RecipeError(f"{source}: {self.kind} '{config.name}' needs `{missing[0]}`")
         return self.create(config, **extra)
+
+
+
+def _import_plugin(module: Any, source: str) -> None:
+    if not isinstance(module, str) or not module:
+        raise RecipeError(f"{source}: `plugin` must be a module name, got {module!r}")
+    try:
+        importlib.import_module(module)
+    except Exception as err:  # noqa: BLE001 - whatever the module raises, one line
+        raise RecipeError(f"{source}: names plugin module {module!r}, which cannot be imported "
+                          f"({_first_line(err)}); put it on PYTHONPATH or pass --plugin") from None
 
 
 def _config_fields(registry: Registry, name: Any, source: str) -> set[str]:
@@ -146,44 +272,16 @@ def _config_fields(registry: Registry, name: Any, source: str) -> set[str]:
         raise RecipeError(f"{source}: {err.args[0]}") from None
 
 
-def _check_init_matches(cls: type, config: type, what: str, outside: tuple[str, ...]) -> None:
-    """Every config field (but those `outside`) is a keyword of `cls.__init__` with the same default."""
-    params = inspect.signature(cls.__init__).parameters
-    for f in dataclasses.fields(config):
-        if f.name in outside:
-            continue
-        if f.name not in params:
-            raise TypeError(f"{what}: config field {f.name!r} is not an argument of {cls.__name__}.__init__")
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if _jsonable(params[f.name].default) != _jsonable(default):
-            raise TypeError(f"{what}: {cls.__name__}.__init__ default {f.name}={params[f.name].default!r} differs "
-                            f"from its config's {default!r}")
-
-
-def _record_config(cls: type, name: str) -> None:
-    """Give every instance of `cls` a `config` dict: its registered name and the arguments it was built
-    with, defaults included (tuples as lists, so the dict survives JSON)."""
-    if getattr(cls.__init__, "_records_config", False):
-        return
-    init = cls.__init__
-    signature = inspect.signature(init)
-
-    @functools.wraps(init)
-    def recording_init(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        bound = signature.bind(self, *args, **kwargs)
-        bound.apply_defaults()
-        arguments = {k: _jsonable(v) for k, v in list(bound.arguments.items())[1:]}
-        object.__setattr__(self, "config", {"name": name, **arguments})
-
-    recording_init._records_config = True
-    cls.__init__ = recording_init
-
-
 def _jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value
+
+
+def _first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its kind where it has none)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 def import_all(package: str, path: list[str]) -> None:
@@ -195,15 +293,20 @@ def import_all(package: str, path: list[str]) -> None:
 
 def load_plugins(modules: list[str] = (), source: str = "recipe") -> None:
     """Import each module named in a recipe's `plugins:` and (once per process) every module of the fastsr
-    entry-point groups, so the parts they define register themselves. A module that cannot be imported is a
-    one-line error."""
+    entry-point groups, so the parts they define register themselves. Whatever goes wrong while a module is
+    imported (it is not found, a part it registers breaks the contract, it raises) is one line naming it."""
     _load_entry_points()
     for i, module in enumerate(modules):
         try:
             importlib.import_module(module)
         except ImportError as err:
-            raise RecipeError(f"{source}: plugins[{i}]={module!r} cannot be imported ({err}); "
+            raise RecipeError(f"{source}: plugins[{i}]={module!r} cannot be imported ({_first_line(err)}); "
                               "put it on PYTHONPATH or install it") from None
+        except RecipeError as err:  # a part it registers breaks the contract: the message says what to change
+            raise RecipeError(f"{source}: plugins[{i}]={module!r}: {_first_line(err)}") from None
+        except Exception as err:  # noqa: BLE001 - a broken plugin must not hide behind a traceback
+            raise RecipeError(f"{source}: plugins[{i}]={module!r} failed while being imported: "
+                              f"{type(err).__name__}: {_first_line(err)}") from None
 
 
 @functools.cache
@@ -214,4 +317,4 @@ def _load_entry_points() -> None:
                 point.load()
             except Exception as err:  # noqa: BLE001 - a broken plugin must not hide behind a traceback
                 raise RecipeError(f"entry point {point.name} ({point.value}) of {group} failed to load: "
-                                  f"{' '.join(str(err).split())}") from None
+                                  f"{_first_line(err)}") from None

@@ -27,20 +27,14 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-
 # The signals that stop a run after its step in flight and a checkpoint: a cluster's notices (SIGTERM, SIGUSR1)
 # and the terminal's Ctrl-C (SIGINT). The training process answers them (engine/loop.py); a loader's worker
 # processes ignore them, so that they serve the batches up to the stop, and end with the training process.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
-class OutOfMemory(RuntimeError):
-    """The device ran out of memory; the one-line message says which knob lowers the need. Here, below every
-    layer, because the parts (tiled inference, evaluation) raise it as well as the training loop."""
-
-
 def write_atomic(path: str | os.PathLike, data_or_writer: bytes | memoryview | Callable[[BinaryIO], object]) -> None:
-    """Write `path` so that a reader sees the old file or the complete new one, never a part.
+    """Write `path` so that a reader sees the old file or the complete new one, never a partial one.
 
     `data_or_writer` is the bytes to write, or a function that writes into the binary file it is given.
     The content goes to a temporary name in the same folder (`.NAME.RANDOM.tmp`, created exclusively and
@@ -150,11 +144,14 @@ class LineProgress:
         place here, so there is nothing to take down."""
 
     def add_task(self, description: str, total: int, completed: int = 0, **fields) -> int:
+        """Start a task of `total` counts, with rich's signature; returns its id for `update`. Writes nothing."""
         now = time.perf_counter()
         self.tasks.append(_LineTask(description, total, completed, fields, line_at=now, line_completed=completed))
         return len(self.tasks) - 1
 
     def update(self, task_id: int, *, completed: int | None = None, description: str | None = None, **fields) -> None:
+        """Record the task's new count and fields; write its line when they bring news or complete the task
+        (see the class)."""
         task = self.tasks[task_id]
         task.completed = task.completed if completed is None else completed
         task.description = task.description if description is None else description

@@ -1,5 +1,5 @@
 """Two gloo processes; rank 1 fails its part of a collective, and rank 0 prints, as one JSON line, the error it
-caught and whether fastsr's engine/peers.py calls it a failed collective (tests/test_lost_process.py).
+caught and whether fastsr's engine/safety/peers.py calls it a failed collective (tests/test_lost_process.py).
 
     python collective_failure.py KIND HOW PORT
 
@@ -37,7 +37,7 @@ class Collective:
 
 
 def report(err: Exception | None) -> None:
-    from fastsr.engine.peers import collective_failed
+    from fastsr.engine.safety.peers import collective_failed
 
     line = {"type": None} if err is None else {
         "type": type(err).__name__, "message": str(err).splitlines()[0] if str(err) else "",

@@ -12,8 +12,9 @@ from pathlib import Path
 from accelerate import PartialState
 from safetensors.torch import save_file
 
-import fastsr.engine.loop as loop
 import fastsr.engine.steps as steps
+import fastsr.engine.validation as validation
+import fastsr.losses.pixel as pixel
 from fastsr.cli import main
 from fastsr.models import GENERATORS
 
@@ -24,22 +25,22 @@ if __name__ == "__main__":
     GENERATORS.create = lambda *args, **kw: built.append(real_create(*args, **kw)) or built[-1]
     if "NAN_AT" in os.environ:
         rank, call = map(int, os.environ["NAN_AT"].split(":"))
-        real_loss, calls = steps.pixel_loss, []
+        real_loss, calls = pixel.pixel_loss, []
 
         def pixel_loss(*args, **kwargs):
             calls.append(1)
             loss = real_loss(*args, **kwargs)
             return loss * float("nan") if (PartialState().process_index, len(calls)) == (rank, call) else loss
 
-        steps.pixel_loss = pixel_loss
+        pixel.pixel_loss = pixel_loss
     if "STEP_SLEEP_S" in os.environ:
         pause = float(os.environ["STEP_SLEEP_S"])
-        for name in ("pretrain_step", "gan_step"):
+        for name in ("pretrain_step", "finetune_step"):
             real_step = getattr(steps, name)
             setattr(steps, name, lambda *a, _real=real_step, **k: (time.sleep(pause), _real(*a, **k))[1])
     if "VAL_SLEEP_S" in os.environ:
-        real_score, wait = loop.score_and_log, float(os.environ["VAL_SLEEP_S"])
-        loop.score_and_log = lambda *a, **k: (time.sleep(wait), real_score(*a, **k))[1]
+        real_validate, wait = validation.validate, float(os.environ["VAL_SLEEP_S"])
+        validation.validate = lambda *a, **k: (time.sleep(wait), real_validate(*a, **k))[1]
     code = main(["train", recipe_path, *overrides])
     if code == 0:
         out.mkdir(parents=True, exist_ok=True)

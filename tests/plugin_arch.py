@@ -15,7 +15,7 @@ from fastsr.registry import PartConfig
 
 @dataclass
 class PlainNetConfig(PartConfig):
-    channels: int = 8
+    channels: int = 8  # channels of the hidden conv
 
     def check(self) -> None:
         positive(self, "channels")
@@ -25,12 +25,13 @@ class PlainNetConfig(PartConfig):
 class PlainNet(nn.Module):
     """Nearest-neighbour upscaling plus a two-conv, pixel-shuffled correction."""
 
-    scales = (2, 4)
+    scales = (2, 3, 4)
     trainable = True
 
-    def __init__(self, scale: int = 4, channels: int = 8) -> None:
+    def __init__(self, config: PlainNetConfig, scale: int) -> None:
         super().__init__()
         self.scale = scale
+        channels = config.channels
         self.body = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.ReLU(),
                                   nn.Conv2d(channels, 3 * scale * scale, 3, padding=1), nn.PixelShuffle(scale))
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from torch.utils.data import get_worker_info
 
-from fastsr.data.device_backend import DeviceLoader
 from fastsr.cli import main
+from fastsr.data.device_backend import DeviceLoader
 from fastsr.data.store import ImageStore
 from fastsr.engine.loop import Loop
 

@@ -1,4 +1,4 @@
-"""The benchmarks' baseline: the seed script's step (benchmarks/seed_step.py) does what the seed script did,
+"""The benchmarks' baseline: the reference script's step (benchmarks/reference_step.py) does what the reference script did,
 no more and no less, so the speed-ups measured against it are honest. And the data benchmark runs where DALI
 is missing, as the GPU check's first stage needs."""
 
@@ -11,20 +11,20 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import PROCESS_ENV, ROOT
-from fastsr.models import Discriminator, SRResNet
+
+from fastsr.models import DISCRIMINATORS, build_generator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import seed_step
-from seed_step import SeedStep, SeedTVLoss
+import reference_step
+from reference_step import ReferenceStep, ReferenceTVLoss
 
 
 def _models(gan: bool = True):
     torch.manual_seed(0)
-    g = SRResNet(scale=4, res_blocks=1, channels=8)
-    d = Discriminator(channels=8) if gan else None
-    step = SeedStep(g, torch.optim.Adam(g.parameters()), d, torch.optim.Adam(d.parameters()) if gan else None)
+    g = build_generator("srresnet", scale=4, res_blocks=1, channels=8)
+    d = DISCRIMINATORS.rebuild({"name": "srgan", "channels": 8}, "test") if gan else None
+    step = ReferenceStep(g, torch.optim.Adam(g.parameters()), d, torch.optim.Adam(d.parameters()) if gan else None)
     return g, d, step
 
 
@@ -47,7 +47,7 @@ class BackwardCalls:
         monkeypatch.setattr(torch.Tensor, "backward", counted)
 
 
-def test_phase_b_runs_the_generator_twice_and_one_backward_covers_both_d_forwards(monkeypatch):
+def test_finetune_runs_the_generator_twice_and_one_backward_covers_both_d_forwards(monkeypatch):
     g, _, step = _models()
     backward = BackwardCalls(monkeypatch)
     g_forwards, d_outputs = [], []  # d_outputs: (output, the backward call that reached it)
@@ -82,7 +82,7 @@ def test_losses_are_bce_on_sigmoid_outputs_and_the_seeds_weighted_sum():
     sr = g_out[1]  # the second generator forward is the one G's loss uses
     target, features = vgg_out
     by_hand = (F.mse_loss(sr, hr) + 6e-3 * F.mse_loss(features, target) - 1e-3 * sr_prob.log().mean()
-               + 1e-12 * SeedTVLoss()(sr))
+               + 1e-12 * ReferenceTVLoss()(sr))
     assert losses["g"] == pytest.approx(float(by_hand), rel=1e-5)
 
 
@@ -102,7 +102,7 @@ def test_gradients_go_where_the_seed_sent_them(monkeypatch):
     assert sorted(vgg_modes) == [False, True]  # the HR features without grad, the SR ones with
 
 
-def test_phase_a_is_one_forward_mse_backward_step_and_a_read_back(monkeypatch):
+def test_pretrain_is_one_forward_mse_backward_step_and_a_read_back(monkeypatch):
     g, _, step = _models(gan=False)
     backward = BackwardCalls(monkeypatch)
     forwards = []
@@ -121,10 +121,10 @@ def test_the_seed_tv_loss_equals_a_hand_computation():
     # image 2: vertical 0 + 9 + 0 = 9, horizontal 0 + 0 + 9 + 9 = 18
     # counts per image: vertical 1 x 1 x 3 = 3, horizontal 1 x 2 x 2 = 4
     by_hand = 2 * ((14 + 9) / 3 + (9 + 18) / 4) / 2
-    assert float(SeedTVLoss()(x)) == pytest.approx(by_hand)
-    assert float(SeedTVLoss(1e-6)(x)) == pytest.approx(1e-6 * by_hand)
-    assert seed_step.TV_WEIGHT == 1e-6 and seed_step.TV_COEFF == 1e-6  # 1e-12 in all, as the seed had it
-    assert (seed_step.W_VGG, seed_step.W_ADV) == (6e-3, 1e-3)
+    assert float(ReferenceTVLoss()(x)) == pytest.approx(by_hand)
+    assert float(ReferenceTVLoss(1e-6)(x)) == pytest.approx(1e-6 * by_hand)
+    assert reference_step.TV_WEIGHT == 1e-6 and reference_step.TV_COEFF == 1e-6  # 1e-12 in all, as the reference script had it
+    assert (reference_step.W_VGG, reference_step.W_ADV) == (6e-3, 1e-3)
 
 
 @pytest.mark.slow  # a DIV2K-sized PNG, its cache and every row for a fraction of a second: ~30 s

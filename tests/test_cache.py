@@ -12,8 +12,9 @@ from skimage import data as skdata
 
 import fastsr.data.cache as cache_module
 from fastsr.cli import main
-from fastsr.data import ImageError, load_image, resolve_source
+from fastsr.data import load_image, resolve_source
 from fastsr.data.cache import CachedImage, open_cache, prepare_cache
+from fastsr.errors import ImageError
 
 PHOTO = skdata.astronaut()  # 512x512x3 uint8
 TRAIN = ["a0.png", "a1.png", "a2.png", "b.jpg", "g.png"]

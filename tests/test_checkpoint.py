@@ -4,15 +4,24 @@ import pytest
 import torch
 
 from fastsr.engine.checkpoint import (
-    Position, Trainables, WeightsError, complete_checkpoints, load_generator, load_optimizer_state, load_state,
-    load_weights, resolve_resume, restore_training_state, save_checkpoint, save_weights, write_training_checkpoint,
+    Position,
+    Trainables,
+    complete_checkpoints,
+    load_optimizer_state,
+    load_state,
+    resolve_resume,
+    restore_training_state,
+    save_checkpoint,
+    write_training_checkpoint,
 )
-from fastsr.models import SRResNet
+from fastsr.errors import WeightsError
+from fastsr.models import build_generator
+from fastsr.weights import load_generator, load_weights, save_weights
 
 
 def small(scale=4, blocks=2):
     torch.manual_seed(0)
-    return SRResNet(scale=scale, res_blocks=blocks, channels=8)
+    return build_generator("srresnet", scale=scale, res_blocks=blocks, channels=8)
 
 
 def test_weights_round_trip_rebuilds_the_model(tmp_path):
@@ -27,7 +36,7 @@ def test_weights_round_trip_rebuilds_the_model(tmp_path):
 
 
 def test_an_srresnet_with_upsample_input_round_trips_and_old_configs_load(tmp_path):
-    residual = SRResNet(scale=4, res_blocks=1, channels=8, upsample_input="bicubic")
+    residual = build_generator("srresnet", scale=4, res_blocks=1, channels=8, upsample_input="bicubic")
     torch.nn.init.normal_(residual.tail.weight, std=0.01)  # as if trained: not the bare upsampler
     path = tmp_path / "residual" / "generator.safetensors"
     save_weights(residual.eval(), path, residual.config)
@@ -45,7 +54,7 @@ def test_an_srresnet_with_upsample_input_round_trips_and_old_configs_load(tmp_pa
 
 
 def test_an_srresnet_without_batch_norm_round_trips_and_old_configs_load_with_it(tmp_path):
-    plain = SRResNet(scale=4, res_blocks=1, channels=8, batch_norm=False).eval()
+    plain = build_generator("srresnet", scale=4, res_blocks=1, channels=8, batch_norm=False).eval()
     path = tmp_path / "plain" / "generator.safetensors"
     save_weights(plain, path, plain.config)
     assert json.loads(path.with_suffix(".json").read_text())["batch_norm"] is False
@@ -61,7 +70,7 @@ def test_an_srresnet_without_batch_norm_round_trips_and_old_configs_load_with_it
     assert loaded.config == model.config and loaded.batch_norm is True
     torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
     with pytest.raises(WeightsError, match="weights do not fit"):  # BatchNorm weights do not load into a plain one
-        load_weights(SRResNet(scale=4, res_blocks=2, channels=8, batch_norm=False), old)
+        load_weights(build_generator("srresnet", scale=4, res_blocks=2, channels=8, batch_norm=False), old)
 
 
 def _trained(fused: bool, steps: int = 3):
@@ -106,7 +115,7 @@ def test_fused_adam_state_loads_into_torchs_default_adam_and_back(tmp_path):
     write_training_checkpoint(tmp_path, Position(step=3), Trainables(model, fused), keep=1)
     resumed_model = small()
     resumed = Trainables(resumed_model, torch.optim.Adam(resumed_model.parameters(), lr=1e-2))
-    restore_training_state(complete_checkpoints(tmp_path)[-1], resumed)
+    restore_training_state(complete_checkpoints(tmp_path)[-1], resumed, Position())
     assert not resumed.opt_g.param_groups[0]["fused"]
     _same_state(resumed.opt_g, fused)
     gen = torch.Generator().manual_seed(0)
@@ -125,7 +134,7 @@ def test_mismatched_weights_name_the_file(tmp_path):
         load_weights(small(blocks=1), path)
     with pytest.raises(WeightsError, match="weights do not fit"):
         load_weights(small(scale=2, blocks=2), path)
-    wide = SRResNet(scale=4, res_blocks=2, channels=16)
+    wide = build_generator("srresnet", scale=4, res_blocks=2, channels=16)
     with pytest.raises(WeightsError, match="the model wants"):
         load_weights(wide, path)
 

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import tiny_recipe_dict
 from PIL import Image
 
-from conftest import tiny_recipe_dict
 from fastsr.cli import main
 from fastsr.data import image_to_tensor, load_image
 from fastsr.data.images import load_image_with_alpha
-from fastsr.engine.checkpoint import save_weights
 from fastsr.metrics import psnr, ssim
-from fastsr.models import SRCNN, Bicubic, SRResNet
+from fastsr.models import build_generator
 from fastsr.ops import imresize, quantize
+from fastsr.weights import save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ def test_missing_data_and_weights_are_one_line(capsys, tmp_path):
 
 def test_eval_scores_all_methods_on_the_same_pairs(photo_folder, tmp_path, capsys):
     torch.manual_seed(0)
-    srcnn = SRCNN(scale=4, kernels=(9, 1, 5))
+    srcnn = build_generator("srcnn", scale=4, kernels=(9, 1, 5))
     weights = tmp_path / "srcnn.safetensors"
     save_weights(srcnn, weights, srcnn.config)
     out = tmp_path / "results.json"
@@ -74,7 +74,7 @@ def test_eval_scores_all_methods_on_the_same_pairs(photo_folder, tmp_path, capsy
 
 
 def test_eval_refuses_a_model_of_another_scale(tmp_path, capsys):
-    model = SRResNet(scale=2, res_blocks=1, channels=8)
+    model = build_generator("srresnet", scale=2, res_blocks=1, channels=8)
     save_weights(model, tmp_path / "x2.safetensors", model.config)
     assert main(["eval", "--model", str(tmp_path / "x2.safetensors"), "--scale", "4"]) == 2
     assert "model is x2, but --scale is 4" in one_line_error(capsys)
@@ -82,7 +82,7 @@ def test_eval_refuses_a_model_of_another_scale(tmp_path, capsys):
 
 def test_upscale_tiled_equals_untiled(tmp_path):
     torch.manual_seed(0)
-    model = SRResNet(scale=4, res_blocks=2, channels=8).eval()
+    model = build_generator("srresnet", scale=4, res_blocks=2, channels=8).eval()
     weights = tmp_path / "g.safetensors"
     save_weights(model, weights, model.config)
     rng = np.random.default_rng(0)
@@ -104,7 +104,7 @@ def test_upscale_tiled_equals_untiled(tmp_path):
 
 @pytest.fixture
 def bicubic_weights(tmp_path) -> Path:
-    model = Bicubic(4)
+    model = build_generator("bicubic", scale=4)
     save_weights(model, tmp_path / "bicubic.safetensors", model.config)
     return tmp_path / "bicubic.safetensors"
 

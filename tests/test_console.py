@@ -10,10 +10,9 @@ import time
 from io import StringIO
 
 import yaml
+from conftest import PROCESS_ENV, tiny_recipe_dict
 
 from fastsr.util import LineProgress
-
-from conftest import PROCESS_ENV, tiny_recipe_dict
 
 # A plain progress line: "pretrain 3/6 (50%) epoch 2/2 lr 0.001 35.2 img/s pixel 0.0123 ..."
 PLAIN_LINE = re.compile(r"^pretrain (\d+)/(\d+) \(\d+%\) epoch (\d+)/(\d+) lr [0-9.e+-]+ [0-9.]+ img/s pixel [0-9.e+-]+")
@@ -41,7 +40,7 @@ def test_piped_output_has_plain_unwrapped_lines(photo_folder, tmp_path):
     steps = [int(m[1]) for m in lines]
     assert steps == sorted(steps) and steps[-1] == int(lines[-1][2]) == 12, out  # 6 images x 4 / 4 a batch x 2
     assert {m[3] for m in lines} == {"1", "2"} and {m[4] for m in lines} == {"2"}
-    assert "pretrain 2 epochs;" in out
+    assert "pretrain 12 steps (train.epochs_pretrain=2 x 6: one process" in out
     assert f"run dir {run_dir}" in out and f"done: {run_dir / 'generator.safetensors'};" in out  # paths whole
 
 

@@ -6,13 +6,14 @@ torch loader yields; `auto` falls back cleanly."""
 import numpy as np
 import pytest
 import torch
+from conftest import DEVICES, hide_dali, photo_crops_and_cache
 from PIL import Image
 
-from conftest import DEVICES, hide_dali, photo_crops_and_cache
 from fastsr.config import DataConfig
-from fastsr.data import CropPlan, ImageError, ImageStore, Sample, TorchLoader, make_batch_source
-from fastsr.data.dali_backend import DaliLoader, DaliUnavailable, make_dali_loader
+from fastsr.data import CropPlan, ImageStore, Sample, TorchLoader, make_batch_source
+from fastsr.data.dali_backend import DaliLoader, make_dali_loader
 from fastsr.data.degradation import crop_to_scale
+from fastsr.errors import DaliUnavailable, ImageError
 from fastsr.ops import imresize
 
 SIZES = [(150, 130), (101, 97), (96, 134), (128, 128)]  # some not multiples of the scale

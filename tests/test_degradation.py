@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from fastsr.data import ImageError, crop_pair, degrade, draw_crop, image_to_tensor, lr_crop, lr_for_eval, save_image
+from fastsr.data import crop_pair, degrade, draw_crop, image_to_tensor, lr_crop, lr_for_eval, save_image
 from fastsr.data.degradation import crop_to_scale
+from fastsr.errors import ImageError
 from fastsr.ops import quantize
 
 RNG = np.random.default_rng(1)

@@ -9,15 +9,16 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import DEVICES, hide_dali, photo_crops_and_cache
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import DEVICES, hide_dali, photo_crops_and_cache
-from fastsr.config import DataConfig, RecipeError
+from fastsr.config import DataConfig
 from fastsr.data import BatchSource, Crop, CropPlan, DeviceLoader, ImageStore, TorchLoader, make_batch_source
 from fastsr.data.cache import prepare_cache
 from fastsr.data.degradation import crop_to_scale
 from fastsr.data.device_backend import CPU_BUDGET_GB, device_budget_gb, padded_bytes
+from fastsr.errors import RecipeError
 from fastsr.ops import imresize, kernel_margin, shrink_kernel
 from fastsr.ops.resize import _contributions
 

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import PROCESS_ENV, ROOT, free_port, tiny_recipe_dict
 from safetensors.torch import load_file
 
 import fastsr.engine.steps as steps_module
 from fastsr.engine.checkpoint import complete_checkpoints, load_state, resolve_resume
-from fastsr.engine.loop import EXIT_PREEMPTED, Preempted
+from fastsr.engine.safety.signals import EXIT_PREEMPTED, Preempted
 from fastsr.engine.trainer import train
-
-from conftest import PROCESS_ENV, ROOT, free_port, tiny_recipe_dict
+from fastsr.recipe import load_recipe
 
 
 def _weights(path):
@@ -46,13 +46,13 @@ def _same(a, b):
 
 @pytest.mark.parametrize("sig, phase_step", [(signal.SIGTERM, 2), (signal.SIGUSR1, 5)])
 def test_preempt_by_signal_then_resume_equals_uninterrupted(tiny_recipe, monkeypatch, sig, phase_step):
-    """Stop mid-epoch (step 2, phase A; or step 5, phase B), resume=auto, end bitwise where an
+    """Stop mid-epoch (step 2, pretrain; or step 5, finetune), resume=auto, end bitwise where an
     uninterrupted run ends (CPU, torch loader)."""
     sections = dict(data={"backend": "torch"}, train={"epochs_pretrain": 2, "epochs_finetune": 1})
     full = train(tiny_recipe(name="full", **sections))
 
     steps = {"n": 0}
-    real_pretrain, real_gan = steps_module.pretrain_step, steps_module.gan_step
+    real_pretrain, real_gan = steps_module.pretrain_step, steps_module.finetune_step
 
     def signal_at(real):
         def step(*args, **kwargs):
@@ -64,7 +64,7 @@ def test_preempt_by_signal_then_resume_equals_uninterrupted(tiny_recipe, monkeyp
         return step
 
     monkeypatch.setattr(steps_module, "pretrain_step", signal_at(real_pretrain))
-    monkeypatch.setattr(steps_module, "gan_step", signal_at(real_gan))
+    monkeypatch.setattr(steps_module, "finetune_step", signal_at(real_gan))
     before = signal.getsignal(sig)
     with pytest.raises(Preempted) as stopped:
         train(tiny_recipe(name="stopped", **sections))
@@ -75,7 +75,7 @@ def test_preempt_by_signal_then_resume_equals_uninterrupted(tiny_recipe, monkeyp
     assert load_state(stopped.value.checkpoint)["position"]["step"] == phase_step
 
     monkeypatch.setattr(steps_module, "pretrain_step", real_pretrain)
-    monkeypatch.setattr(steps_module, "gan_step", real_gan)
+    monkeypatch.setattr(steps_module, "finetune_step", real_gan)
     sections["train"]["resume"] = "auto"
     resumed = train(tiny_recipe(name="stopped", **sections))
     for name in ("generator", "discriminator"):
@@ -119,9 +119,9 @@ def test_resume_after_kill_9_during_a_checkpoint_write_picks_the_previous_one(tm
         import time
         from pathlib import Path
         import fastsr.engine.checkpoint as ck
-        from fastsr.models import SRCNN
+        from fastsr.models import build_generator
         run = Path({str(tmp_path / "run")!r})
-        model = SRCNN(4)
+        model = build_generator("srcnn", scale=4)
         ck.save_checkpoint(run, 1, {{"generator": (model, model.config)}}, {{"position": {{"step": 1}}}}, keep=3)
         real = ck.save_weights
         def slow(module, path, config):
@@ -203,6 +203,31 @@ def test_distributed_two_processes_train_identical_weights(photo_folder, tmp_pat
     assert {r["lr"] for r in records if r["kind"] == "train"} == {2e-3}  # lr 1e-3 x 2 processes (linear rule)
     assert len(list((run / "tiny").glob("events.out.tfevents.*"))) == 1  # the tracker runs on rank 0 only
 
+
+
+@pytest.mark.slow
+def test_a_recipe_runs_the_same_steps_at_the_same_rates_on_one_or_two_processes(photo_folder, tmp_path):
+    """Run length and schedules count optimiser steps: epochs are converted at one process's batches per
+    epoch, so two processes run the steps one does, each at the rate one process uses there."""
+    sections = {"epochs_pretrain": 1, "epochs_finetune": None, "steps_finetune": 5, "batch_size": 2, "log_every": 1,
+             "lr_schedule": "multistep", "lr_milestones": [4], "lr_milestones_finetune": [2]}
+    schedules = {}
+    for processes in (1, 2):
+        where = tmp_path / str(processes)
+        where.mkdir()
+        recipe = _recipe_file(photo_folder, where, data={"repeat": 4, "backend": "torch"}, train=sections)
+        if processes == 1:
+            train(load_recipe(recipe))
+        else:
+            proc = _launch(recipe, where / "w", "--num_processes", "2", "--main_process_port", str(free_port()))
+            out, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, err[-3000:]
+        log = [yaml.safe_load(line) for line in (where / "runs" / "tiny" / "log.jsonl").read_text().splitlines()]
+        schedules[processes] = [(r["phase"], r["step"], r["lr"]) for r in log if r["kind"] == "train"]
+        assert next(r for r in log if r["kind"] == "run")["phases"] == {"pretrain": 12, "finetune": 5}
+    assert schedules[1] == schedules[2]
+    assert [step for _, step, _ in schedules[1]] == list(range(1, 18))
+    assert [lr for _, _, lr in schedules[1]][2:5] == [1e-3, 5e-4, 5e-4]  # the pretrain milestone at its step 4
 
 @pytest.mark.slow
 def test_multinode_two_machines_on_loopback_train_and_checkpoint(photo_folder, tmp_path):

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from fastsr.cli import main
-from fastsr.engine.checkpoint import save_weights
 from fastsr.models import build_generator
+from fastsr.weights import save_weights
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -74,7 +74,7 @@ def test_a_plugin_architecture_exports(tmp_path, plugin_cleanup):
     weights = tmp_path / "plain.safetensors"
     import plugin_arch  # registers plainnet, to build the weights the CLI then loads through --plugin
 
-    model = plugin_arch.PlainNet(scale=2, channels=4)
+    model = build_generator("plainnet", scale=2, channels=4)
     save_weights(model, weights, model.config)
     assert main(["export", str(weights), "--plugin", "plugin_arch"]) == 0  # default output: beside the weights
     _ort_matches_torch(weights.with_suffix(".onnx"), model, atol=1e-4)
@@ -133,7 +133,8 @@ class _BranchesOnWidth(torch.nn.Module):
 
 @pytest.mark.parametrize("narrow, message", [(16, "width >= 17"), (30, "width in [0, 30]")])
 def test_a_graph_traced_for_some_sizes_only_is_refused(tmp_path, narrow, message):
-    from fastsr.export import ExportError, export_onnx
+    from fastsr.errors import ExportError
+    from fastsr.export import export_onnx
 
     with pytest.raises(ExportError) as err:
         export_onnx(_BranchesOnWidth(narrow), tmp_path / "x.onnx", source="w.safetensors")

@@ -19,27 +19,24 @@ from skimage import data as skdata
 from fastsr.cli import main
 from fastsr.engine import checkpoint as checkpoint_module
 from fastsr.engine import steps as steps_module
-from fastsr.engine.checkpoint import (
-    CheckpointWriteError,
-    complete_checkpoints,
-    load_state,
-    save_weights,
-)
-from fastsr.engine.lossguard import LossGuard, NonFiniteLoss
-from fastsr.engine.steps import gan_step, pretrain_step
+from fastsr.losses import pixel as pixel_module
+from fastsr.engine.checkpoint import complete_checkpoints, load_state
+from fastsr.engine.lossguard import LossGuard
+from fastsr.engine.steps import finetune_step, pretrain_step
 from fastsr.engine.trainer import train
+from fastsr.errors import CheckpointWriteError, NonFiniteLoss, OutOfMemory
 from fastsr.infer import MemoryAdvice
-from fastsr.losses import adversarial, build_generator_loss
-from fastsr.models import Discriminator, SRResNet
+from fastsr.losses import LossConfig, adversarial, build_finetune_loss, build_pretrain_loss
+from fastsr.models import DISCRIMINATORS, SRResNet, build_generator
 from fastsr.recipe import load_recipe, save_recipe
-from fastsr.util import OutOfMemory
+from fastsr.weights import save_weights
 
 
 def records(run_dir, kind):
     return [r for r in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines()) if r["kind"] == kind]
 
 
-def nan_on_calls(monkeypatch, calls: set[int], name: str = "pixel_loss", module=steps_module):
+def nan_on_calls(monkeypatch, calls: set[int], name: str = "pixel_loss", module=pixel_module):
     """Make the `name` loss the training steps call (in `module`) return NaN on the given (1-based) calls."""
     real = getattr(module, name)
     count = [0]
@@ -56,13 +53,13 @@ def one_step(run_dir, step):
     return run_dir / "checkpoints" / f"step_{step:08d}"
 
 
-# 6 training images x repeat 2 / batch 4 = 3 steps per epoch; 3 epochs of phase A = 9 steps.
-PHASE_A = {"epochs_pretrain": 3, "epochs_finetune": 0, "save_every": 2, "log_every": 3, "keep_checkpoints": 5}
+# 6 training images x repeat 2 / batch 4 = 3 steps per epoch; 3 epochs of pretrain = 9 steps.
+PRETRAIN_ONLY = {"epochs_pretrain": 3, "epochs_finetune": 0, "save_every": 2, "log_every": 3, "keep_checkpoints": 5}
 
 
 def test_nan_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(tiny_recipe, monkeypatch):
     nan_on_calls(monkeypatch, {5})
-    recipe = tiny_recipe(train=PHASE_A)
+    recipe = tiny_recipe(train=PRETRAIN_ONLY)
     with pytest.raises(NonFiniteLoss) as e:
         train(recipe)
     msg = str(e.value)
@@ -83,7 +80,7 @@ def test_nan_in_the_gan_phase_names_the_loss(tiny_recipe, monkeypatch):
 
 def test_skip_drops_bad_steps_and_the_run_finishes(tiny_recipe, monkeypatch):
     nan_on_calls(monkeypatch, {2, 5})
-    run = train(tiny_recipe(train={**PHASE_A, "nonfinite": "skip"}))
+    run = train(tiny_recipe(train={**PRETRAIN_ONLY, "nonfinite": "skip"}))
     assert [r["step"] for r in records(run, "skipped")] == [2, 5]
     assert all(r["loss_pixel"] == r["loss_pixel"] for r in records(run, "train"))  # no NaN means logged
     assert all(torch.isfinite(w).all() for w in load_file(run / "generator.safetensors").values())
@@ -92,7 +89,7 @@ def test_skip_drops_bad_steps_and_the_run_finishes(tiny_recipe, monkeypatch):
 def test_skip_stops_after_too_many_bad_steps(tiny_recipe, monkeypatch):
     nan_on_calls(monkeypatch, {2, 3, 4})
     with pytest.raises(NonFiniteLoss, match=r"3 steps had a NaN .*steps 2, 3, 4.*max_skipped_steps=2"):
-        train(tiny_recipe(train={**PHASE_A, "nonfinite": "skip", "max_skipped_steps": 2}))
+        train(tiny_recipe(train={**PRETRAIN_ONLY, "nonfinite": "skip", "max_skipped_steps": 2}))
 
 
 def _accelerator():
@@ -103,30 +100,32 @@ def _accelerator():
 
 def test_a_skipped_step_leaves_weights_optimiser_and_batchnorm_statistics_alone():
     torch.manual_seed(0)
-    g = SRResNet(scale=4, res_blocks=1, channels=8)
+    g = build_generator("srresnet", scale=4, res_blocks=1, channels=8)
     opt = torch.optim.Adam(g.parameters(), lr=1e-2)
     hr, lr = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 8, 8)
-    pretrain_step(g, (hr, lr), opt, _accelerator(), "mse")  # give Adam some state
+    mse, _ = build_pretrain_loss(LossConfig())
+    pretrain_step(g, (hr, lr), opt, _accelerator(), mse)  # give Adam some state
     before = {k: v.clone() for k, v in g.state_dict().items()}
     opt_before = {k: v.clone() for k, v in opt.state[next(iter(g.parameters()))].items()}
     guard = LossGuard("skip", 10, _accelerator())
-    guard.begin(2, [g])
+    guard.start_phase([g])
     lr_bad = lr.clone()
     lr_bad[0, 0, 0, 0] = float("nan")
-    losses = pretrain_step(g, (hr, lr_bad), opt, _accelerator(), "mse", apply=guard.apply)
-    assert not torch.isfinite(losses["pixel"]) and guard.end() is False
+    losses = pretrain_step(g, (hr, lr_bad), opt, _accelerator(), mse, keep=guard.keep)
+    assert not torch.isfinite(losses["pixel"]) and guard.end_step(2) is False
     assert all(torch.equal(before[k], v) for k, v in g.state_dict().items())  # incl. BatchNorm running stats
     assert all(torch.equal(opt_before[k], v) for k, v in opt.state[next(iter(g.parameters()))].items())
 
 
-def test_gan_step_applies_nothing_when_refused():
+def test_finetune_step_applies_nothing_when_refused():
     torch.manual_seed(0)
-    g, d = SRResNet(scale=4, res_blocks=1, channels=8), Discriminator(channels=8)
+    g = build_generator("srresnet", scale=4, res_blocks=1, channels=8)
+    d = DISCRIMINATORS.rebuild({"name": "srgan", "channels": 8}, "test")
     opt_g, opt_d = torch.optim.Adam(g.parameters()), torch.optim.Adam(d.parameters())
-    loss, gan, _ = build_generator_loss(load_recipe("recipes/quickstart.yaml", ["loss.w_vgg=0"]).loss)
+    loss, gan, _ = build_finetune_loss(load_recipe("recipes/quickstart.yaml", ["loss.w_vgg=0"]).loss)
     params = [p.clone() for p in (*g.parameters(), *d.parameters())]
-    gan_step(g, d, (torch.rand(2, 3, 32, 32), torch.rand(2, 3, 8, 8)), opt_g, opt_d, _accelerator(), loss, gan,
-             apply=lambda loss: False)
+    finetune_step(g, d, (torch.rand(2, 3, 32, 32), torch.rand(2, 3, 8, 8)), opt_g, opt_d, _accelerator(), loss, gan,
+                  keep=lambda loss: False)
     assert all(torch.equal(a, b) for a, b in zip(params, (*g.parameters(), *d.parameters())))
 
 
@@ -176,7 +175,7 @@ def big_photo(tmp_path_factory):
 
 @pytest.fixture
 def srresnet_weights(tmp_path):
-    model = SRResNet(scale=4, res_blocks=1, channels=8)
+    model = build_generator("srresnet", scale=4, res_blocks=1, channels=8)
     save_weights(model, tmp_path / "g.safetensors", model.config)
     return tmp_path / "g.safetensors"
 
@@ -271,7 +270,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tiny_recipe, monke
 
     disk_full_on_third.calls = 0
     monkeypatch.setattr(checkpoint_module.torch, "save", disk_full_on_third)
-    recipe = tiny_recipe(train={**PHASE_A, "save_every": 1})
+    recipe = tiny_recipe(train={**PRETRAIN_ONLY, "save_every": 1})
     with pytest.raises(CheckpointWriteError) as e:
         train(recipe)
     msg = str(e.value)
@@ -282,7 +281,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(tiny_recipe, monke
     assert load_state(intact)["position"]["step"] == 2
     # Space freed: the run resumes from the intact checkpoint and finishes.
     monkeypatch.setattr(checkpoint_module.torch, "save", real_save)
-    resumed = train(tiny_recipe(train={**PHASE_A, "resume": "auto"}))
+    resumed = train(tiny_recipe(train={**PRETRAIN_ONLY, "resume": "auto"}))
     assert records(resumed, "train")[0]["step"] == 3 and (resumed / "generator.safetensors").is_file()
 
 
@@ -293,9 +292,10 @@ def test_a_real_write_failure_mid_checkpoint_leaves_the_previous_checkpoint(tmp_
         import resource, signal, sys
         import torch
         from fastsr.engine.checkpoint import CheckpointWriteError, save_checkpoint
-        from fastsr.models import SRResNet
+        from fastsr.models import build_generator
         run = {str(tmp_path)!r}
-        small, big = SRResNet(scale=4, res_blocks=1, channels=8), SRResNet(scale=4, res_blocks=4, channels=64)
+        small = build_generator("srresnet", scale=4, res_blocks=1, channels=8)
+        big = build_generator("srresnet", scale=4, res_blocks=4, channels=64)
         save_checkpoint(run, 1, {{"generator": (small, small.config)}}, {{"step": 1}}, keep=2)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process at the limit
         resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))

@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fastsr.data import ImageError, image_to_tensor, list_images, load_image, read_header, save_image
+from fastsr.data import image_to_tensor, list_images, load_image, read_header, save_image
 from fastsr.data.images import load_image_with_alpha, output_format
+from fastsr.errors import ImageError
 
 RNG = np.random.default_rng(0)
 

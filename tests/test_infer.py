@@ -13,12 +13,12 @@ from PIL import Image
 from torch import nn
 
 from fastsr.cli import main
-from fastsr.config import RecipeError
 from fastsr.data import image_to_tensor
-from fastsr.engine.checkpoint import save_weights
+from fastsr.errors import RecipeError
 from fastsr.infer import DEFAULT_OVERLAP, _tiles, check_tiling, upscale, upscale_image
-from fastsr.models import SRCNN, Bicubic, SRResNet
+from fastsr.models import build_generator
 from fastsr.ops import imresize
+from fastsr.weights import save_weights
 
 
 def _perturb_batchnorm(model, gen):
@@ -36,15 +36,15 @@ def _perturb_batchnorm(model, gen):
 def _models():
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(1)
-    trained_like = SRResNet(scale=4, res_blocks=4, channels=32)
+    trained_like = build_generator("srresnet", scale=4, res_blocks=4, channels=32)
     _perturb_batchnorm(trained_like, gen)
-    srcnn = SRCNN(scale=4, channels=(32, 16))
+    srcnn = build_generator("srcnn", scale=4, channels=(32, 16))
     nn.init.normal_(srcnn.body[-1].weight, std=0.05)  # make the conv path matter, not just bicubic
     return {
-        "srresnet2": SRResNet(scale=4, res_blocks=2, channels=32),
+        "srresnet2": build_generator("srresnet", scale=4, res_blocks=2, channels=32),
         "srresnet4_bn": trained_like,
         "srcnn": srcnn,
-        "bicubic": Bicubic(scale=4),
+        "bicubic": build_generator("bicubic", scale=4),
     }
 
 
@@ -248,7 +248,7 @@ def _upscaled(src: Path, weights: Path, out: Path) -> np.ndarray:
 def random_weights(tmp_path) -> Path:
     """A random (untrained) generator: its three output channels differ, as a trained one's slightly do."""
     torch.manual_seed(0)
-    model = SRResNet(scale=4, res_blocks=1, channels=8)
+    model = build_generator("srresnet", scale=4, res_blocks=1, channels=8)
     save_weights(model, tmp_path / "g.safetensors", model.config)
     return tmp_path / "g.safetensors"
 

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import PROCESS_ENV, ROOT, free_port, tiny_recipe_dict
 
 from fastsr.engine.checkpoint import load_state, resolve_resume
-from fastsr.engine.loop import EXIT_INTERRUPTED
-from fastsr.engine.runlock import lock_path
 from fastsr.engine.runlog import read_log
-
-from conftest import PROCESS_ENV, ROOT, free_port, tiny_recipe_dict
+from fastsr.engine.safety.runlock import lock_path
+from fastsr.engine.safety.signals import EXIT_INTERRUPTED
 
 
 def _recipe(photo_folder, tmp_path, data=None, **train) -> Path:
@@ -158,7 +157,7 @@ def test_preempt_a_ctrl_c_after_the_last_step_is_said_and_the_run_finishes(tiny_
 
     def validate_then_ctrl_c(loop):
         validate(loop)
-        if loop.pos.phase == len(loop.phases):  # the last phase is over: its final validation
+        if loop.pos.phase == len(loop.run.phases):  # the last phase is over: its final validation
             os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(Loop, "validate", validate_then_ctrl_c)

@@ -2,16 +2,20 @@
 and no two modules import each other, directly or in a loop (function-level imports count too)."""
 
 import ast
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "fastsr"
 
 # Lowest first. A module belongs to the longest prefix listed.
 LAYERS = [
-    ["fastsr", "fastsr.ops", "fastsr.util", "fastsr.config", "fastsr.registry", "fastsr.metrics",
+    ["fastsr", "fastsr.errors", "fastsr.ops", "fastsr.util", "fastsr.config", "fastsr.registry", "fastsr.metrics",
      "fastsr.pretrained"],  # foundations
     ["fastsr.data"],
-    ["fastsr.models", "fastsr.losses", "fastsr.perceptual_metrics", "fastsr.infer", "fastsr.evaluate", "fastsr.export"],  # the parts
+    ["fastsr.models", "fastsr.losses", "fastsr.perceptual_metrics", "fastsr.infer", "fastsr.evaluate", "fastsr.export",
+     "fastsr.weights"],  # the parts
     ["fastsr.recipe"],
     ["fastsr.engine"],  # the run
     ["fastsr.cli", "fastsr.train", "fastsr.cluster"],  # entry points
@@ -73,3 +77,35 @@ def test_no_import_cycles():
 
     for module in sorted(edges):
         visit(module)
+
+
+def test_errors_import_nothing():
+    """fastsr.errors is below every layer: any module may raise its errors, the CLI catch them cheaply."""
+    assert GRAPH["fastsr.errors"] == set()
+    assert not [n for n in ast.walk(ast.parse((PACKAGE / "errors.py").read_text())) if isinstance(n, (ast.Import, ast.ImportFrom))]
+
+
+def test_eval_upscale_and_export_do_not_import_the_training_engine(tmp_path):
+    """The commands that use weights read them through fastsr.weights: none of them imports fastsr.engine
+    (checked in a fresh interpreter, after each command ran)."""
+    code = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        from PIL import Image
+        from fastsr.cli import main
+        from fastsr.models import build_generator
+        from fastsr.weights import save_weights
+
+        root = {str(tmp_path)!r}
+        model = build_generator("srcnn", scale=2, kernels=[3, 1, 3], channels=[4, 4])
+        save_weights(model, root + "/g.safetensors", model.config)
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 20, 3), dtype=np.uint8)).save(root + "/a.png")
+        for argv in (["eval", "--model", root + "/g.safetensors", "--data", root + "/a.png", "--scale", "2"],
+                     ["upscale", root + "/a.png", "--weights", root + "/g.safetensors", "-o", root + "/out"],
+                     ["export", root + "/g.safetensors", "-o", root + "/g.onnx"]):
+            assert main(argv) == 0, argv
+            engine = sorted(m for m in sys.modules if m.startswith("fastsr.engine"))
+            assert not engine, (argv[0], engine)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]

@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from fastsr.data import BatchSource, CropPlan, ImageError, ImageStore, Sample, TorchLoader, load_val_set, save_image
+from fastsr.data import BatchSource, CropPlan, ImageStore, Sample, TorchLoader, load_val_set, save_image
 from fastsr.data.dali_backend import DaliLoader
+from fastsr.errors import ImageError
 
 N_IMAGES = 12
 BACKENDS = ["torch", "dali"]

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from fastsr.losses import (
+    LOSS_TERMS,
     VGG19_LAYERS,
     PerceptualLoss,
     VGGFeatures,
@@ -21,7 +22,7 @@ from fastsr.losses import (
     pixel_loss,
     tv_loss,
 )
-from fastsr.losses.perceptual import _hub_checkpoint_path
+from fastsr.losses.perceptual import _vgg19_file
 
 RECIPE_KEY = "loss.vgg_weights="
 
@@ -123,14 +124,14 @@ def test_vgg_missing_file_message():
     assert "\n" not in message
 
 
-@pytest.mark.skipif(_hub_checkpoint_path().exists(), reason="VGG19 weights are in the hub cache")
+@pytest.mark.skipif(_vgg19_file().hub_path.exists(), reason="VGG19 weights are in the hub cache")
 def test_vgg_imagenet_fails_fast_without_network():
     start = time.monotonic()
     with pytest.raises(VGGWeightsUnavailable) as info:
         VGGFeatures(weights="imagenet")
     assert time.monotonic() - start < 30
     message = str(info.value)
-    assert str(_hub_checkpoint_path()) in message
+    assert str(_vgg19_file().hub_path) in message
     assert "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth" in message
     assert RECIPE_KEY in message and "\n" not in message
 
@@ -187,11 +188,7 @@ def test_pixel_loss():
 
 
 # ---------------------------------------------------------------------------------------------
-# Relativistic average GAN (ESRGAN) and phase B's term list
-
-
-def _softplus(x):
-    return math.log1p(math.exp(x))
+# Relativistic average GAN (ESRGAN) and finetune's term list
 
 
 def test_relativistic_losses_against_a_hand_computation():
@@ -209,44 +206,56 @@ def test_relativistic_losses_against_a_hand_computation():
 
 
 @pytest.mark.parametrize("kind", ["vanilla", "ragan"])
-def test_gan_kinds_give_each_graph_building_forward_its_own_backward(kind):
-    from fastsr.losses import GAN_KINDS
+def test_the_finetune_step_gives_each_graph_building_forward_its_own_backward(kind):
+    """The discriminator's update as `finetune_step` writes it for each GAN kind: no two graphs of D pending
+    at once (BatchNorm under DDP), and D's loss the kind's objective."""
+    from accelerate import Accelerator
 
-    torch.manual_seed(0)
-    critic_net = nn.Sequential(nn.Flatten(), nn.Linear(12, 1))
+    from fastsr.engine.runtime import Precision
+    from fastsr.engine.steps import finetune_step
+    from fastsr.losses import GAN_KINDS, GeneratorLoss
+    from fastsr.losses.adversarial import ragan_d_fake, ragan_d_real
+
     log = []
 
-    def critic(x):
-        log.append(("forward", torch.is_grad_enabled()))
-        return critic_net(x).squeeze(1)
+    class Critic(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(12, 1))
 
-    def backward(loss):
-        log.append(("backward", None))
-        loss.backward()
+        def forward(self, x):
+            log.append(("forward", torch.is_grad_enabled()))
+            return self.net(x).squeeze(1)
 
-    real, fake = torch.rand(4, 3, 2, 2), torch.rand(4, 3, 2, 2)
-    total = GAN_KINDS[kind]().discriminator_loss(critic, real, fake, backward)
+    class Logged(Precision):
+        def backward(self, accelerator, loss):
+            log.append(("backward", None))
+            super().backward(accelerator, loss)
+
+    torch.manual_seed(0)
+    g, d = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Upsample(scale_factor=2)), Critic()
+    opt_g, opt_d = torch.optim.SGD(g.parameters(), lr=0.0), torch.optim.SGD(d.parameters(), lr=0.0)
+    gan = GAN_KINDS[kind]()
+    adv = LOSS_TERMS.create(LOSS_TERMS.config_from({"name": "adv", "gan": kind}, "loss.terms[0]", "test"))
+    hr, lr = torch.rand(4, 3, 2, 2), torch.rand(4, 3, 1, 1)
+    out = finetune_step(g, d, (hr, lr), opt_g, opt_d, Accelerator(cpu=True), GeneratorLoss([("adv", 1.0, adv)]), gan,
+                        Logged())
     graph_forwards = [i for i, (what, grad) in enumerate(log) if what == "forward" and grad]
-    assert all(log[i + 1][0] == "backward" for i in graph_forwards)  # no two graphs pending at once
+    assert graph_forwards and all(log[i + 1][0] == "backward" for i in graph_forwards)  # no two graphs pending
     with torch.no_grad():
-        r, f = critic_net(real).squeeze(1), critic_net(fake).squeeze(1)
-    if kind == "vanilla":
-        expected = d_loss(r, f)
-    else:
-        from fastsr.losses.adversarial import ragan_d_fake, ragan_d_real
-
-        expected = ragan_d_real(r, f) + ragan_d_fake(f, r)
-    torch.testing.assert_close(total.detach(), expected)
+        r, f = d(hr), d(g(lr))
+    expected = d_loss(r, f) if kind == "vanilla" else ragan_d_real(r, f) + ragan_d_fake(f, r)
+    torch.testing.assert_close(out["d"], expected)
 
 
 def test_generator_loss_applies_each_weight_once_and_names_each_term():
-    from fastsr.losses import GAN_KINDS, build_generator_loss
+    from fastsr.losses import GAN_KINDS, build_finetune_loss
     from fastsr.recipe import from_dict
 
     terms = [{"name": "pixel", "kind": "l1", "weight": 0.5}, {"name": "pixel", "kind": "mse", "weight": 2.0, "label": "mse"},
              {"name": "tv", "weight": 0.25}, {"name": "adv", "gan": "ragan", "weight": 0.125},
              {"name": "vgg", "weight": 0.0}]  # weight 0: left out
-    loss, gan, notes = build_generator_loss(from_dict({"loss": {"terms": terms}}).loss)
+    loss, gan, notes = build_finetune_loss(from_dict({"loss": {"terms": terms}}).loss)
     assert isinstance(gan, GAN_KINDS["ragan"]) and notes == [] and loss.names == ["pixel", "mse", "tv", "adv"]
     sr, hr = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
     critic = lambda x: x.mean(dim=(1, 2, 3))  # noqa: E731 - a stand-in discriminator
@@ -259,18 +268,18 @@ def test_generator_loss_applies_each_weight_once_and_names_each_term():
     torch.testing.assert_close(total, expected)
 
 
-def test_the_seed_knobs_weight_the_default_term_list():
-    from fastsr.losses import phase_b_terms
+def test_the_reference_script_knobs_weight_the_default_term_list():
+    from fastsr.losses import finetune_terms
     from fastsr.recipe import from_dict
 
-    terms = phase_b_terms(from_dict({"loss": {"w_vgg": 0.5, "w_adv": 0.25, "w_tv": 0.125, "pixel": "l1",
+    terms = finetune_terms(from_dict({"loss": {"w_vgg": 0.5, "w_adv": 0.25, "w_tv": 0.125, "pixel": "l1",
                                               "vgg_layer": "relu5_4"}}).loss)
     assert [(t.name, t.weight) for t in terms] == [("pixel", 1.0), ("adv", 0.25), ("tv", 0.125), ("vgg", 0.5)]
     assert terms[0].kind == "l1" and terms[1].gan == "vanilla" and terms[3].layer == "relu5_4"
 
 
 @pytest.mark.parametrize("loss, message", [
-    ({"terms": [{"name": "adv"}], "w_vgg": 1.0}, "loss.w_vgg applies to the seed's term list only"),
+    ({"terms": [{"name": "adv"}], "w_vgg": 1.0}, "loss.w_vgg applies to the reference script's term list only"),
     ({"terms": [{"name": "pixel"}]}, "loss.terms needs exactly one `adv` term"),
     ({"terms": [{"name": "adv"}, {"name": "vgg"}, {"name": "vgg", "layer": "relu2_2"}]},
      "loss.terms has two terms logged as 'vgg'; give one a `label:`"),
@@ -283,7 +292,7 @@ def test_the_seed_knobs_weight_the_default_term_list():
     ({"terms": {"name": "adv"}}, "loss.terms must be a list"),
 ])
 def test_term_list_errors_name_the_key(loss, message):
-    from fastsr.config import RecipeError
+    from fastsr.errors import RecipeError
     from fastsr.recipe import from_dict
 
     with pytest.raises(RecipeError) as err:

@@ -1,4 +1,4 @@
-"""A lost process stops the others (engine/peers.py): 2 gloo processes, one really killed (SIGKILL) or hung
+"""A lost process stops the others (engine/safety/peers.py): 2 gloo processes, one really killed (SIGKILL) or hung
 (SIGSTOP); the other stops within the collective timeout naming it, the launchers exit non-zero, and
 `train.resume=auto` continues from the last complete checkpoint. Selected by `-k distributed`."""
 
@@ -14,12 +14,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import yaml
+from conftest import PROCESS_ENV, ROOT, free_port, tiny_recipe_dict
 
 from fastsr.engine.checkpoint import complete_checkpoints, load_state
-from fastsr.engine.peers import GRACE_S, collective_failed
 from fastsr.engine.runlog import read_log
-
-from conftest import PROCESS_ENV, ROOT, free_port, tiny_recipe_dict
+from fastsr.engine.safety.peers import GRACE_S, collective_failed
 
 ENV = {k: v for k, v in PROCESS_ENV.items() if not k.startswith("SLURM_")}
 

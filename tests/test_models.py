@@ -8,15 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fastsr.models import (
-    GENERATORS,
-    SRCNN,
-    Bicubic,
-    Discriminator,
-    SRResNet,
-    VGGDiscriminator,
-    build_generator,
-)
+from fastsr.models import DISCRIMINATORS, GENERATORS, build_generator
 from fastsr.ops import imresize
 
 
@@ -29,11 +21,11 @@ def _seed():
 @pytest.mark.parametrize(
     "make",
     [
-        lambda s: SRResNet(scale=s, res_blocks=1, channels=8),
-        lambda s: SRResNet(scale=s, res_blocks=1, channels=8, upsample_input="bicubic"),
-        lambda s: SRResNet(scale=s, res_blocks=1, channels=8, upsample_input="bilinear"),
-        lambda s: SRCNN(scale=s, channels=(8, 4)),
-        lambda s: Bicubic(scale=s),
+        lambda s: build_generator("srresnet", scale=s, res_blocks=1, channels=8),
+        lambda s: build_generator("srresnet", scale=s, res_blocks=1, channels=8, upsample_input="bicubic"),
+        lambda s: build_generator("srresnet", scale=s, res_blocks=1, channels=8, upsample_input="bilinear"),
+        lambda s: build_generator("srcnn", scale=s, channels=(8, 4)),
+        lambda s: build_generator("bicubic", scale=s),
     ],
     ids=["srresnet", "srresnet-bicubic", "srresnet-bilinear", "srcnn", "bicubic"],
 )
@@ -48,7 +40,7 @@ def test_generator_output_shape_odd_input(make, scale):
 
 def test_srresnet_rejects_other_scales():
     with pytest.raises(ValueError, match=r"\(2, 4, 8\)"):
-        SRResNet(scale=3)
+        build_generator("srresnet", scale=3)
 
 
 def _srresnet_param_formula(scale, blocks, c, batch_norm=True):
@@ -72,7 +64,7 @@ def _count(model):
     ("bilinear", lambda lr: F.interpolate(lr, scale_factor=4, mode="bilinear", align_corners=False)),
 ])
 def test_srresnet_with_upsample_input_starts_as_the_upsampler_and_learns(upsample_input, upsampler):
-    model = SRResNet(scale=4, res_blocks=2, channels=8, upsample_input=upsample_input)
+    model = build_generator("srresnet", scale=4, res_blocks=2, channels=8, upsample_input=upsample_input)
     lr, hr = torch.rand(2, 3, 11, 13), torch.rand(2, 3, 44, 52)
     with torch.no_grad():
         assert torch.equal(model.eval()(lr), upsampler(lr))  # the bicubic baseline itself, for `bicubic`
@@ -86,20 +78,21 @@ def test_srresnet_with_upsample_input_starts_as_the_upsampler_and_learns(upsampl
 
 
 def test_srresnet_without_upsample_input_is_the_paper_unchanged():
-    paper = SRResNet(scale=4, res_blocks=2, channels=8)
-    residual = SRResNet(scale=4, res_blocks=2, channels=8, upsample_input="bicubic")
+    paper = build_generator("srresnet", scale=4, res_blocks=2, channels=8)
+    residual = build_generator("srresnet", scale=4, res_blocks=2, channels=8, upsample_input="bicubic")
     assert paper.config["upsample_input"] == "none"
     assert paper.tail.weight.abs().sum() > 0  # PyTorch's initialisation, not zeroed
     assert _count(paper) == _count(residual)  # the option adds no parameters
-    with pytest.raises(ValueError, match="upsample_input must be one of"):
-        SRResNet(upsample_input="nearest")
+    with pytest.raises(ValueError, match="upsample_input='nearest' is not one of"):
+        build_generator("srresnet", scale=4, upsample_input="nearest")
 
 
 def test_srresnet_param_count_matches_formula():
-    model = SRResNet(scale=4, res_blocks=16, channels=64)
+    model = build_generator("srresnet", scale=4, res_blocks=16, channels=64)
     assert _count(model) == _srresnet_param_formula(4, 16, 64) == 1_549_462
     for scale, blocks, c in [(2, 3, 16), (8, 2, 32)]:
-        assert _count(SRResNet(scale, blocks, c)) == _srresnet_param_formula(scale, blocks, c)
+        model = build_generator("srresnet", scale=scale, res_blocks=blocks, channels=c)
+        assert _count(model) == _srresnet_param_formula(scale, blocks, c)
 
 
 def _batch_norms(model):
@@ -107,13 +100,14 @@ def _batch_norms(model):
 
 
 def test_srresnet_without_batch_norm_has_none_and_learns():
-    model = SRResNet(scale=4, res_blocks=16, channels=64, batch_norm=False)
+    model = build_generator("srresnet", scale=4, res_blocks=16, channels=64, batch_norm=False)
     assert not _batch_norms(model) and not list(model.buffers())  # nothing in its forward updates a buffer
     # 1,549,462 with BatchNorm, 33 BatchNorms of 2 x 64 parameters fewer
     assert _count(model) == _srresnet_param_formula(4, 16, 64, batch_norm=False) == 1_549_462 - 33 * 2 * 64
     assert all(m.bias is not None for m in model.modules() if isinstance(m, nn.Conv2d))
-    assert len(_batch_norms(SRResNet(scale=4, res_blocks=16, channels=64))) == 2 * 16 + 1  # the paper's default
-    small = SRResNet(scale=4, res_blocks=2, channels=8, batch_norm=False)
+    paper = build_generator("srresnet", scale=4, res_blocks=16, channels=64)
+    assert len(_batch_norms(paper)) == 2 * 16 + 1  # the paper's default
+    small = build_generator("srresnet", scale=4, res_blocks=2, channels=8, batch_norm=False)
     lr, hr = torch.rand(4, 3, 8, 8), torch.rand(4, 3, 32, 32)
     optimiser = torch.optim.Adam(small.parameters(), lr=1e-2)
     losses = []
@@ -126,9 +120,13 @@ def test_srresnet_without_batch_norm_has_none_and_learns():
     assert losses[-1] < 0.5 * losses[0]
 
 
-@pytest.mark.parametrize("make, convs", [(Discriminator, 8), (VGGDiscriminator, 10)], ids=["srgan", "vgg128"])
-def test_discriminators_without_batch_norm(make, convs):
-    paper, plain = make(channels=8), make(channels=8, batch_norm=False)
+def _discriminator(name: str, **keys):
+    return DISCRIMINATORS.rebuild({"name": name, **keys}, "test")
+
+
+@pytest.mark.parametrize("name, convs", [("srgan", 8), ("vgg128", 10)], ids=["srgan", "vgg128"])
+def test_discriminators_without_batch_norm(name, convs):
+    paper, plain = _discriminator(name, channels=8), _discriminator(name, channels=8, batch_norm=False)
     assert len(_batch_norms(paper)) == convs - 1  # all convs but the first, each then without a bias
     assert not _batch_norms(plain) and not list(plain.buffers())
     plain_convs = [m for m in plain.modules() if isinstance(m, nn.Conv2d)]
@@ -142,14 +140,14 @@ def test_discriminators_without_batch_norm(make, convs):
 
 @pytest.mark.parametrize("size", [(32, 32), (96, 96), (128, 128), (100, 140)])
 def test_discriminator_any_size_at_least_32(size):
-    d = Discriminator(channels=16)
+    d = _discriminator("srgan", channels=16)
     logits = d(torch.rand(2, 3, *size))
     assert logits.shape == (2,)
     assert torch.isfinite(logits).all()
 
 
 def test_discriminator_is_the_paper_at_96():
-    d = Discriminator()
+    d = _discriminator("srgan")
     feats = d.features(torch.rand(1, 3, 96, 96))
     assert feats.shape == (1, 512, 6, 6)  # the adaptive pool is an identity here
     convs = [m for m in d.features if isinstance(m, nn.Conv2d)]
@@ -162,11 +160,11 @@ def test_discriminator_is_the_paper_at_96():
 @pytest.mark.parametrize("size", [(31, 64), (64, 31), (16, 16)])
 def test_discriminator_rejects_small_inputs(size):
     with pytest.raises(ValueError, match="32"):
-        Discriminator(channels=8)(torch.rand(1, 3, *size))
+        _discriminator("srgan", channels=8)(torch.rand(1, 3, *size))
 
 
 def test_srcnn_with_zeroed_last_conv_is_bicubic():
-    model = SRCNN(scale=4, channels=(8, 4), residual=True)
+    model = build_generator("srcnn", scale=4, channels=(8, 4), residual=True)
     last = model.body[-1]
     nn.init.zeros_(last.weight)
     nn.init.zeros_(last.bias)
@@ -176,14 +174,14 @@ def test_srcnn_with_zeroed_last_conv_is_bicubic():
 
 
 def test_srcnn_kernels_and_validation():
-    base = SRCNN(kernels=(9, 1, 5))  # the paper's 9-1-5 base model
+    base = build_generator("srcnn", scale=4, kernels=(9, 1, 5))  # the paper's 9-1-5 base model
     assert [m.kernel_size[0] for m in base.body if isinstance(m, nn.Conv2d)] == [9, 1, 5]
     with pytest.raises(ValueError):
-        SRCNN(kernels=(9, 4, 5))
+        build_generator("srcnn", scale=4, kernels=(9, 4, 5))
 
 
 def test_bicubic_has_no_parameters_and_is_imresize():
-    model = Bicubic(scale=3)
+    model = build_generator("bicubic", scale=3)
     assert list(model.parameters()) == []
     lr = torch.rand(2, 3, 10, 7)
     assert torch.equal(model(lr), imresize(lr, scale=3))
@@ -192,11 +190,11 @@ def test_bicubic_has_no_parameters_and_is_imresize():
 @pytest.mark.parametrize(
     "model",
     [
-        SRResNet(scale=2, res_blocks=2, channels=16),
-        SRResNet(scale=4, res_blocks=1, channels=8, upsample_input="bicubic"),
-        SRResNet(scale=4, res_blocks=1, channels=8, batch_norm=False),
-        SRCNN(scale=3, kernels=(9, 1, 5), channels=(16, 8), residual=False),
-        Bicubic(scale=8),
+        build_generator("srresnet", scale=2, res_blocks=2, channels=16),
+        build_generator("srresnet", scale=4, res_blocks=1, channels=8, upsample_input="bicubic"),
+        build_generator("srresnet", scale=4, res_blocks=1, channels=8, batch_norm=False),
+        build_generator("srcnn", scale=3, kernels=(9, 1, 5), channels=(16, 8), residual=False),
+        build_generator("bicubic", scale=8),
     ],
     ids=["srresnet", "srresnet-bicubic", "srresnet-no-bn", "srcnn", "bicubic"],
 )

@@ -14,6 +14,7 @@ from skimage import data as skdata
 from skimage.filters import gaussian
 
 from fastsr import perceptual_metrics, pretrained
+from fastsr.errors import WeightsUnavailable
 from fastsr.losses.perceptual import VGGFeatures, _vgg19_file
 from fastsr.perceptual_metrics import (
     BACKBONES,
@@ -21,7 +22,7 @@ from fastsr.perceptual_metrics import (
     MetricWeightsUnavailable,
     build_perceptual_metric,
 )
-from fastsr.pretrained import SIZES_MB, WeightsUnavailable, vgg_features
+from fastsr.pretrained import SIZES_MB, vgg_features
 
 SIZE = 96
 
@@ -251,7 +252,7 @@ def test_eval_table_json_and_csv_hold_the_perceptual_metrics(backbone_files, pho
     from fastsr.cli import main
     from fastsr.data import load_val_set, resolve_source
     from fastsr.infer import upscale
-    from fastsr.models import Bicubic
+    from fastsr.models import build_generator
     from fastsr.ops import quantize
 
     out, table_csv = tmp_path / "r.json", tmp_path / "r.csv"
@@ -269,7 +270,8 @@ def test_eval_table_json_and_csv_hold_the_perceptual_metrics(backbone_files, pho
     pairs = load_val_set(resolve_source(str(photo_folder / "val"), "eval", 4), 4)
     for name in ("lpips", "dists"):
         metric = build_perceptual_metric(name, "cpu", backbone_files[name])
-        expected = [metric(quantize(upscale(Bicubic(4), lr, 4))[..., 4:-4, 4:-4], hr[..., 4:-4, 4:-4]).item()
+        bicubic_model = build_generator("bicubic", scale=4)
+        expected = [metric(quantize(upscale(bicubic_model, lr, 4))[..., 4:-4, 4:-4], hr[..., 4:-4, 4:-4]).item()
                     for _, hr, lr in pairs]
         np.testing.assert_allclose(bicubic["per_image"][name], expected, rtol=1e-6)
         assert all(v > 0 for v in expected)

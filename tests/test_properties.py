@@ -23,7 +23,7 @@ from accelerate.utils import LoggerType
 from hypothesis import Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
-from fastsr.config import RecipeError
+from fastsr.errors import RecipeError
 from fastsr.losses import VGG19_LAYERS
 from fastsr.ops import imresize
 from fastsr.recipe import Recipe, all_keys, load_recipe, save_recipe
@@ -252,8 +252,8 @@ _any_value = st.one_of(_scalars, st.lists(_scalars, max_size=4))
 
 # Valid values for each key, from the recipe's own rules (config._check_values and the types).
 # Cross-key rules are met for any combination of these on top of BASE: scale in {2, 4, 8} with
-# hr_crop a multiple of 8 and >= 32 (phase B needs 32); crops_per_image in {1, 2, 4} with repeat and
-# batch_size multiples of 4; epochs_pretrain >= 1 so no epochs_finetune makes "nothing to train".
+# hr_crop a multiple of 8 and >= 32 (finetune needs 32); crops_per_image in {1, 2, 4} with repeat and
+# batch_size multiples of 4; steps_pretrain >= 1 (or epochs_pretrain's default) so nothing makes "nothing to train".
 _positive_int = st.integers(min_value=1)
 _non_negative_int = st.integers(min_value=0)
 _positive_float = st.floats(min_value=0, exclude_min=True, allow_infinity=False)
@@ -273,7 +273,8 @@ _VALID_BY_KEY = {
     "discriminator.channels": _positive_int,
     "discriminator.batch_norm": st.booleans(),
     "plugins": st.sampled_from([[], ["json"], ["json", "math"]]),  # importable modules
-    "loss.terms": st.none(),  # the seed's list (explicit lists: tests/test_registry.py)
+    "loss.terms": st.none(),  # the reference script's list (explicit lists: tests/test_registry.py)
+    "loss.terms_pretrain": st.none(),  # the pixel loss (explicit lists: tests/test_trainer.py)
     "data.hr_crop": st.integers(4, 64).map(lambda k: 8 * k),
     "data.repeat": st.integers(1, 100).map(lambda k: 4 * k),
     "data.crops_per_image": st.sampled_from([1, 2, 4]),
@@ -287,8 +288,11 @@ _VALID_BY_KEY = {
     "loss.w_adv": _non_negative_float,
     "loss.w_tv": _non_negative_float,
     "loss.vgg_layer": st.sampled_from(sorted(VGG19_LAYERS)),
-    "train.epochs_pretrain": _positive_int,
-    "train.epochs_finetune": _non_negative_int,
+    # BASE gives both phases in steps, which exclude epochs other than the default (tests/test_trainer.py)
+    "train.steps_pretrain": st.none() | _positive_int,
+    "train.steps_finetune": st.none() | _non_negative_int,
+    "train.epochs_pretrain": st.none() | st.just(100),
+    "train.epochs_finetune": st.none() | st.just(0),
     "train.batch_size": st.integers(1, 100).map(lambda k: 4 * k),
     "train.lr": _positive_float,
     "train.lr_finetune": st.none() | _positive_float,
@@ -318,7 +322,9 @@ _RULES = {
                                       "data.hr_crop", "data.repeat",
                                       "data.crops_per_image", "train.batch_size", "train.log_every",
                                       "train.keep_checkpoints", "train.lr")},
-    **{k: (lambda v: v >= 0) for k in ("train.epochs_pretrain", "train.epochs_finetune", "train.val_every",
+    **{k: (lambda v: v is None or v >= 0) for k in ("train.epochs_pretrain", "train.epochs_finetune",
+                                                    "train.steps_pretrain", "train.steps_finetune")},
+    **{k: (lambda v: v >= 0) for k in ("train.val_every",
                                        "train.save_every", "train.max_skipped_steps", "data.workers",
                                        "data.val_images", "data.stall_timeout_s", "loss.w_vgg", "loss.w_adv",
                                        "loss.w_tv")},

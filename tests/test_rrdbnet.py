@@ -6,8 +6,7 @@ import math
 import pytest
 import torch
 
-from fastsr.config import RecipeError
-from fastsr.engine.checkpoint import save_weights
+from fastsr.errors import RecipeError
 from fastsr.models import (
     DISCRIMINATORS,
     GENERATORS,
@@ -15,6 +14,7 @@ from fastsr.models import (
     VGGDiscriminator,
     build_generator,
 )
+from fastsr.weights import save_weights
 
 SMALL = dict(blocks=2, features=16, growth=8)
 
@@ -39,21 +39,21 @@ def _rrdbnet_param_formula(scale, blocks, features, growth):
 
 
 def test_rrdbnet_param_count_at_defaults():
-    assert _count(RRDBNet(scale=4)) == _rrdbnet_param_formula(4, 23, 64, 32) == 16_697_987
-    assert _count(RRDBNet(scale=2)) == _rrdbnet_param_formula(2, 23, 64, 32) == 16_703_171
+    assert _count(build_generator("rrdbnet", scale=4)) == _rrdbnet_param_formula(4, 23, 64, 32) == 16_697_987
+    assert _count(build_generator("rrdbnet", scale=2)) == _rrdbnet_param_formula(2, 23, 64, 32) == 16_703_171
 
 
 @pytest.mark.parametrize("scale", [2, 4])
 def test_rrdbnet_param_count_small(scale):
     for blocks, features, growth in [(2, 16, 8), (1, 8, 4), (3, 12, 32)]:
-        model = RRDBNet(scale, blocks, features, growth)
+        model = build_generator("rrdbnet", scale=scale, blocks=blocks, features=features, growth=growth)
         assert _count(model) == _rrdbnet_param_formula(scale, blocks, features, growth)
 
 
 @pytest.mark.parametrize("scale", [2, 4])
 @pytest.mark.parametrize("size", [(16, 16), (7, 9), (1, 1), (1, 4)])  # odd and 1-pixel sides too (upscale takes 1x1)
 def test_rrdbnet_output_shape(scale, size):
-    model = RRDBNet(scale, **SMALL).eval()
+    model = build_generator("rrdbnet", scale=scale, **SMALL).eval()
     assert model.scale == scale
     with torch.no_grad():
         out = model(torch.rand(2, 3, *size))
@@ -63,11 +63,11 @@ def test_rrdbnet_output_shape(scale, size):
 
 def test_rrdbnet_rejects_other_scales():
     with pytest.raises(ValueError, match=r"\(2, 4\)"):
-        RRDBNet(scale=3, **SMALL)
+        build_generator("rrdbnet", scale=3, **SMALL)
 
 
 def test_rrdbnet_parameter_names_are_the_ecosystems():
-    keys = set(RRDBNet(4, **SMALL).state_dict())
+    keys = set(build_generator("rrdbnet", scale=4, **SMALL).state_dict())
     expected = {f"{name}.{kind}" for name in ("conv_first", "conv_body", "conv_up1", "conv_up2", "conv_hr", "conv_last")
                 for kind in ("weight", "bias")}
     expected |= {f"body.{n}.rdb{r}.conv{c}.{kind}" for n in range(2) for r in (1, 2, 3) for c in range(1, 6)
@@ -77,7 +77,7 @@ def test_rrdbnet_parameter_names_are_the_ecosystems():
 
 def test_rrdbnet_dense_convs_start_small():
     """ESRGAN's init: Kaiming normal (std sqrt(2 / fan_in)) scaled by 0.1 in the dense blocks, zero bias."""
-    model = RRDBNet(4, blocks=2, features=64, growth=32)
+    model = build_generator("rrdbnet", scale=4, blocks=2, features=64, growth=32)
     conv5 = model.body[0].rdb2.conv5
     fan_in = conv5.weight[0].numel()
     assert conv5.weight.std().item() == pytest.approx(0.1 * math.sqrt(2 / fan_in), rel=0.05)
@@ -88,7 +88,7 @@ def test_rrdbnet_dense_convs_start_small():
 
 @pytest.mark.parametrize("scale", [2, 4])
 def test_rrdbnet_config_round_trip(scale):
-    model = RRDBNet(scale, **SMALL, residual_scale=0.5)
+    model = build_generator("rrdbnet", scale=scale, **SMALL, residual_scale=0.5)
     assert model.config == {"name": "rrdbnet", "scale": scale, **SMALL, "residual_scale": 0.5}
     assert "rrdbnet" in GENERATORS and GENERATORS.entry("rrdbnet").cls is RRDBNet
     rebuilt = build_generator(**model.config)
@@ -119,14 +119,14 @@ def test_rrdbnet_recipe_errors_name_the_key(raw, expected):
 
 @pytest.mark.parametrize("size", [128, 96])
 def test_vgg128_output_shape(size):
-    d = VGGDiscriminator(channels=8)
+    d = DISCRIMINATORS.rebuild({"name": "vgg128", "channels": 8}, "test")
     logits = d(torch.rand(2, 3, size, size))
     assert logits.shape == (2,)
     assert torch.isfinite(logits).all()
 
 
 def test_vgg128_pool_is_identity_at_128():
-    d = VGGDiscriminator(channels=8)
+    d = DISCRIMINATORS.rebuild({"name": "vgg128", "channels": 8}, "test")
     seen = {}
     d.pool.register_forward_hook(lambda module, args, out: seen.update(inp=args[0].shape, out=out.shape))
     d(torch.rand(2, 3, 128, 128))
@@ -135,7 +135,7 @@ def test_vgg128_pool_is_identity_at_128():
 
 
 def test_vgg128_refuses_below_32():
-    d = VGGDiscriminator(channels=8)
+    d = DISCRIMINATORS.rebuild({"name": "vgg128", "channels": 8}, "test")
     assert d(torch.rand(2, 3, 32, 32)).shape == (2,)  # batch 2: BatchNorm in train mode needs > 1 value
     with pytest.raises(ValueError, match=r"at least 32x32, got \(31, 40\)"):
         d(torch.rand(1, 3, 31, 40))
@@ -144,8 +144,7 @@ def test_vgg128_refuses_below_32():
 def test_vgg128_registered_with_esrgan_layout():
     config = DISCRIMINATORS.config_from({"name": "vgg128", "channels": 16}, "discriminator", "recipe")
     d = DISCRIMINATORS.create(config)
-    assert isinstance(d, VGGDiscriminator) and d.config == {"name": "vgg128", "in_channels": 3, "channels": 16,
-                                                         "batch_norm": True}
+    assert isinstance(d, VGGDiscriminator) and d.config == {"name": "vgg128", "channels": 16, "batch_norm": True}
     assert VGGDiscriminator.min_size == 32
     names = {k.rsplit(".", 1)[0] for k, _ in d.named_parameters()}
     convs = {f"conv{k}_{j}" for k in range(5) for j in range(2)}
@@ -163,7 +162,7 @@ def test_vgg128_registered_with_esrgan_layout():
 @pytest.mark.parametrize("scale, size", [(4, (16, 16)), (2, (16, 16)), (2, (15, 17))])
 def test_spandrel_loads_exported_weights_as_esrgan(tmp_path, scale, size):
     spandrel = pytest.importorskip("spandrel")
-    model = RRDBNet(scale, blocks=2, features=16, growth=32).eval()
+    model = build_generator("rrdbnet", scale=scale, blocks=2, features=16, growth=32).eval()
     path = tmp_path / "rrdbnet.safetensors"
     save_weights(model, path, model.config)
 

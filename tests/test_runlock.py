@@ -1,4 +1,4 @@
-"""One run per directory: real runs in real processes, real locks (engine/runlock.py)."""
+"""One run per directory: real runs in real processes, real locks (engine/safety/runlock.py)."""
 
 import json
 import os
@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from fastsr.engine.runlock import RunDirLocked, RunLock, lock_path
-from fastsr.engine.runlog import read_log
-from fastsr.engine.trainer import train
-
 from conftest import PROCESS_ENV, ROOT, free_port, tiny_recipe_dict
+
+from fastsr.engine.runlog import read_log
+from fastsr.engine.safety.runlock import RunLock, lock_path
+from fastsr.engine.trainer import train
+from fastsr.errors import RunDirLocked
 
 
 def _recipe(photo_folder, tmp_path, file="recipe.yaml", **train):

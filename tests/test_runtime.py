@@ -15,16 +15,16 @@ from torch.optim import optimizer as torch_optimizer
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastsr.config import RuntimeConfig
-from fastsr.engine.checkpoint import load_generator
 from fastsr.engine.ema import GeneratorEMA
 from fastsr.engine.runtime import Precision, Runtime, autotune_convolutions, resolve_runtime
 from fastsr.engine.setup import adam
-from fastsr.engine.steps import gan_step, pretrain_step
+from fastsr.engine.steps import finetune_step, pretrain_step
 from fastsr.engine.trainer import train
 from fastsr.evaluate import evaluate
-from fastsr.losses import build_generator_loss
-from fastsr.models import Discriminator, SRResNet
+from fastsr.losses import LossConfig, build_finetune_loss, build_pretrain_loss
+from fastsr.models import DISCRIMINATORS, SRResNet, build_generator
 from fastsr.recipe import from_dict, load_recipe
+from fastsr.weights import load_generator
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -58,7 +58,10 @@ def test_yaml_booleans_read_as_the_switch_words():
 
 def _models(seed=0):
     torch.manual_seed(seed)
-    return SRResNet(4, res_blocks=1, channels=8), Discriminator(channels=8)
+    return (
+        build_generator("srresnet", scale=4, res_blocks=1, channels=8),
+        DISCRIMINATORS.rebuild({"name": "srgan", "channels": 8}, "test"),
+    )
 
 
 def _batches(n=3):
@@ -76,16 +79,17 @@ def _run(runtime: Runtime, phase: str, steps=3):
     opt_g, opt_d = torch.optim.Adam(g.parameters(), 1e-4), torch.optim.Adam(d.parameters(), 1e-4)
     g_train, d_train = runtime.for_training(g), runtime.for_training(d)
     precision = Precision(runtime.mixed_precision)
-    loss, gan, _ = build_generator_loss(from_dict({"loss": {"vgg_weights": "random", "vgg_layer": "relu2_2"}}).loss)
+    loss, gan, _ = build_finetune_loss(from_dict({"loss": {"vgg_weights": "random", "vgg_layer": "relu2_2"}}).loss)
     loss_train = loss.prepare(runtime.for_training)
+    mse, _ = build_pretrain_loss(LossConfig())
     acc = Accelerator(cpu=True)
     out = []
     for batch in _batches(steps):
-        batch = runtime.batch(*batch)
-        if phase == "A":
-            out.append(pretrain_step(g_train, batch, opt_g, acc, "mse", precision))
+        batch = runtime.start_step(*batch)
+        if phase == "pretrain":
+            out.append(pretrain_step(g_train, batch, opt_g, acc, mse, precision))
         else:
-            out.append(gan_step(g_train, d_train, batch, opt_g, opt_d, acc, loss_train, gan, precision))
+            out.append(finetune_step(g_train, d_train, batch, opt_g, opt_d, acc, loss_train, gan, precision))
     return out, g
 
 
@@ -96,7 +100,7 @@ def _assert_close_losses(a, b, rtol):
             torch.testing.assert_close(step_a[k].float(), step_b[k].float(), rtol=rtol, atol=1e-4, msg=k)
 
 
-@pytest.mark.parametrize("phase", ["A", "B"])
+@pytest.mark.parametrize("phase", ["pretrain", "finetune"])
 def test_channels_last_and_bf16_steps_match_eager_fp32(phase):
     eager, _ = _run(Runtime("off", "no", False), phase)
     _assert_close_losses(_run(Runtime("off", "no", True), phase)[0], eager, rtol=1e-4)
@@ -104,7 +108,7 @@ def test_channels_last_and_bf16_steps_match_eager_fp32(phase):
 
 
 def test_fp16_step_scales_its_loss_and_stays_finite():
-    losses, g = _run(Runtime("off", "fp16", False), "B")
+    losses, g = _run(Runtime("off", "fp16", False), "finetune")
     assert all(torch.isfinite(v).all() for step in losses for v in step.values())
     assert all(torch.isfinite(p).all() for p in g.parameters())
 
@@ -136,14 +140,15 @@ def test_the_steps_neither_wait_for_the_device_nor_copy_from_the_host(mode, gan_
                         lambda: ["cuda", "cpu", "meta"])  # fused Adam has meta kernels; torch lists the real devices
     acc = Accelerator(cpu=True)
     torch.manual_seed(0)
-    g = SRResNet(4, res_blocks=1, channels=8, upsample_input="bicubic")  # imresize inside the forward
+    # imresize inside the forward
+    g = build_generator("srresnet", scale=4, res_blocks=1, channels=8, upsample_input="bicubic")
     ema = GeneratorEMA(g, 0.9)
-    g, d = g.to("meta"), Discriminator(channels=8).to("meta")
+    g, d = g.to("meta"), DISCRIMINATORS.rebuild({"name": "srgan", "channels": 8}, "test").to("meta")
     ema.to_device("meta")
     raw = {"vgg_weights": "random", "terms": [{"name": "pixel"}, {"name": "vgg", "layer": "relu2_2"},
                                               {"name": "adv", "gan": gan_kind}, {"name": "tv"}]}
-    loss, gan, _ = build_generator_loss(from_dict({"loss": raw}).loss)
-    loss = loss.to("meta")
+    loss, gan, _ = build_finetune_loss(from_dict({"loss": raw}).loss)
+    loss, mse = loss.to("meta"), build_pretrain_loss(LossConfig())[0].to("meta")
     opt_g, opt_d = (AcceleratedOptimizer(adam(m.parameters(), 1e-3, (0.9, 0.99), torch.device("cuda")),
                                          device_placement=False) for m in (g, d))
     precision = Precision(mode, "cpu")
@@ -151,8 +156,8 @@ def test_the_steps_neither_wait_for_the_device_nor_copy_from_the_host(mode, gan_
     batch = (hr, torch.nn.functional.avg_pool2d(hr, 4))
 
     def steps():
-        pretrain_step(g, batch, opt_g, acc, "mse", precision)
-        gan_step(g, d, batch, opt_g, opt_d, acc, loss, gan, precision)
+        pretrain_step(g, batch, opt_g, acc, mse, precision)
+        finetune_step(g, d, batch, opt_g, opt_d, acc, loss, gan, precision)
         ema.update_parameters(g)
 
     steps()  # the first steps build what later ones reuse (Adam's state, imresize's weights on the device)
@@ -162,7 +167,7 @@ def test_the_steps_neither_wait_for_the_device_nor_copy_from_the_host(mode, gan_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("phase", ["A", "B"])
+@pytest.mark.parametrize("phase", ["pretrain", "finetune"])
 def test_compiled_steps_match_eager(phase):
     eager, g_eager = _run(Runtime("off", "no", False), phase)
     compiled, g_compiled = _run(Runtime("default", "no", False), phase)

@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 from PIL import Image
 from skimage import data as skdata
+from test_images import _png_rgb16
 
 import fastsr.data.plan as plan_module
 import fastsr.data.screen as screen_module
 from fastsr.cli import main
 from fastsr.config import DataConfig
-from fastsr.data import ImageError, resolve_source
+from fastsr.data import resolve_source
 from fastsr.data.cache import prepare_cache
 from fastsr.data.screen import apply_policy, screen_train, screen_val
 from fastsr.engine.trainer import train
-
-from test_images import _png_rgb16
+from fastsr.errors import ImageError
 
 PHOTO = skdata.astronaut()  # 512x512 RGB
 

@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import PROCESS_ENV, ROOT, free_port, tiny_recipe_dict
 from safetensors.torch import load_file
 
 from fastsr.engine.runlog import read_log
-
-from conftest import PROCESS_ENV, ROOT, free_port, tiny_recipe_dict
 
 SLOW = {**PROCESS_ENV, "STEP_SLEEP_S": "0.25"}  # steps slowed, so that each signal lands mid-run
 CYCLES = 5

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastsr.data import DownloadError, ImageError, Sample, download_div2k, load_image, resolve_source
+from fastsr.data import Sample, download_div2k, load_image, resolve_source
 from fastsr.data.benchmarks import download_benchmarks
 from fastsr.data.sources import SAMPLES_TRAIN, SAMPLES_VAL, source_label
+from fastsr.errors import DownloadError, ImageError
 
 
 def _png(path, h=24, w=24):

@@ -1,4 +1,4 @@
-"""A stalled data source stops the run (fastsr/engine/stall.py): the watch itself, the files a batch is cut
+"""A stalled data source stops the run (fastsr/engine/safety/stall.py): the watch itself, the files a batch is cut
 from, and a stall injected into each backend of a real run (tests/stall_train.py). The stall action ends
 its process, so each run is a subprocess."""
 
@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import PROCESS_ENV, ROOT, free_port, tiny_recipe_dict
 
 from fastsr.data import CropPlan
 from fastsr.engine.runlog import read_log
-from fastsr.engine.stall import StallWatch
-
-from conftest import PROCESS_ENV, ROOT, free_port, tiny_recipe_dict
+from fastsr.engine.safety.stall import StallWatch
 
 
 def _dali_installed() -> bool:

@@ -1,5 +1,8 @@
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -8,12 +11,15 @@ from safetensors.torch import load_file
 
 from fastsr.data.cache import prepare_cache
 from fastsr.engine import steps as steps_module
-from fastsr.engine.checkpoint import complete_checkpoints, load_generator, load_state
+from fastsr.engine.checkpoint import complete_checkpoints, load_state
 from fastsr.engine.ema import GeneratorEMA
-from fastsr.engine.steps import gan_step, pretrain_step
+from fastsr.engine.steps import finetune_step, pretrain_step
 from fastsr.engine.trainer import train
-from fastsr.models import Discriminator, SRResNet
+from fastsr.models import DISCRIMINATORS, build_generator
 from fastsr.recipe import load_recipe
+from fastsr.weights import load_generator
+
+from conftest import PROCESS_ENV, ROOT
 
 
 def records(run_dir, kind):
@@ -110,7 +116,7 @@ def test_resume_auto_continues_exactly(tiny_recipe, tmp_path, photo_folder, back
     assert records(full, "run")[0]["loader"] == backend
     resumed_recipe = tiny_recipe(name="resumed", data=data,
                                  train={"epochs_pretrain": 2, "epochs_finetune": 1, "resume": "auto", "ema": 0.5})
-    middle = full / "checkpoints" / "step_00000002"  # mid-epoch of phase A (3 steps per epoch)
+    middle = full / "checkpoints" / "step_00000002"  # mid-epoch of pretrain (3 steps per epoch)
     shutil.copytree(middle, resumed_recipe.run_dir / "checkpoints" / middle.name)
     resumed = train(resumed_recipe)
     assert records(resumed, "train")[0]["step"] == 3
@@ -120,42 +126,43 @@ def test_resume_auto_continues_exactly(tiny_recipe, tmp_path, photo_folder, back
         assert all(torch.equal(a[k], b[k]) for k in a), name
 
 
-def test_init_from_phase_a_weights(tiny_recipe):
-    phase_a = train(tiny_recipe(train={"epochs_finetune": 0}))
-    weights = phase_a / "generator.safetensors"
+def test_init_from_pretrain_weights(tiny_recipe):
+    pretrained = train(tiny_recipe(train={"epochs_finetune": 0}))
+    weights = pretrained / "generator.safetensors"
     recipe = tiny_recipe(name="b_only", train={"epochs_pretrain": 0, "init_from": str(weights)})
     captured = {}
-    real_gan_step = steps_module.gan_step
+    real_finetune_step = steps_module.finetune_step
 
     def spy(g, *args, **kwargs):
         captured.setdefault("first", {k: v.clone() for k, v in g.state_dict().items()})
-        return real_gan_step(g, *args, **kwargs)
+        return real_finetune_step(g, *args, **kwargs)
 
-    steps_module.gan_step = spy
+    steps_module.finetune_step = spy
     try:
         train(recipe)
     finally:
-        steps_module.gan_step = real_gan_step
+        steps_module.finetune_step = real_finetune_step
     start = load_file(weights)
     assert all(torch.equal(captured["first"][k], start[k]) for k in start)
     with pytest.raises(ValueError, match="weights are for"):
         train(tiny_recipe(name="wrong", model={"channels": 16}, train={"epochs_pretrain": 0, "init_from": str(weights)}))
 
 
-def test_gan_step_applies_each_weight_once(monkeypatch):
+def test_finetune_step_applies_each_weight_once(monkeypatch):
     """loss_g == pixel + w_vgg * vgg + w_adv * adv + w_tv * tv, and D is not updated by G's loss."""
-    from fastsr.losses import build_generator_loss
+    from fastsr.losses import build_finetune_loss
     from fastsr.recipe import from_dict
 
     recipe = from_dict({"loss": {"w_vgg": 0.5, "w_adv": 0.25, "w_tv": 0.125, "vgg_weights": "random",
                                  "vgg_layer": "relu2_2"}})
     torch.manual_seed(0)
-    g, d = SRResNet(4, res_blocks=1, channels=8), Discriminator(channels=8)
+    g = build_generator("srresnet", scale=4, res_blocks=1, channels=8)
+    d = DISCRIMINATORS.rebuild({"name": "srgan", "channels": 8}, "test")
     opt_g = torch.optim.SGD(g.parameters(), lr=0.0)  # lr 0: the step must not move anything
     opt_d = torch.optim.SGD(d.parameters(), lr=0.0)
-    loss, gan, _ = build_generator_loss(recipe.loss)
+    loss, gan, _ = build_finetune_loss(recipe.loss)
     batch = (torch.rand(2, 3, 32, 32), torch.rand(2, 3, 8, 8))
-    out = gan_step(g, d, batch, opt_g, opt_d, Accelerator(cpu=True), loss, gan)
+    out = finetune_step(g, d, batch, opt_g, opt_d, Accelerator(cpu=True), loss, gan)
     expected = out["pixel"] + 0.5 * out["vgg"] + 0.25 * out["adv"] + 0.125 * out["tv"]
     torch.testing.assert_close(out["g"], expected)
     # D's gradients are those of its own loss only: recompute them from scratch and compare.
@@ -170,16 +177,24 @@ def test_gan_step_applies_each_weight_once(monkeypatch):
         torch.testing.assert_close(got, want)
 
 
+def _pixel_loss(kind: str):
+    """The pretrain phase's default loss: the pixel loss of `kind` alone."""
+    from fastsr.losses import LossConfig, build_pretrain_loss
+
+    return build_pretrain_loss(LossConfig(pixel=kind))[0]
+
+
 def test_pretrain_step_learns_a_fixed_batch():
     torch.manual_seed(0)
-    g = SRResNet(4, res_blocks=1, channels=8)
+    g = build_generator("srresnet", scale=4, res_blocks=1, channels=8)
     opt = torch.optim.Adam(g.parameters(), lr=1e-2)
     hr = torch.rand(2, 3, 32, 32)
     batch = (hr, torch.nn.functional.avg_pool2d(hr, 4))
     acc = Accelerator(cpu=True)
-    first = pretrain_step(g, batch, opt, acc, "l1")["pixel"]
+    l1 = _pixel_loss("l1")
+    first = pretrain_step(g, batch, opt, acc, l1)["pixel"]
     for _ in range(20):
-        last = pretrain_step(g, batch, opt, acc, "l1")["pixel"]
+        last = pretrain_step(g, batch, opt, acc, l1)["pixel"]
     assert last < 0.5 * first
 
 
@@ -189,13 +204,13 @@ def test_ema_update_is_bitwise_averaged_models_own():
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
     torch.manual_seed(0)
-    g = SRResNet(4, res_blocks=1, channels=8)  # BatchNorm: float and int64 buffers
+    g = build_generator("srresnet", scale=4, res_blocks=1, channels=8)  # BatchNorm: float and int64 buffers
     ours, theirs = GeneratorEMA(g, 0.75), AveragedModel(g, multi_avg_fn=get_ema_multi_avg_fn(0.75), use_buffers=True)
     g.to(memory_format=torch.channels_last)  # as the run lays it out before the loop starts
     opt, acc = torch.optim.Adam(g.parameters(), lr=1e-2), Accelerator(cpu=True)
     hr = torch.rand(2, 3, 32, 32)
     for _ in range(3):
-        pretrain_step(g, (hr, torch.nn.functional.avg_pool2d(hr, 4)), opt, acc, "mse")
+        pretrain_step(g, (hr, torch.nn.functional.avg_pool2d(hr, 4)), opt, acc, _pixel_loss("mse"))
         ours.update_parameters(g)
         theirs.update_parameters(g)
     mine, want = ours.state_dict(), theirs.state_dict()
@@ -245,7 +260,7 @@ def test_bad_input_fails_before_the_run_directory_is_touched(tiny_recipe, tmp_pa
 
 
 def test_esrgan_trains_both_phases_logging_each_term_under_its_name(tiny_recipe):
-    """ESRGAN's parts through the whole trainer: RRDBNet, the VGG-style discriminator, L1 phase A, then the
+    """ESRGAN's parts through the whole trainer: RRDBNet, the VGG-style discriminator, L1 pretrain, then the
     recipe's term list with the relativistic GAN; each weight applied once, each term logged by its name."""
     recipe = tiny_recipe(
         name="esrgan", model={"name": "rrdbnet", "blocks": 1, "features": 8, "growth": 4},
@@ -264,3 +279,82 @@ def test_esrgan_trains_both_phases_logging_each_term_under_its_name(tiny_recipe)
     assert saved == {"name": "rrdbnet", "scale": 4, "blocks": 1, "features": 8, "growth": 4, "residual_scale": 0.2}
     assert load_generator(run / "generator.safetensors").config == saved
     assert json.loads((run / "checkpoints" / "step_00000006" / "discriminator.json").read_text())["name"] == "vgg128"
+
+
+CHARBONNIER = '''
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fastsr.losses import LOSS_TERMS, TermConfig
+
+
+@dataclass
+class CharbonnierConfig(TermConfig):
+    eps: float = 1e-3  # the smoothing of |x| near 0
+
+
+@LOSS_TERMS.register("charbonnier", CharbonnierConfig)
+class Charbonnier(nn.Module):
+    fp32 = True
+
+    def __init__(self, config: CharbonnierConfig):
+        super().__init__()
+        self.eps = config.eps
+
+    def forward(self, sr, hr, critic):
+        return torch.sqrt((sr - hr) ** 2 + self.eps ** 2).mean()
+'''
+
+
+def test_a_plugin_loss_term_trains_the_pretrain_phase(tiny_recipe, tmp_path, monkeypatch):
+    """Any registered term works in either phase: a plugin's Charbonnier term as the pretrain loss."""
+    (tmp_path / "charbonnier_term.py").write_text(CHARBONNIER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    recipe = tiny_recipe(plugins=["charbonnier_term"], train={"epochs_finetune": 0},
+                         loss={"terms_pretrain": [{"name": "charbonnier", "eps": 0.01}, {"name": "tv", "weight": 1e-6}]})
+    run = train(recipe)
+    logged = records(run, "train")
+    assert [r["step"] for r in logged] == [1, 2, 3]
+    assert all({"loss_charbonnier", "loss_tv"} <= set(r) and "loss_pixel" not in r for r in logged)
+    first = logged[0]["loss_charbonnier"]
+    assert 0.01 < first < 1.0  # sqrt(d^2 + eps^2) of images in [0, 1]
+
+
+def test_the_pretrain_phase_refuses_an_adversarial_term(tiny_recipe):
+    from fastsr.errors import RecipeError
+
+    with pytest.raises(RecipeError, match=r"loss.terms_pretrain cannot hold an `adv` term"):
+        tiny_recipe(loss={"terms_pretrain": [{"name": "pixel"}, {"name": "adv"}]})
+
+
+def test_a_phase_takes_steps_or_epochs_not_both(tiny_recipe):
+    from fastsr.errors import RecipeError
+
+    with pytest.raises(RecipeError, match=r"train.steps_finetune and train.epochs_finetune are both set"):
+        tiny_recipe(train={"steps_finetune": 4})
+    run = train(tiny_recipe(train={"epochs_pretrain": None, "steps_pretrain": 4, "epochs_finetune": None,
+                                   "steps_finetune": 2}))
+    assert [(r["phase"], r["step"]) for r in records(run, "train")] == [
+        ("pretrain", 1), ("pretrain", 2), ("pretrain", 3), ("pretrain", 4), ("finetune", 5), ("finetune", 6)]
+
+
+@pytest.mark.slow
+def test_a_x3_plugin_generator_trains_and_its_weights_evaluate_without_naming_the_plugin(tiny_recipe, plugin_cleanup):
+    """The scale a recipe may ask for is the generator's own (plugin_arch declares 2, 3, 4); the trained
+    generator.json names its module, so `fastsr eval` imports it itself, in a fresh process."""
+    recipe = tiny_recipe(scale=3, plugins=["plugin_arch"], model={"name": "plainnet", "channels": 4},
+                         data={"hr_crop": 30}, train={"epochs_finetune": 0})
+    run = train(recipe)
+    weights = run / "generator.safetensors"
+    assert json.loads(weights.with_suffix(".json").read_text()) == {"name": "plainnet", "scale": 3, "channels": 4,
+                                                                     "plugin": "plugin_arch"}
+    env = {**PROCESS_ENV, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "fastsr.cli", "eval", "--model", f"Plain={weights}", "--scale", "3",
+                           "--data", str(recipe.data.source) + "/val", "--json", str(run / "eval.json")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    validated = next(r for r in records(run, "val"))["psnr"]
+    (scored,) = json.loads((run / "eval.json").read_text())["sets"].values()
+    assert scored["methods"]["Plain"]["psnr"] == validated

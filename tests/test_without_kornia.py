@@ -6,8 +6,8 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import PROCESS_ENV, ROOT, hide_module, tiny_recipe_dict
+
 from fastsr.cli import main
 from fastsr.engine.runlog import read_log
 

@@ -3,7 +3,7 @@ the LR degradation, the crop plan, batch sources of (HR, LR) crops behind one Pr
 device-resident here; DALI in fastsr.data.dali_backend, imported on demand) chosen by one factory,
 validation pairs, and the screen that finds unusable images before a run."""
 
-from fastsr.data.batches import BACKENDS, BatchSource, make_batch_source
+from fastsr.data.batches import BatchSource, make_batch_source
 from fastsr.data.cache import open_cache
 from fastsr.data.device_backend import DeviceLoader
 from fastsr.data.degradation import crop_pair, degrade, lr_crop, lr_for_eval
@@ -17,7 +17,6 @@ from fastsr.data.store import ImageStore
 from fastsr.data.torch_backend import TorchLoader
 
 __all__ = [
-    "BACKENDS",
     "BUILTIN_SOURCES",
     "BatchSource",
     "Crop",

@@ -18,16 +18,13 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from fastsr.config import RecipeError
 from fastsr.data.cache import Cache
 from fastsr.data.device_backend import DeviceLoader, device_budget_gb, padded_bytes
 from fastsr.data.plan import CropPlan
 from fastsr.data.sources import Sample
 from fastsr.data.store import ImageStore
 from fastsr.data.torch_backend import TorchLoader
-
-BACKENDS = ("auto", "device", "dali", "torch")
-
+from fastsr.errors import RecipeError
 
 @runtime_checkable
 class BatchSource(Protocol):
@@ -77,7 +74,8 @@ def make_batch_source(data, samples: Sequence[Sample], scale: int, batch_size: i
         why_not_device = why
     note = None
     if data.backend in ("auto", "dali"):
-        from fastsr.data.dali_backend import DaliUnavailable, make_dali_loader
+        from fastsr.data.dali_backend import make_dali_loader
+        from fastsr.errors import DaliUnavailable
 
         try:
             dali = make_dali_loader(store, plan, method=data.degradation, threads=data.workers, device=device)

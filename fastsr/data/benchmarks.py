@@ -21,8 +21,9 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastsr.data.download import DownloadError, download_dir, fetch_verified
+from fastsr.data.download import download_dir, fetch_verified
 from fastsr.data.images import IMAGE_EXTS
+from fastsr.errors import DownloadError
 
 DEFAULT_ROOT = "data/benchmarks"
 ARCHIVE_URL = "https://cv.snu.ac.kr/research/EDSR/benchmark.tar"
@@ -32,6 +33,8 @@ MANGA109_URL = "http://www.manga109.org/en/download.html"
 
 @dataclass(frozen=True)
 class Benchmark:
+    """One standard test set: its folder and the image count that marks it complete."""
+
     folder: str  # its folder under the root, and its name in tables
     images: int
     in_archive: bool = True  # False: not in benchmark.tar (Manga109)
@@ -54,10 +57,13 @@ def benchmark(name: str) -> Benchmark | None:
 
 
 def hr_dir(bench: Benchmark, root: str | os.PathLike) -> Path:
+    """Where the set's HR images are under `root` (ROOT/Set5/HR; `~` expanded)."""
     return Path(root).expanduser() / bench.folder / "HR"
 
 
 def missing_message(bench: Benchmark, root: str | os.PathLike) -> str:
+    """The one line telling the user how to get a set that has no images under `root`: the download command,
+    or for Manga109 where to request it and where to put it."""
     where = hr_dir(bench, root)
     if bench.in_archive:
         return (f"{bench.folder}: no images at {where}; fetch the test sets with `fastsr download-benchmarks {root}` "

@@ -1,8 +1,9 @@
 """A decode-once cache of the training images: `fastsr prepare SRC DST`.
 
-Decoding a 2K PNG costs 40-55 ms per core, and training takes many small random crops per image. The cache
-stores each train-split HR image once, decoded by `load_image`, as a uint8 HxWx3 C-order `.npy` (format
-version 1.0, which NVIDIA DALI also reads), so a loader memory-maps it and reads only a crop's region.
+Decoding a 2K PNG costs tens of milliseconds on one core (50-100 ms in benchmarks/RESULTS.md's data
+throughput runs), and training takes many small random crops per image. The cache stores each train-split HR
+image once, decoded by `load_image`, as a uint8 HxWx3 C-order `.npy` (format version 1.0, which NVIDIA DALI
+also reads), so a loader memory-maps it and reads only a crop's region.
 
 DST holds `<source file name>.npy` per image and `manifest.json`:
 ``{"format": "fastsr-cache", "version": 1, "source": SPEC, "images": [ENTRY, ...], "failed": [...]}``
@@ -32,8 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fastsr.data.images import ImageError, load_image
+from fastsr.data.images import load_image
 from fastsr.data.sources import BUILTIN_SOURCES, Sample, resolve_source
+from fastsr.errors import ImageError
 from fastsr.util import file_digest, progress_bar, write_atomic
 
 FORMAT = "fastsr-cache"
@@ -44,6 +46,9 @@ _SAVE_EVERY_S = 2.0
 
 @dataclass
 class PrepareResult:
+    """What `prepare_cache` did: images decoded and written, images skipped as already fresh, the ones it
+    could not read, and the manifest's path."""
+
     written: int
     skipped: int
     failed: list[tuple[str, str]]  # (source path, one-line error), in source order
@@ -53,6 +58,8 @@ class PrepareResult:
 
 @dataclass(frozen=True)
 class CachedImage:
+    """One cached image: its `.npy` file and its HR height and width in pixels, as the manifest records them."""
+
     path: Path
     height: int
     width: int
@@ -103,7 +110,7 @@ def prepare_cache(source: str, dst: str | os.PathLike, workers: int | None = Non
                 if error is not None:
                     failed[src] = error
                     entries.pop(src, None)
-                    targets[src].unlink(missing_ok=True)  # an old copy no longer matches its source
+                    targets[src].unlink(missing_ok=True)  # any copy on disk is not of the source as it is now
                 elif entry is not None:
                     entries[src] = entry
                     written += 1

@@ -31,19 +31,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastsr.data.images import ImageError
 from fastsr.data.plan import Crop, CropPlan, crop_region, scaled_size
 from fastsr.data.store import ImageStore
+from fastsr.errors import DaliUnavailable, ImageError
 from fastsr.ops import kernel_margin
 
 # Source files DALI decodes exactly as `load_image` does (checked against Pillow on the bundled
 # samples); other modes (palette, RGBA, CMYK, 16-bit) go through `fastsr prepare`.
 _DECODABLE_MODES = ("RGB", "L")
 _DECODABLE_SUFFIXES = (".png", ".jpg", ".jpeg")
-
-
-class DaliUnavailable(RuntimeError):
-    """DALI cannot serve this run; the message says why and what to do."""
 
 
 def make_dali_loader(images: ImageStore, plan: CropPlan, *, method: str = "matlab", threads: int = 2,

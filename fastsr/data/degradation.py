@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastsr.config import RecipeError
-from fastsr.data.images import ImageError, image_to_tensor, load_image
+from fastsr.data.images import image_to_tensor, load_image
 from fastsr.data.plan import Crop, crop_region
+from fastsr.errors import ImageError, RecipeError
 from fastsr.ops import imresize, kernel_margin
 from fastsr.ops import quantize as quantize_8bit
 

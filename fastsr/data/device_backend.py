@@ -46,7 +46,7 @@ GPU_BUDGET_SHARE = 0.5  # default budget on a GPU: this share of its free memory
 # Crops made at once, bounded by their temporaries (~13 bytes per pixel of a crop's LR window: its
 # byte, its float, the row sums, the HR's int64 indices). On a GPU large, so that a chunk's few dozen
 # kernels serve hundreds of crops (at batch 16 kernel launches, not arithmetic, would set the pace);
-# on the CPU small, so that a chunk's temporaries stay in cache (measured 2.5x faster than 64 MB).
+# on the CPU small, so that a chunk's temporaries stay in cache (a 64 MB chunk spills out of it and runs slower).
 _CHUNK_BYTES_GPU = 256 << 20
 _CHUNK_BYTES_CPU = 4 << 20
 _PROGRESS_BYTES = 1 << 30  # show a progress bar for loads larger than this

@@ -1,7 +1,7 @@
 """Fetching and unpacking the official DIV2K zips into the layout `resolve_source` reads.
 
 Downloads are large (the train HR zip is ~3.5 GB): `fastsr.data.download` streams, resumes and checks
-each against its published MD5. A part whose folder already holds all its images is skipped, so
+each against its published MD5. A zip whose folder already holds all its images is skipped, so
 rerunning is cheap. The zips are kept after extraction; delete them to reclaim the space.
 """
 
@@ -11,7 +11,8 @@ import os
 import zipfile
 from pathlib import Path
 
-from fastsr.data.download import DownloadError, download_dir, fetch_verified
+from fastsr.data.download import download_dir, fetch_verified
+from fastsr.errors import DownloadError
 
 BASE_URL = "https://data.vision.ee.ethz.ch/cvl/DIV2K/"
 PARTS = ("train_HR", "valid_HR", "train_LR_bicubic", "valid_LR_bicubic")
@@ -32,7 +33,8 @@ MD5 = {
 
 def download_div2k(dest: str | os.PathLike, scales: tuple[int, ...] = (4,), parts: tuple[str, ...] = PARTS,
                    base_url: str = BASE_URL, md5: dict[str, str] = MD5) -> Path:
-    """Make `dest` a DIV2K root holding the asked `parts` (LR parts once per scale); returns `dest`."""
+    """Make `dest` a DIV2K root holding the asked `parts` (PARTS names the zips; an LR one is
+    fetched once per scale); returns `dest`."""
     with download_dir(dest) as dest:
         for zip_name, folder, count in _plan(parts, scales):
             if _count_pngs(dest / folder) == count:
@@ -44,7 +46,7 @@ def download_div2k(dest: str | os.PathLike, scales: tuple[int, ...] = (4,), part
 
 
 def _plan(parts: tuple[str, ...], scales: tuple[int, ...]) -> list[tuple[str, str, int]]:
-    """(zip file name, folder it fills relative to dest, image count) for each asked part and scale."""
+    """(zip file name, folder it fills relative to dest, image count) for each asked zip of `parts` and each scale."""
     plan = []
     for part in parts:
         if part not in PARTS:

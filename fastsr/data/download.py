@@ -21,13 +21,10 @@ from pathlib import Path
 
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
+from fastsr.errors import DownloadError
 from fastsr.util import file_digest
 
 _CHUNK = 1 << 20
-
-
-class DownloadError(OSError):
-    """An archive could not be fetched, verified or unpacked; the message is one line saying what to do."""
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """Reading and writing image files, with one-line errors that say which file and what to do.
 
 Everything that reads pixels from disk goes through `load_image` (or, for `fastsr upscale`, which keeps
-transparency, `load_image_with_alpha`), so every part of fastsr sees the same 8-bit data and fails with
+transparency, `load_image_with_alpha`), so all of fastsr sees the same 8-bit data and fails with
 the same clear messages. Nothing here invents data: an image with real transparency is refused rather
 than composited onto a made-up background, and 16-bit colour PNGs are refused rather than truncated
 (Pillow can only read their high byte).
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from fastsr.errors import ImageError
 from fastsr.ops import quantize, rgb_to_gray
 from fastsr.util import write_atomic
 
@@ -51,10 +52,6 @@ _WRITERS = {
     ".tif": _TIFF,
     ".tiff": _TIFF,
 }
-
-
-class ImageError(ValueError):
-    """A file or folder that cannot serve as image data; the message is one line naming it."""
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:

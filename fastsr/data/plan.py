@@ -1,8 +1,7 @@
 """The crop plan: which training crops each process gets, in what order, for every epoch.
 
-Both batch sources (the portable torch one, torch_backend.py, and the DALI pipeline, dali_backend.py)
-execute the same plan, so they hand the trainer the same crops in the same order, and a plan is a
-pure function of (image sizes, seed, epoch, batch index). That one property gives all of:
+Every batch source (batches.py) executes the same plan, so they hand the trainer the same crops in the
+same order, and a plan is a pure function of (image sizes, seed, epoch, batch index). That one property gives all of:
 - determinism: a crop never depends on worker counts, thread timing or what ran before;
 - sharding: the epoch's order is one permutation drawn from ``default_rng([seed, epoch])`` on every
   rank (a global reshuffle each epoch); rank r takes global batches r, r + world, ...; every rank gets
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fastsr.data.images import ImageError
+from fastsr.errors import ImageError
 from fastsr.ops import kernel_margin
 
 
@@ -107,6 +106,12 @@ class CropPlan:
 
     def __len__(self) -> int:
         return len(self.sizes) * self.repeat // (self.batch_size * self.world_size)
+
+    @property
+    def batches_alone(self) -> int:
+        """The batches of an epoch for a single process: the steps a recipe's `train.epochs_*` count in, the
+        same whatever the number of processes."""
+        return len(self.sizes) * self.repeat // self.batch_size
 
     def epoch(self, epoch: int) -> list[list[Visit]]:
         """This process's batches of `epoch` (cheap: nothing is read)."""

@@ -24,10 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from fastsr.data.cache import Cache, open_cache
-from fastsr.data.images import ImageError, load_image
+from fastsr.data.images import load_image
 from fastsr.data.plan import check_crop_fits
 from fastsr.data.sources import Sample
 from fastsr.data.validation import load_val_pair
+from fastsr.errors import ImageError
 
 # What a refusal of evaluation images tells the user to do (a training run can also skip them: apply_policy)
 FIX_AND_RERUN = "Fix or remove them and rerun"
@@ -61,6 +62,7 @@ def screen_train(samples: Sequence[Sample], data, scale: int, *, cache: Cache | 
 
 
 def without(samples: Sequence[Sample], problems: list[tuple[str, str]]) -> list[Sample]:
+    """`samples` less those whose HR file is named in `problems` (the screen's (file, problem) pairs), in order."""
     bad = {path for path, _ in problems}
     return [s for s in samples if str(s.hr) not in bad]
 

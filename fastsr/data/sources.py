@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Literal
 
 from fastsr.data import benchmarks
-from fastsr.data.images import IMAGE_EXTS, ImageError, list_images
+from fastsr.data.images import IMAGE_EXTS, list_images
+from fastsr.errors import ImageError
 
 Split = Literal["train", "val", "eval"]
 

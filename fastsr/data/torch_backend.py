@@ -15,9 +15,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from fastsr.data.degradation import METHODS, crop_pair
-from fastsr.data.images import ImageError
 from fastsr.data.plan import CropPlan, Visit
 from fastsr.data.store import ImageStore
+from fastsr.errors import ImageError
 from fastsr.util import STOP_SIGNALS
 
 
@@ -69,7 +69,7 @@ class TorchLoader:
     """The pure-torch batch source: `workers` processes cut the planned crops with `crop_pair`.
 
     `cache_images` keeps decoded images in memory, per worker process (workers are not persistent):
-    right for small sets such as `samples`. For DIV2K (6.6 GB decoded, 40-55 ms per PNG) use the
+    right for small sets such as `samples`. For DIV2K (6.6 GB decoded, tens of ms of one core per PNG) use the
     decode-once cache (`fastsr prepare`, `data.cache`) instead, from which only crops are read.
     """
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import torch
 
 from fastsr.data.degradation import lr_for_eval
-from fastsr.data.images import ImageError, image_to_tensor, load_image
+from fastsr.data.images import image_to_tensor, load_image
 from fastsr.data.plan import scaled_size
 from fastsr.data.sources import Sample
+from fastsr.errors import ImageError
 
 
 def load_val_pair(sample: Sample, scale: int, method: str = "matlab") -> tuple[str, torch.Tensor, torch.Tensor]:

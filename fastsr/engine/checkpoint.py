@@ -1,117 +1,29 @@
-"""Weights that leave a run, and the resumable state of a run.
+"""The resumable state of a run, written and read in one place (`write_training_checkpoint` /
+`restore_training_state`).
 
-Weights are safetensors with a JSON file of the model's config beside them (`generator.json` next
-to `generator.safetensors`), enough to rebuild the model with no recipe at hand. Nothing a user
-hands in is ever unpickled: weights load through safetensors, and fastsr's own resumable state
-through `torch.load(weights_only=True)`.
-
-A checkpoint is a directory `checkpoints/step_XXXXXXXX/` that is written under a temporary name
-and renamed into place only once complete, so a crash or a kill mid-write never leaves a
-half-written checkpoint that `resume=auto` could pick. What it holds is written and read in one place,
-`write_training_checkpoint` / `restore_training_state`: each model's weights (+ config), and `state.pt`
-with the position, the generator's config (checked on resume), the optimisers' states, the EMA's count
-and the torch RNG state.
+A checkpoint is a directory `checkpoints/step_XXXXXXXX/` that is written under a temporary name and renamed
+into place only once complete, so a crash or a kill mid-write never leaves a half-written checkpoint that
+`resume=auto` could pick. It holds each model's weights with its config (fastsr.weights), and `state.pt`
+with the position, the generator's config (checked on resume), the optimisers' states, the EMA's count and
+the torch RNG state, read back with `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
-from safetensors.torch import save as serialize
 from torch import nn
 
-from fastsr.config import RecipeError
-from fastsr.models import build_generator
-from fastsr.util import fsync_dir, write_atomic
+from fastsr.errors import CheckpointWriteError, WeightsError
+from fastsr.util import fsync_dir
+from fastsr.weights import load_weights, same_generator, save_weights
 
 STATE_FILE = "state.pt"
 COMPLETE = "COMPLETE"  # written last inside a checkpoint directory
-
-
-class WeightsError(ValueError):
-    """A weights file or checkpoint cannot be used; the message names it and says why."""
-
-
-class CheckpointWriteError(RuntimeError):
-    """A checkpoint could not be written (e.g. the disk is full); the message names the one left intact."""
-
-
-def config_path(weights: Path) -> Path:
-    return Path(weights).with_suffix(".json")
-
-
-def save_weights(model: nn.Module, path: Path, config: dict) -> None:
-    """Write `path` (.safetensors) and its config (.json) atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # clone(): safetensors refuses tensors that share storage, and this detaches from the device.
-    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
-    # Serialised here and written by Python, so a failed write (a full disk) raises OSError with its
-    # errno; safetensors' own file writer reports it as a SafetensorError.
-    data = serialize(tensors, metadata={"format": "pt"})
-    write_atomic(path, data)
-    write_atomic(config_path(path), json.dumps(config, indent=2).encode())
-
-
-def read_config(path: Path) -> dict:
-    if not Path(path).is_file():
-        raise WeightsError(f"{path}: weights file not found")
-    cfg_file = config_path(path)
-    if not cfg_file.is_file():
-        raise WeightsError(f"{path}: no {cfg_file.name} beside it; fastsr needs the model config it writes with the weights")
-    try:
-        return json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as err:
-        raise WeightsError(f"{cfg_file}: not valid JSON ({err.msg} at line {err.lineno})") from None
-
-
-def load_weights(model: nn.Module, path: Path) -> nn.Module:
-    """Load safetensors weights into `model`, with a one-line error for any mismatch."""
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: weights file not found")
-    if path.suffix != ".safetensors":
-        raise WeightsError(f"{path}: fastsr loads weights only from .safetensors files (never pickles)")
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError) as err:
-        raise WeightsError(f"{path}: not a readable safetensors file ({err}); re-export or re-download it") from None
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or unexpected or wrong:
-        detail = (
-            f"missing {missing[:3]}" if missing
-            else f"unexpected {unexpected[:3]}" if unexpected
-            else f"{wrong[0]} is {tuple(state[wrong[0]].shape)}, the model wants {tuple(own[wrong[0]].shape)}"
-        )
-        raise WeightsError(f"{path}: weights do not fit this model ({detail}); check scale and architecture")
-    model.load_state_dict(state)
-    return model
-
-
-def load_generator(path: Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a generator from its config and load its weights; eval mode."""
-    config = read_config(path)
-    if not isinstance(config, dict):
-        raise WeightsError(f"{config_path(path)}: not a fastsr generator config")
-    try:
-        model = build_generator(**config, source=str(config_path(path)))
-    except (RecipeError, TypeError, ValueError) as err:
-        raise WeightsError(str(err)) from None  # it names the .json
-    return load_weights(model, path).to(device).eval()
-
-
-# ---------------------------------------------------------------------------------------------
-# Resumable checkpoints
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -173,10 +85,10 @@ def resolve_resume(resume: str, run_dir: Path) -> Path | None:
 class Position:
     """Where a run is; saved in every checkpoint."""
 
-    step: int = 0  # optimisation steps taken, all phases together
+    step: int = 0  # optimiser steps taken, all phases together
     phase: int = 0  # index into the run's phases
-    epoch: int = 0  # epoch within the phase
-    batch: int = 0  # next batch within the epoch
+    epoch: int = 0  # the loader's epoch, counted from the phase's first
+    batch: int = 0  # the loader's next batch within that epoch
 
 
 @dataclass
@@ -190,38 +102,43 @@ class Trainables:
     ema: nn.Module | None = None  # fastsr.engine.ema.GeneratorEMA (torch's AveragedModel) of the generator
 
 
-def write_training_checkpoint(run_dir: Path, position: Position, parts: Trainables, keep: int) -> Path:
-    g = parts.generator
+def write_training_checkpoint(run_dir: Path, position: Position, trainables: Trainables, keep: int) -> Path:
+    """Write the checkpoint of `position.step`: the models' weights and the training state; keep the newest
+    `keep` checkpoints."""
+    t = trainables
+    g = t.generator
     models = {"generator": (g, g.config)}
-    state = {"position": asdict(position), "generator": g.config, "opt_g": parts.opt_g.state_dict(),
+    state = {"position": asdict(position), "generator": g.config, "opt_g": t.opt_g.state_dict(),
              "torch_rng": torch.get_rng_state()}
-    if parts.discriminator is not None:
-        models["discriminator"] = (parts.discriminator, parts.discriminator.config)
-        state["opt_d"] = parts.opt_d.state_dict()
-    if parts.ema is not None:
-        models["ema"] = (parts.ema.module, g.config)
-        state["ema_n_averaged"] = int(parts.ema.n_averaged)
+    if t.discriminator is not None:
+        models["discriminator"] = (t.discriminator, t.discriminator.config)
+        state["opt_d"] = t.opt_d.state_dict()
+    if t.ema is not None:
+        models["ema"] = (t.ema.module, g.config)
+        state["ema_n_averaged"] = int(t.ema.n_averaged)
     return save_checkpoint(run_dir, position.step, models, state, keep=keep)
 
 
-def restore_training_state(checkpoint: Path, parts: Trainables) -> Position:
-    """Load `checkpoint` into `parts` (the parts it has: a phase A checkpoint holds no discriminator) and
-    the torch RNG; the position to continue from. A checkpoint of another generator is refused."""
+def restore_training_state(checkpoint: Path, trainables: Trainables, position: Position) -> None:
+    """Load `checkpoint` into `trainables` (the parts it has: a pretrain checkpoint holds no discriminator),
+    the torch RNG, and `position` (moved to where the checkpoint was written). A checkpoint of another
+    generator is refused."""
     checkpoint = Path(checkpoint)
     state = load_state(checkpoint)
-    g = parts.generator
-    if state["generator"] != g.config:
+    g = trainables.generator
+    if not same_generator(state["generator"], g.config):
         raise WeightsError(f"{checkpoint}: was trained with {state['generator']}, the recipe builds {g.config}")
     load_weights(g, checkpoint / "generator.safetensors")
-    load_optimizer_state(parts.opt_g, state["opt_g"])
-    if parts.discriminator is not None and "opt_d" in state:
-        load_weights(parts.discriminator, checkpoint / "discriminator.safetensors")
-        load_optimizer_state(parts.opt_d, state["opt_d"])
-    if parts.ema is not None and "ema_n_averaged" in state:
-        load_weights(parts.ema.module, checkpoint / "ema.safetensors")
-        parts.ema.n_averaged.fill_(state["ema_n_averaged"])
+    load_optimizer_state(trainables.opt_g, state["opt_g"])
+    if trainables.discriminator is not None and "opt_d" in state:
+        load_weights(trainables.discriminator, checkpoint / "discriminator.safetensors")
+        load_optimizer_state(trainables.opt_d, state["opt_d"])
+    if trainables.ema is not None and "ema_n_averaged" in state:
+        load_weights(trainables.ema.module, checkpoint / "ema.safetensors")
+        trainables.ema.n_averaged.fill_(state["ema_n_averaged"])
     torch.set_rng_state(state["torch_rng"])
-    return Position(**state["position"])
+    for key, value in state["position"].items():
+        setattr(position, key, value)
 
 
 # How an optimizer computes, not what it has learnt: chosen for the device of the run that resumes.
@@ -240,6 +157,8 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
 
 
 def load_state(checkpoint: Path) -> dict:
+    """The `state.pt` mapping of checkpoint directory `checkpoint` (position, optimisers, RNG state), loaded
+    onto the CPU with weights_only=True; a missing or unreadable file raises WeightsError."""
     try:
         return torch.load(Path(checkpoint) / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure means the same thing to the user

@@ -5,7 +5,7 @@ foreach lerp on the same groups of tensors, so the same numbers, bit for bit. Tw
 host work per step: torch's `update_parameters` reads its count of updates back from the device twice per
 call (`n_averaged == 0`, `n_averaged > 0`) and copies it there once, each a host synchronisation that keeps
 the host from queuing the next step while the device runs this one; and it walks and groups the tensors
-in Python every call (~130 us per step on the development CPU even for a small model). Here the count stays
+in Python every call, host time that counts per step even for a small model. Here the count stays
 on the host (`to_device` moves the average only), where the checkpoint reads and restores it, and the
 tensor groups are built at the first update, once the models are laid out on their device.
 """
@@ -18,6 +18,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 
 class GeneratorEMA(AveragedModel):
+    """The EMA of the generator's parameters and buffers at decay `decay`. `module` is the averaged copy (the
+    generator that validation scores and the run exports when train.ema is on); `n_averaged` counts updates."""
+
     def __init__(self, model: nn.Module, decay: float):
         super().__init__(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
         self._groups: tuple[int, list[tuple[list[torch.Tensor], list[torch.Tensor]]]] | None = None
@@ -42,6 +45,8 @@ class GeneratorEMA(AveragedModel):
 
     @torch.no_grad()
     def update_parameters(self, model: nn.Module) -> None:
+        """Move the average toward `model`'s current tensors (the first update copies them), queued on the
+        device without a host synchronisation; `model` must have the averaged copy's tensors, in order."""
         groups = self._groups_for(model)
         for averaged, current in groups:
             if int(self.n_averaged) == 0:  # the first update copies the model, as torch's does

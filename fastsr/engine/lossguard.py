@@ -20,37 +20,31 @@ from pathlib import Path
 import torch
 from torch import nn
 
-
-class NonFiniteLoss(RuntimeError):
-    """A loss became NaN or infinite and the run stopped; the message names the step and what to do."""
+from fastsr.errors import NonFiniteLoss
 
 
 class LossGuard:
+    """The run's `train.nonfinite` policy. The loop makes one call per step, `end_step`, after handing the
+    step `keep` (asked before each optimiser update); `start_phase` once per phase, and `check` where it reads
+    a log window's losses back."""
+
     def __init__(self, mode: str, max_skipped: int, accelerator):
         self.mode, self.max_skipped, self.accelerator = mode, max_skipped, accelerator
         self.skipped: list[int] = []  # skip: the steps whose update was dropped
-        self.step = 0  # the step being taken (1-based, as logged)
-        self._rejected = False
-        self._models: list[nn.Module] | None = None  # skip: whose buffers `_live` holds
-        self._live: list[torch.Tensor] = []  # skip: the models' buffers
-        self._saved: list[torch.Tensor] = []  # skip: their values before the step
+        self._rejected = False  # skip: whether `keep` refused an update of the step in flight
+        self._live: list[torch.Tensor] = []  # skip: the phase's models' buffers
+        self._saved: list[torch.Tensor] = []  # skip: their values before the step in flight
 
     # -- skip ---------------------------------------------------------------------------------
 
-    def begin(self, step: int, models: list[nn.Module]) -> None:
-        """Before step `step`'s forward: in skip mode, keep the models' buffers (BatchNorm statistics).
-        `models` is the phase's list: the buffers are looked up again only when it changes."""
-        self.step, self._rejected = step, False
-        if self.mode != "skip":
-            return
-        if models is not self._models:
-            self._models = models
+    def start_phase(self, models: list[nn.Module]) -> None:
+        """Before a phase's first step: in skip mode, keep a copy of `models`' buffers (BatchNorm statistics),
+        allocated once here and refilled after every kept step."""
+        if self.mode == "skip":
             self._live = [b for m in models for b in m.buffers()]
             self._saved = [b.detach().clone() for b in self._live]
-        elif self._live:
-            torch._foreach_copy_(self._saved, self._live)
 
-    def apply(self, loss: torch.Tensor) -> bool:
+    def keep(self, loss: torch.Tensor) -> bool:
         """Whether to apply the update this `loss` led to: always in stop mode (checked later, without a
         sync); in skip mode only if it is finite on every process."""
         if self.mode == "stop":
@@ -63,15 +57,20 @@ class LossGuard:
         self._rejected = True
         return False
 
-    def end(self) -> bool:
-        """After the step: True if it counts (its losses may be logged); a rejected step's buffer updates
-        are undone and the limit enforced."""
-        if not self._rejected:
+    def end_step(self, step: int) -> bool:
+        """After step `step` (1-based, as logged): True if it counts (its losses may be logged). In skip mode a
+        refused step's buffer updates are undone and the limit enforced; a kept step's buffers are kept."""
+        if self.mode != "skip":
             return True
+        if not self._rejected:
+            if self._live:
+                torch._foreach_copy_(self._saved, self._live)
+            return True
+        self._rejected = False
         if self._live:
             with torch.no_grad():
                 torch._foreach_copy_(self._live, self._saved)
-        self.skipped.append(self.step)
+        self.skipped.append(step)
         if len(self.skipped) > self.max_skipped:
             raise NonFiniteLoss(
                 f"{len(self.skipped)} steps had a NaN or infinite loss (steps {_steps(self.skipped)}), more than "

@@ -1,35 +1,64 @@
-"""The phases of a run. Phase A ("pretrain", `train.epochs_pretrain`): the generator alone on the pixel
-loss (SRResNet's MSE pre-training; also how SRCNN trains). Phase B ("finetune", `train.epochs_finetune`):
-the GAN, the discriminator trained by the GAN kind, the generator by the recipe's weighted loss terms.
+"""The phases of a run, named as the reference script's knobs. `pretrain` (`train.steps_pretrain`): the
+generator alone on `loss.terms_pretrain` (SRResNet's MSE pre-training; also how SRCNN trains). `finetune`
+(`train.steps_finetune`): the GAN, the discriminator trained by the GAN kind, the generator by `loss.terms`.
 
-A phase is what the loop needs to run it and nothing else: its epochs, its learning rate, the optimisers
-that rate applies to, the models whose state a refused step restores, and its step function.
+A phase is what the loop needs to run it and nothing else: its length in optimiser steps (the same under
+any number of processes), where it starts, its learning rate and schedule, the optimisers that rate applies
+to, and the eager models whose buffers a refused step restores.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from fastsr.engine import steps
-from fastsr.engine.setup import Run
-
-Losses = dict[str, torch.Tensor]
+from fastsr.config import PHASES, TrainConfig
 
 
-@dataclass
+@dataclass(frozen=True)
 class Phase:
-    name: str
-    epochs: int
+    """One phase of a run as the loop runs it, placed in the run's steps and the loader's epochs
+    (`plan_phases` makes them)."""
+
+    name: str  # pretrain | finetune
+    steps: int  # optimiser steps
+    first_step: int  # the run's steps before it
+    first_epoch: int  # the loader's epochs before it (a phase starts at an epoch's first batch)
+    epochs: int  # the loader's epochs it reaches into (its last one perhaps not to the end)
     base_lr: float  # already scaled for the number of processes
     milestones: list[int]  # lr_schedule=multistep: steps into the phase where the rate is multiplied by lr_gamma
     optimisers: list[torch.optim.Optimizer]
     models: list[nn.Module]  # the eager modules a refused step restores the buffers of
-    step: Callable[[tuple[torch.Tensor, torch.Tensor], Callable], Losses]  # (batch, apply) -> losses
+
+    @property
+    def end(self) -> int:
+        """The run's step count when the phase is done."""
+        return self.first_step + self.steps
+
+
+def plan_phases(train: TrainConfig, epoch_steps: int, loader_batches: int, processes: int,
+                optimisers: dict[str, list[torch.optim.Optimizer]], models: dict[str, list[nn.Module]]) -> list[Phase]:
+    """The recipe's phases that have a length, in order (their index is the checkpoint's `phase`).
+    `epoch_steps`: the steps of one process's epoch (what `train.epochs_*` count in); `loader_batches`: this
+    process's batches per epoch of the loader; `optimisers` and `models`: each phase's, by name."""
+    factor = {"none": 1.0, "linear": processes, "sqrt": math.sqrt(processes)}[train.lr_scaling]
+    rates = {"pretrain": train.lr, "finetune": train.lr_finetune or train.lr}
+    milestones = {"pretrain": train.lr_milestones,
+                  "finetune": train.lr_milestones if train.lr_milestones_finetune is None
+                  else train.lr_milestones_finetune}
+    phases, first_step, first_epoch = [], 0, 0
+    for name in PHASES:
+        steps = train.phase_steps(name, epoch_steps)
+        if not steps:
+            continue
+        epochs = -(-steps // loader_batches)
+        phases.append(Phase(name, steps, first_step, first_epoch, epochs, rates[name] * factor, milestones[name],
+                            optimisers[name], models[name]))
+        first_step, first_epoch = first_step + steps, first_epoch + epochs
+    return phases
 
 
 def learning_rate(base: float, schedule: str, step_in_phase: int, phase_steps: int, milestones: list[int] = (),
@@ -40,34 +69,3 @@ def learning_rate(base: float, schedule: str, step_in_phase: int, phase_steps: i
     if schedule == "multistep":
         return base * gamma ** sum(step_in_phase >= m for m in milestones)
     return base * 0.5 * (1 + math.cos(math.pi * step_in_phase / phase_steps))
-
-
-def build_phases(run: Run) -> list[Phase]:
-    """The recipe's phases that have epochs, in order (their index is the checkpoint's `phase`)."""
-    t, parts, acc = run.recipe.train, run.parts, run.accelerator
-    n = acc.num_processes
-    factor = {"none": 1.0, "linear": n, "sqrt": math.sqrt(n)}[t.lr_scaling]
-    phases = []
-    if t.epochs_pretrain:
-        pixel = run.recipe.loss.pixel
-        phases.append(Phase(
-            "pretrain", t.epochs_pretrain, t.lr * factor, t.lr_milestones, [parts.opt_g], [parts.generator],
-            _each_step(run, lambda batch, apply: steps.pretrain_step(run.g_train, batch, parts.opt_g, acc, pixel,
-                                                                     run.precision, apply))))
-    if t.epochs_finetune:
-        phases.append(Phase(
-            "finetune", t.epochs_finetune, (t.lr_finetune or t.lr) * factor,
-            t.lr_milestones if t.lr_milestones_finetune is None else t.lr_milestones_finetune, [parts.opt_g, parts.opt_d],
-            [parts.generator, parts.discriminator],
-            _each_step(run, lambda batch, apply: steps.gan_step(run.g_train, run.d_train, batch, parts.opt_g,
-                                                                parts.opt_d, acc, run.loss_train, run.gan,
-                                                                run.precision, apply))))
-    return phases
-
-
-def _each_step(run: Run, step: Callable) -> Callable:
-    """`step` with the runtime's start of a step before it (a new iteration of the CUDA graphs)."""
-    def begun(batch, apply) -> Losses:
-        run.runtime.begin_step()
-        return step(batch, apply)
-    return begun

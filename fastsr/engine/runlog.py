@@ -25,6 +25,8 @@ class RunLog:
         self.forward = forward
 
     def write(self, **record) -> None:
+        """Append `record` with a `time` (Unix seconds) and forward it; does nothing on a disabled log (the
+        processes other than rank 0)."""
         if not self.enabled:
             return
         record = {"time": round(time.time(), 3), **record}
@@ -35,14 +37,15 @@ class RunLog:
 
 
 def read_log(path: Path) -> list[dict]:
+    """The records of a JSONL log, in order; [] when the file does not exist."""
     path = Path(path)
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-# The legend entry of the line drawn where phase B starts.
-PHASE_B_LABEL = "phase B (finetune) starts"
+# The legend entry of the line drawn where the finetune phase starts.
+FINETUNE_LABEL = "finetune starts"
 
 
 def plot_curves(log_path: Path, png_path: Path) -> None:
@@ -53,7 +56,7 @@ def plot_curves(log_path: Path, png_path: Path) -> None:
 
 def curves_figure(records: list[dict]) -> Figure:
     """Each training loss term on its own small panel (log scale), beside each validation set's PSNR and
-    bicubic's, against steps; a dotted line where phase B (finetune) starts.
+    bicubic's, against steps; a dotted line where the finetune phase starts.
 
     A panel per term rather than one shared axis: the terms' raw values lie decades apart (TV ~1e2..1e4,
     pixel ~1e-2, VGG ~1e-3, adversarial spiking from 1e-25 to 1e1), so on one axis, even a log one, each
@@ -63,7 +66,7 @@ def curves_figure(records: list[dict]) -> Figure:
 
     train = [r for r in records if r.get("kind") == "train"]
     val = [r for r in records if r.get("kind") == "val"]
-    terms = list(dict.fromkeys(k for r in train for k in r if k.startswith("loss_")))  # phase A's pixel first
+    terms = list(dict.fromkeys(k for r in train for k in r if k.startswith("loss_")))  # pretrain's pixel first
     rows = max(1, len(terms))
     fig = Figure(figsize=(11, max(4.0, 1.3 * rows + 0.8)), layout="constrained")
     grid = fig.add_gridspec(rows, 2)
@@ -82,12 +85,12 @@ def curves_figure(records: list[dict]) -> Figure:
         ax.tick_params(labelbottom=False)  # the panels share the bottom one's steps
     loss_axes[-1].set_xlabel("step")
     _plot_val(ax_val, val)
-    phase_b = _phase_b_start(train)
-    if phase_b is not None:
+    finetune = _finetune_start(train)
+    if finetune is not None:
         for ax in (*loss_axes, ax_val):
-            ax.axvline(phase_b, color="0.4", linestyle=":", label=PHASE_B_LABEL)
+            ax.axvline(finetune, color="0.4", linestyle=":", label=FINETUNE_LABEL)
         for ax in (loss_axes[0], ax_val):
-            ax.text(phase_b, 1, " phase B", transform=ax.get_xaxis_transform(), va="top", ha="left", color="0.3")
+            ax.text(finetune, 1, " finetune", transform=ax.get_xaxis_transform(), va="top", ha="left", color="0.3")
     if val:
         ax_val.legend()
     return fig
@@ -116,8 +119,8 @@ def _plot_val(ax, val: list[dict]) -> None:
     ax.set_title("validation")
 
 
-def _phase_b_start(train: list[dict]) -> int | None:
-    """The first finetune step, when the log holds both phases (a phase-B-only run has no boundary)."""
+def _finetune_start(train: list[dict]) -> int | None:
+    """The first finetune step, when the log holds both phases (a finetune-only run has no boundary)."""
     phases = {r.get("phase") for r in train}
     if not {"pretrain", "finetune"} <= phases:
         return None

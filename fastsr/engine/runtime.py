@@ -5,7 +5,7 @@
   eager module, which shares the parameters: full-size images of varying shapes never recompile, and
   saved weights have no `_orig_mod.` prefix. `reduce-overhead` (and `max-autotune`) also capture each
   compiled forward and backward in a CUDA graph, replayed with one launch (on a GPU; on a CPU they only
-  compile): each step then begins with `begin_step`, and a step keeps none of a graph's outputs past its
+  compile): each step then begins with `start_step`, and a step keeps none of a graph's outputs past its
   end (steps.py). What CUDA graphs need of a run is in the README (*Speed switches*).
 - mixed_precision: `torch.autocast` around the forwards of a step (losses are computed in fp32);
   fp16 also scales the losses (`GradScaler`); bf16 needs no scaler. The steps take a `Precision`
@@ -42,9 +42,11 @@ class Precision:
         self.scaler = torch.amp.GradScaler(device_type, enabled=mode == "fp16")
 
     def autocast(self):
+        """The context to run a step's forwards in: autocast to the mode's dtype, disabled for `no`."""
         return torch.autocast(self.device_type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
 
     def backward(self, accelerator, loss: torch.Tensor) -> None:
+        """Backpropagate `loss` through Accelerate, scaled first under fp16; follow it with `step`."""
         accelerator.backward(self.scaler.scale(loss))
 
     def step(self, optimizer) -> None:
@@ -64,12 +66,15 @@ class Precision:
 
 @dataclass(frozen=True)
 class Runtime:
+    """The speed switches resolved for the run's device (`resolve_runtime`): no `auto` left."""
+
     compile: str  # off | default | reduce-overhead | max-autotune
     mixed_precision: str  # no | bf16 | fp16
     channels_last: bool
 
     @property
     def memory_format(self) -> torch.memory_format:
+        """The layout of the models and batches: channels_last (NHWC) or contiguous (NCHW)."""
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def for_training(self, module: nn.Module) -> nn.Module:
@@ -84,16 +89,16 @@ class Runtime:
         """Whether the compiled copies capture CUDA graphs (on a GPU)."""
         return self.compile in CUDA_GRAPH_MODES
 
-    def begin_step(self) -> None:
-        """Before each training step. With CUDA graphs, torch is told that a new iteration begins, so each
-        graph's replay may reuse the memory of its outputs of the step before (which that step dropped)."""
+    def start_step(self, *batch: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Begin a training step: the batch in the models' layout. With CUDA graphs, torch is also told that a
+        new iteration begins, so each graph's replay may reuse the memory of its outputs of the step before
+        (which that step dropped)."""
         if self.cuda_graphs:
             torch.compiler.cudagraph_mark_step_begin()
-
-    def batch(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(t.contiguous(memory_format=self.memory_format) for t in tensors)
+        return tuple(t.contiguous(memory_format=self.memory_format) for t in batch)
 
     def describe(self) -> str:
+        """The switches as one human-readable phrase, for the console and the log."""
         return (f"compile {self.compile}, mixed precision {self.mixed_precision}, "
                 f"channels_last {'on' if self.channels_last else 'off'}")
 
@@ -105,14 +110,14 @@ def resolve_runtime(config: RuntimeConfig, cuda: bool) -> Runtime:
         precision = config.mixed_precision
     else:
         precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
-    # auto: on; 1.6x on this CPU's GAN step (oneDNN), and the layout cuDNN's tensor-core kernels use
+    # auto: on; it speeds up the GAN step on a CPU (oneDNN), and it is the layout cuDNN's tensor-core kernels use
     channels_last = config.channels_last != "off"
     return Runtime(compile_mode, precision, channels_last)
 
 
 def allow_tf32() -> None:
     """fp32 matmuls and convolutions on TF32 tensor cores (10-bit mantissa products, fp32 sums):
-    what the fp32 parts of a mixed-precision step can afford, several times faster on A100/H100."""
+    what the fp32 work of a mixed-precision step can afford, several times faster on A100/H100."""
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
 

@@ -1,12 +1,13 @@
-"""Setting a run up: devices and speed switches, data, models, losses, optimisers and the checkpoint to
-resume, everything that can fail on a user's input checked before the run directory is touched; then the
-run directory and the models' training copies."""
+"""Setting a run up, in one function (`set_up`) that returns the whole `Run`: devices and speed switches,
+data, models, losses, optimisers and the checkpoint to resume, everything that can fail on a user's input
+checked before the run directory is touched; then the run directory, the log, the models' training copies
+and the phases."""
 
 from __future__ import annotations
 
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -16,41 +17,42 @@ from accelerate.utils import gather_object
 from rich.console import Console
 from torch import nn
 
-from fastsr.config import RecipeError
-from fastsr.data import (
-    BatchSource,
-    ImageError,
-    make_batch_source,
-    open_cache,
-    resolve_source,
-)
-from fastsr.data import degradation
+from fastsr.data import BatchSource, degradation, make_batch_source, open_cache, resolve_source
 from fastsr.data.screen import apply_policy, screen_train, screen_val, without
 from fastsr.data.sources import source_label
 from fastsr.engine import trackers
-from fastsr.engine.checkpoint import (
-    Position,
-    Trainables,
-    WeightsError,
-    load_weights,
-    read_config,
-    resolve_resume,
-    restore_training_state,
-)
+from fastsr.engine.checkpoint import Position, Trainables, resolve_resume, restore_training_state
 from fastsr.engine.ema import GeneratorEMA
-from fastsr.engine.peers import process_group_kwargs
-from fastsr.engine.runlock import RunLock
+from fastsr.engine.phases import Phase, plan_phases
 from fastsr.engine.runlog import RunLog
 from fastsr.engine.runtime import Precision, Runtime, allow_tf32, autotune_convolutions, resolve_runtime
+from fastsr.engine.safety.peers import process_group_kwargs
+from fastsr.engine.safety.runlock import RunLock
+from fastsr.errors import ImageError, RecipeError, WeightsError
 from fastsr.evaluate import Metric, build_metrics
-from fastsr.losses import GAN, GeneratorLoss, build_generator_loss
+from fastsr.losses import GAN, GeneratorLoss, build_finetune_loss, build_pretrain_loss
 from fastsr.models import DISCRIMINATORS, GENERATORS
 from fastsr.recipe import Recipe, save_recipe
+from fastsr.weights import load_weights, read_config, same_generator
 
 
-@dataclass
+@dataclass(frozen=True)
+class Training:
+    """The copies the steps train: laid out, maybe compiled, wrapped by Accelerate. They share their
+    parameters with the eager modules of `Trainables`, which evaluation, the EMA and checkpoints use."""
+
+    generator: nn.Module
+    opt_g: torch.optim.Optimizer
+    pretrain_loss: GeneratorLoss | None  # None without a pretrain phase
+    discriminator: nn.Module | None  # None without a finetune phase, as are the three below
+    opt_d: torch.optim.Optimizer | None
+    finetune_loss: GeneratorLoss | None
+    gan: GAN | None  # the GAN kind that trains the discriminator
+
+
+@dataclass(frozen=True)
 class Run:
-    """Everything a run's phases and loop work with."""
+    """Everything the loop works with, built once by `set_up`."""
 
     recipe: Recipe
     console: Console
@@ -60,30 +62,29 @@ class Run:
     loader: BatchSource
     val_sets: dict[str, list]  # name -> validation pairs, in the recipe's order
     val_metrics: list[Metric]  # what validation scores (train.val_metrics)
-    parts: Trainables  # the eager modules (evaluated, averaged and saved) and their optimisers
-    loss: GeneratorLoss | None  # phase B's generator loss (None without phase B)
-    gan: GAN | None  # the GAN kind that trains the discriminator (phase B)
-    position: Position
+    trainables: Trainables  # the eager modules (evaluated, averaged and saved), their optimisers, the EMA
+    training: Training
+    phases: list[Phase]
+    epoch_steps: int  # the steps of one process's epoch: what train.epochs_* count in
+    position: Position  # where the run is; the loop moves it
     resumed_from: Path | None
-    notes: list[str] = field(default_factory=list)
-    log: RunLog | None = None  # once the run directory is open
-    lock: RunLock | None = None  # rank 0's hold on the run directory (a stalled run lets it go as it ends)
-    # The training copies (laid out, maybe compiled, wrapped by Accelerate), sharing the parameters.
-    g_train: nn.Module | None = None
-    d_train: nn.Module | None = None
-    loss_train: GeneratorLoss | None = None
+    log: RunLog
+    lock: RunLock | None  # rank 0's hold on the run directory (a stalled run lets it go as it ends)
 
     @property
     def main(self) -> bool:
+        """Whether this is the main process (rank 0), the one that logs, validates and writes files."""
         return self.accelerator.is_main_process
 
     @property
     def run_dir(self) -> Path:
+        """The run's directory, out_dir/name of its recipe."""
         return self.recipe.run_dir
 
     def eval_model(self) -> nn.Module:
         """The generator that is validated and exported: the EMA's when there is one."""
-        return self.parts.ema.module if self.parts.ema is not None else self.parts.generator
+        ema = self.trainables.ema
+        return ema.module if ema is not None else self.trainables.generator
 
 
 def make_accelerator(recipe: Recipe) -> Accelerator:
@@ -94,87 +95,106 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
                        kwargs_handlers=[process_group_kwargs(recipe.train.collective_timeout_s)])
 
 
-def set_up(recipe: Recipe, console: Console, accelerator: Accelerator) -> Run:
+def set_up(recipe: Recipe, console: Console, accelerator: Accelerator, lock: RunLock | None,
+           position: Position) -> Run:
+    """The run of `recipe`, ready for its first step (or the step after its checkpoint, which `position` is
+    moved to: the run's one Position, which the lost-process watch reads too)."""
     cuda = torch.cuda.is_available()
     runtime = resolve_runtime(recipe.runtime, cuda)
     if cuda:
         allow_tf32()
         autotune_convolutions()
     precision = Precision(runtime.mixed_precision, accelerator.device.type)
-    t = recipe.train
+    t, device = recipe.train, accelerator.device
     torch.manual_seed(t.seed)
     degradation.require(recipe.data.degradation)
 
     train_samples, cache, val_sets, notes = screened_data(recipe, accelerator, console)
     loader, loader_note = make_batch_source(
         recipe.data, train_samples, recipe.scale, t.batch_size, cache=cache, seed=t.seed, rank=accelerator.process_index,
-        world_size=accelerator.num_processes, device=accelerator.device)
+        world_size=accelerator.num_processes, device=device)
     if len(loader) == 0:
         raise RecipeError(
             f"data.source {recipe.data.source}: {len(train_samples)} images x repeat {recipe.data.repeat} make no full "
             f"batch of {t.batch_size} per process; raise data.repeat or lower train.batch_size")
 
-    # Built in this order (generator, discriminator, losses) so the seed gives the same initial weights.
+    # Built in this order (generator, discriminator, losses) so train.seed gives the same initial weights.
     g = GENERATORS.create(recipe.model, scale=recipe.scale)
     if t.init_from:
         check_init_from(t.init_from, g.config)
         load_weights(g, Path(t.init_from))
-    gan_phase = t.epochs_finetune > 0
-    d = DISCRIMINATORS.create(recipe.discriminator) if gan_phase else None
-    loss, gan, loss_notes = build_generator_loss(recipe.loss) if gan_phase else (None, None, [])
-    betas, device = tuple(t.betas), accelerator.device
-    parts = Trainables(
+    finetune = t.runs("finetune")
+    d = DISCRIMINATORS.create(recipe.discriminator) if finetune else None
+    finetune_loss, gan, finetune_notes = build_finetune_loss(recipe.loss) if finetune else (None, None, [])
+    pretrain_loss, pretrain_notes = build_pretrain_loss(recipe.loss) if t.runs("pretrain") else (None, [])
+    betas = tuple(t.betas)
+    trainables = Trainables(
         generator=g,
         opt_g=adam(g.parameters(), t.lr, betas, device),
         discriminator=d,
-        opt_d=adam(d.parameters(), t.lr_finetune or t.lr, betas, device) if gan_phase else None,
+        opt_d=adam(d.parameters(), t.lr_finetune or t.lr, betas, device) if finetune else None,
         ema=GeneratorEMA(g, t.ema) if t.ema else None)
     checkpoint = resolve_resume(t.resume, recipe.run_dir)
-    position = restore_training_state(checkpoint, parts) if checkpoint is not None else Position()
+    if checkpoint is not None:
+        restore_training_state(checkpoint, trainables, position)
     graphs_note = (f"runtime.compile={runtime.compile}: CUDA graphs need a GPU; on this CPU the models are compiled "
                    "without them") if runtime.cuda_graphs and not cuda else None
-    notes = [*notes, *([loader_note] if loader_note else []), *loss_notes, *([graphs_note] if graphs_note else [])]
-    val_metrics = build_metrics(t.val_metrics, recipe.scale, accelerator.device, t.metric_weight_files())
-    return Run(recipe, console, accelerator, runtime, precision, loader, val_sets, val_metrics, parts, loss, gan, position,
-               checkpoint, notes)
+    val_metrics = build_metrics(t.val_metrics, recipe.scale, device, t.metric_weight_files())
+    epoch_steps = loader.plan.batches_alone
+    notes = [*([lock.note] if lock is not None and lock.note else []), *notes, *([loader_note] if loader_note else []),
+             *pretrain_notes, *finetune_notes, *([graphs_note] if graphs_note else [])]
+
+    log = open_run_dir(recipe, accelerator, console, checkpoint, position, notes)
+    training = prepare_for_training(accelerator, runtime, trainables, pretrain_loss, finetune_loss, gan)
+    phases = plan_phases(t, epoch_steps, len(loader), accelerator.num_processes,
+                         optimisers={"pretrain": [training.opt_g], "finetune": [training.opt_g, training.opt_d]},
+                         models={"pretrain": [g], "finetune": [g, d]})
+    return Run(recipe=recipe, console=console, accelerator=accelerator, runtime=runtime, precision=precision,
+               loader=loader, val_sets=val_sets, val_metrics=val_metrics, trainables=trainables, training=training,
+               phases=phases, epoch_steps=epoch_steps, position=position, resumed_from=checkpoint, log=log, lock=lock)
 
 
-def open_run_dir(run: Run) -> None:
+def open_run_dir(recipe: Recipe, accelerator: Accelerator, console: Console, resumed_from: Path | None,
+                 position: Position, notes: list[str]) -> RunLog:
     """The run directory (a fresh run never mixes its logs and checkpoints with an earlier one's: an
-    earlier run there is moved aside), the resolved recipe, the trackers, the log and the notes."""
-    run_dir = run.run_dir
-    if run.main:
-        if run.resumed_from is None and run_dir.is_dir() and any(run_dir.iterdir()):
+    earlier run there is moved aside), the resolved recipe, the trackers, the notes; the run's log."""
+    run_dir, main = recipe.run_dir, accelerator.is_main_process
+    if main:
+        if resumed_from is None and run_dir.is_dir() and any(run_dir.iterdir()):
             archived = run_dir.with_name(f"{run_dir.name}_archived_{time.strftime('%Y%m%d_%H%M%S')}")
             run_dir.rename(archived)
-            run.console.print(f"{run_dir} held an earlier run: moved it to {archived}")
+            console.print(f"{run_dir} held an earlier run: moved it to {archived}")
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_recipe(run.recipe, run_dir / "recipe.yaml")
-        if run.resumed_from is not None:
-            run.console.print(f"resuming from {run.resumed_from} at step {run.position.step}")
-        if run.recipe.train.log_with:
-            trackers.start(run.accelerator, run.recipe,
-                           resumed_at=run.position.step if run.resumed_from is not None else None)
-    run.accelerator.wait_for_everyone()
-    forward = partial(trackers.forward, run.accelerator, run_dir) if run.recipe.train.log_with else None
-    run.log = RunLog(run_dir / "log.jsonl", enabled=run.main, forward=forward)
-    for note in run.notes:
-        if run.main:
-            run.console.print(f"[yellow]note:[/] {note}")
-        run.log.write(kind="note", message=note)
+        save_recipe(recipe, run_dir / "recipe.yaml")
+        if resumed_from is not None:
+            console.print(f"resuming from {resumed_from} at step {position.step}")
+        if recipe.train.log_with:
+            trackers.start(accelerator, recipe, resumed_at=position.step if resumed_from is not None else None)
+    accelerator.wait_for_everyone()
+    forward = partial(trackers.forward, accelerator, run_dir) if recipe.train.log_with else None
+    log = RunLog(run_dir / "log.jsonl", enabled=main, forward=forward)
+    for note in notes:
+        if main:
+            console.print(f"[yellow]note:[/] {note}")
+        log.write(kind="note", message=note)
+    return log
 
 
-def prepare_for_training(run: Run) -> None:
-    """The training copies: laid out, maybe compiled, then wrapped by Accelerate (compiling the bare
-    module first avoids DDP graph breaks); evaluation, EMA and checkpoints keep the eager modules."""
-    acc, parts, runtime = run.accelerator, run.parts, run.runtime
-    run.g_train, parts.opt_g = acc.prepare(runtime.for_training(parts.generator), parts.opt_g)
-    if parts.discriminator is not None:
-        run.d_train, parts.opt_d = acc.prepare(runtime.for_training(parts.discriminator), parts.opt_d)
-    if parts.ema is not None:
-        parts.ema.to_device(acc.device)
-    if run.loss is not None:
-        run.loss_train = run.loss.to(acc.device).prepare(runtime.for_training)
+def prepare_for_training(accelerator: Accelerator, runtime: Runtime, trainables: Trainables,
+                         pretrain_loss: GeneratorLoss | None, finetune_loss: GeneratorLoss | None,
+                         gan: GAN | None) -> Training:
+    """The training copies: laid out, maybe compiled, then wrapped by Accelerate (compiling the bare module
+    first avoids DDP graph breaks); evaluation, EMA and checkpoints keep the eager modules."""
+    t = trainables
+    g, opt_g = accelerator.prepare(runtime.for_training(t.generator), t.opt_g)
+    d, opt_d = (accelerator.prepare(runtime.for_training(t.discriminator), t.opt_d) if t.discriminator is not None
+                else (None, None))
+    if t.ema is not None:
+        t.ema.to_device(accelerator.device)
+    prepared = [loss.to(accelerator.device).prepare(runtime.for_training) if loss is not None else None
+                for loss in (pretrain_loss, finetune_loss)]
+    return Training(generator=g, opt_g=opt_g, pretrain_loss=prepared[0], discriminator=d, opt_d=opt_d,
+                    finetune_loss=prepared[1], gan=gan)
 
 
 def adam(params, lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.Adam:
@@ -186,8 +206,9 @@ def adam(params, lr: float, betas: tuple[float, float], device: torch.device) ->
 
 
 def check_init_from(path: str, config: dict) -> None:
+    """Refuse `train.init_from` weights of another generator than the recipe's (`config`)."""
     found = read_config(Path(path))
-    if found != config:
+    if not same_generator(found, config):
         raise WeightsError(f"{path}: weights are for {found}, but the recipe builds {config}; match model.* and scale")
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from accelerate import Accelerator
 from PIL import Image
 
-from fastsr.config import RecipeError
+from fastsr.errors import RecipeError
 from fastsr.recipe import Recipe, to_dict
 
 EXTRAS = ("tensorboard", "wandb", "mlflow", "aim")  # the trackers with an extra in pyproject.toml
@@ -80,5 +80,6 @@ def forward(accelerator: Accelerator, run_dir: Path, record: dict) -> None:
 
 
 def numbers(record: dict) -> dict:
+    """The record's numeric fields that are scalars to plot (no booleans, nor the step and time)."""
     return {k: v for k, v in record.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in NOT_SCALARS}

@@ -1,9 +1,9 @@
-"""Training losses, as registered terms (`pixel`, `vgg`, `adv`, `tv`) that phase B sums in one place.
+"""Training losses, as registered terms (`pixel`, `vgg`, `adv`, `tv`) that each phase sums in one place.
 
-The recipe's `loss` section (`LossConfig`) names phase A's pixel loss and phase B's generator loss: a list
-of weighted terms (`loss.terms`), or, when that is left out, the seed script's list weighted by its knobs
-`w_vgg`, `w_adv`, `w_tv`. No term carries its weight inside: `GeneratorLoss` multiplies each by its weight
-exactly once. All image inputs are float tensors in [0, 1], NCHW, RGB.
+The recipe's `loss` section (`LossConfig`) gives each phase a list of weighted terms: `loss.terms_pretrain`
+(by default the pixel loss alone) and `loss.terms` (by default the reference script's list, weighted by its
+knobs `w_vgg`, `w_adv`, `w_tv`). No term carries its weight inside: `GeneratorLoss` multiplies each by its
+weight exactly once. All image inputs are float tensors in [0, 1], NCHW, RGB.
 """
 
 from __future__ import annotations
@@ -27,47 +27,62 @@ from fastsr.registry import import_all
 
 import_all(__name__, __path__)  # every term file registers itself, those not imported above too
 
-_SEED_WEIGHTS = {"w_vgg": 6e-3, "w_adv": 1e-3, "w_tv": 1e-6}
+# The reference script's loss weights (SRGAN's), the defaults of its knobs.
+REFERENCE_WEIGHTS = {"w_vgg": 6e-3, "w_adv": 1e-3, "w_tv": 1e-6}
 
 
 @dataclass
 class LossConfig:
-    pixel: Literal["mse", "l1"] = "mse"  # phase A's loss (and the kind of the seed list's pixel term)
-    # Phase B's generator loss: weighted terms, e.g. [{name: pixel, kind: l1, weight: 1.0e-2},
+    pixel: Literal["mse", "l1"] = "mse"  # the kind of the default lists' pixel term
+    # The pretrain phase's loss: weighted terms, any but `adv` (no discriminator trains then), e.g.
+    # [{name: pixel, kind: l1}] or a plugin's term. null: the pixel loss alone (weight 1).
+    terms_pretrain: list[TermConfig] | None = field(default=None, metadata={"registry": LOSS_TERMS})
+    # The finetune phase's generator loss: weighted terms, e.g. [{name: pixel, kind: l1, weight: 1.0e-2},
     # {name: vgg, layer: conv5_4, criterion: l1, weight: 1.0}, {name: adv, gan: ragan, weight: 5.0e-3}].
-    # null: the seed's list, pixel + w_adv * adv (vanilla) + w_tv * tv + w_vgg * vgg (vgg_layer).
+    # null: the reference script's list, pixel + w_adv * adv (vanilla) + w_tv * tv + w_vgg * vgg (vgg_layer).
     terms: list[TermConfig] | None = field(default=None, metadata={"registry": LOSS_TERMS})
-    w_vgg: float = _SEED_WEIGHTS["w_vgg"]
-    w_adv: float = _SEED_WEIGHTS["w_adv"]
-    w_tv: float = _SEED_WEIGHTS["w_tv"]
+    w_vgg: float = REFERENCE_WEIGHTS["w_vgg"]
+    w_adv: float = REFERENCE_WEIGHTS["w_adv"]
+    w_tv: float = REFERENCE_WEIGHTS["w_tv"]
     vgg_layer: str = "conv5_4"
     # `imagenet` (torchvision's weights), a path to vgg19-dcbb9e9d.pth (checked by its hash: fastsr
     # unpickles no other file) or to a .safetensors copy of it, or `random` (untrained: a
     # meaningless loss that costs the same, for throughput benchmarks and tests only); every VGG term uses it
     vgg_weights: str = "imagenet"
-    # What phase B does when the VGG19 weights can't be had: stop (`error`), or train without the
+    # What a run does when the VGG19 weights can't be had: stop (`error`), or train without the
     # perceptual term and say so (`skip`, used by the quick start on machines with no network).
     vgg_missing: Literal["error", "skip"] = "error"
 
     def check(self) -> None:
-        non_negative(self, *_SEED_WEIGHTS)
+        non_negative(self, *REFERENCE_WEIGHTS)
         check_vgg_layer("vgg_layer", self.vgg_layer)
+        for key in ("terms_pretrain", "terms"):
+            names = [t.log_name for t in getattr(self, key) or []]
+            twice = next((n for n in names if names.count(n) > 1), None)
+            if twice:
+                raise Invalid(key, f"has two terms logged as {twice!r}; give one a `label:`")
+        if self.terms_pretrain is not None and any(t.name == "adv" for t in self.terms_pretrain):
+            raise Invalid("terms_pretrain", "cannot hold an `adv` term: no discriminator trains in the pretrain "
+                                            "phase; put it in loss.terms")
         if self.terms is None:
             return
-        for knob, seed in (*_SEED_WEIGHTS.items(), ("vgg_layer", "conv5_4")):
-            if getattr(self, knob) != seed:
-                raise Invalid(knob, "applies to the seed's term list only; with loss.terms set, give the term's "
-                                    "own weight (or layer) in loss.terms")
-        names = [t.log_name for t in self.terms]
-        twice = next((n for n in names if names.count(n) > 1), None)
-        if twice:
-            raise Invalid("terms", f"has two terms logged as {twice!r}; give one a `label:`")
+        for knob, default in (*REFERENCE_WEIGHTS.items(), ("vgg_layer", "conv5_4")):
+            if getattr(self, knob) != default:
+                raise Invalid(knob, "applies to the reference script's term list only; with loss.terms set, give "
+                                    "the term's own weight (or layer) in loss.terms")
         if sum(t.name == "adv" for t in self.terms) != 1:
             raise Invalid("terms", "needs exactly one `adv` term: its GAN kind also trains the discriminator")
 
 
-def phase_b_terms(loss: LossConfig) -> list[TermConfig]:
-    """The recipe's `loss.terms`, or the seed's list (in the seed's order of summation)."""
+def pretrain_terms(loss: LossConfig) -> list[TermConfig]:
+    """The recipe's `loss.terms_pretrain`, or the pixel loss alone."""
+    if loss.terms_pretrain is not None:
+        return loss.terms_pretrain
+    return [LOSS_TERMS.entry("pixel").config(name="pixel", weight=1.0, kind=loss.pixel)]
+
+
+def finetune_terms(loss: LossConfig) -> list[TermConfig]:
+    """The recipe's `loss.terms`, or the reference script's list (in its order of summation)."""
     if loss.terms is not None:
         return loss.terms
     make = LOSS_TERMS.entry
@@ -77,14 +92,25 @@ def phase_b_terms(loss: LossConfig) -> list[TermConfig]:
             make("vgg").config(name="vgg", weight=loss.w_vgg, layer=loss.vgg_layer)]
 
 
-def build_generator_loss(loss: LossConfig) -> tuple[GeneratorLoss, GAN, list[str]]:
-    """(phase B's generator loss, the GAN kind that trains the discriminator, notes). Terms of weight 0
-    are left out; a VGG term whose weights can't be had stops the run, or with `vgg_missing=skip` is
-    left out with a note."""
-    terms, gan, notes = [], GAN_KINDS["vanilla"](), []
-    for config in phase_b_terms(loss):
-        if config.name == "adv":
-            gan = GAN_KINDS[config.gan]()
+def build_pretrain_loss(loss: LossConfig) -> tuple[GeneratorLoss, list[str]]:
+    """(the pretrain phase's weighted loss, notes)."""
+    return _weighted_sum(pretrain_terms(loss), loss)
+
+
+def build_finetune_loss(loss: LossConfig) -> tuple[GeneratorLoss, GAN, list[str]]:
+    """(the finetune phase's weighted generator loss, the GAN kind of its `adv` term, which also trains the
+    discriminator, notes)."""
+    terms = finetune_terms(loss)
+    gan = GAN_KINDS[next(t for t in terms if t.name == "adv").gan]()
+    generator_loss, notes = _weighted_sum(terms, loss)
+    return generator_loss, gan, notes
+
+
+def _weighted_sum(terms: list[TermConfig], loss: LossConfig) -> tuple[GeneratorLoss, list[str]]:
+    """(the weighted sum of `terms`, notes). Terms of weight 0 are left out; a VGG term whose weights can't
+    be had stops the run, or with `loss.vgg_missing=skip` is left out with a note."""
+    modules, notes = [], []
+    for config in terms:
         if config.weight == 0:
             continue
         shared = {key: getattr(loss, key) for key in getattr(LOSS_TERMS.entry(config.name).cls, "shared", ())}
@@ -93,14 +119,14 @@ def build_generator_loss(loss: LossConfig) -> tuple[GeneratorLoss, GAN, list[str
         except VGGWeightsUnavailable as err:
             if loss.vgg_missing == "error":
                 raise
-            notes.append(f"{err} -- phase B trains WITHOUT the perceptual (VGG) term (loss.vgg_missing=skip)")
+            notes.append(f"{err} -- training WITHOUT the perceptual (VGG) term (loss.vgg_missing=skip)")
             continue
-        terms.append((config.log_name, config.weight, module))
-    return GeneratorLoss(terms), gan, notes
+        modules.append((config.log_name, config.weight, module))
+    return GeneratorLoss(modules), notes
 
 
 __all__ = [
     "GAN", "GAN_KINDS", "LOSS_TERMS", "VGG19_LAYERS", "GeneratorLoss", "LossConfig", "PerceptualLoss", "TermConfig",
-    "VGGFeatures", "VGGWeightsUnavailable", "build_generator_loss", "d_loss", "g_adv_loss", "phase_b_terms",
-    "pixel_loss", "ragan_g_loss", "tv_loss",
+    "VGGFeatures", "VGGWeightsUnavailable", "build_finetune_loss", "build_pretrain_loss", "d_loss", "finetune_terms",
+    "g_adv_loss", "pixel_loss", "pretrain_terms", "ragan_g_loss", "tv_loss",
 ]

@@ -1,5 +1,5 @@
 """Adversarial losses: the GAN kinds (the discriminator's objective and the generator's), and the `adv`
-term that puts the generator's side into phase B's loss.
+term that puts the generator's side into the finetune loss.
 
 Each kind works on raw logits (`critic(x)`: the discriminator's float logits for images `x`) with
 BCE-with-logits, which is numerically stable:
@@ -9,9 +9,8 @@ BCE-with-logits, which is numerically stable:
   C(x_f) - E[C(x_r)] -> 0; G the symmetric opposite, so its gradient comes from the real images too. Each
   side is the mean of its two BCE terms, as the official ESRGAN code computes it (the paper writes their
   sum; its weight lambda = 5e-3 was used with the mean).
-`discriminator_loss` runs D's update itself because the kinds need their forwards in different orders;
-each D forward that builds a graph gets its own backward before the next, because a BatchNorm module run
-twice before one backward fails under DDP (FACTS).
+The discriminator's update is written out in `fastsr.engine.steps.finetune_step`, which runs its forwards
+and backwards in the order both kinds need; a kind gives it the loss of each side.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ from torch import nn
 from fastsr.losses.terms import LOSS_TERMS, TermConfig
 
 Critic = Callable[[torch.Tensor], torch.Tensor]
-Backward = Callable[[torch.Tensor], None]
 
 
 def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
@@ -76,44 +74,42 @@ def ragan_g_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.
 
 
 class GAN(Protocol):
-    """A GAN kind: the discriminator's update and the generator's adversarial loss."""
+    """A GAN kind: the discriminator's two terms (the step runs their forwards and backwards) and the
+    generator's adversarial loss."""
 
-    def discriminator_loss(self, critic: Critic, real: torch.Tensor, fake: torch.Tensor,
-                           backward: Backward) -> torch.Tensor:
-        """Run D's forwards on `real` and detached `fake` images, each graph with its own `backward`; the
-        total D loss (for the log and the loss guard)."""
+    relativistic: bool  # whether D's terms compare with the other side's mean logit (`reference`)
+
+    def d_real(self, real_logits: torch.Tensor, fake_reference: torch.Tensor | None) -> torch.Tensor:
+        """D's loss on the real images' logits (`fake_reference`: the fakes' logits, when relativistic)."""
+
+    def d_fake(self, fake_logits: torch.Tensor, real_reference: torch.Tensor) -> torch.Tensor:
+        """D's loss on the detached fakes' logits (`real_reference`: the real images' logits, detached)."""
 
     def generator_loss(self, critic: Critic, real: torch.Tensor, sr: torch.Tensor) -> torch.Tensor:
         """G's adversarial loss for its output `sr` (D frozen)."""
 
 
 class Vanilla:
-    def discriminator_loss(self, critic: Critic, real: torch.Tensor, fake: torch.Tensor,
-                           backward: Backward) -> torch.Tensor:
-        loss_real = d_loss(critic(real), None)
-        backward(loss_real)
-        loss_fake = d_loss(None, critic(fake))
-        backward(loss_fake)
-        return loss_real + loss_fake
+    relativistic = False
+
+    def d_real(self, real_logits: torch.Tensor, fake_reference: torch.Tensor | None) -> torch.Tensor:
+        return d_loss(real_logits, None)
+
+    def d_fake(self, fake_logits: torch.Tensor, real_reference: torch.Tensor) -> torch.Tensor:
+        return d_loss(None, fake_logits)
 
     def generator_loss(self, critic: Critic, real: torch.Tensor, sr: torch.Tensor) -> torch.Tensor:
         return g_adv_loss(critic(sr))
 
 
 class Relativistic:
-    def discriminator_loss(self, critic: Critic, real: torch.Tensor, fake: torch.Tensor,
-                           backward: Backward) -> torch.Tensor:
-        # The fakes' mean logit for the real term, from a forward without a graph (the official code's
-        # order: D(fake) detached, D(real), D(fake) again), so that each graph-building forward is
-        # followed by its own backward.
-        with torch.no_grad():
-            fake_reference = critic(fake)
-        real_logits = critic(real)
-        loss_real = ragan_d_real(real_logits, fake_reference)
-        backward(loss_real)
-        loss_fake = ragan_d_fake(critic(fake), real_logits.detach())
-        backward(loss_fake)
-        return loss_real + loss_fake
+    relativistic = True
+
+    def d_real(self, real_logits: torch.Tensor, fake_reference: torch.Tensor | None) -> torch.Tensor:
+        return ragan_d_real(real_logits, fake_reference)
+
+    def d_fake(self, fake_logits: torch.Tensor, real_reference: torch.Tensor) -> torch.Tensor:
+        return ragan_d_fake(fake_logits, real_reference)
 
     def generator_loss(self, critic: Critic, real: torch.Tensor, sr: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():  # D is frozen during G's update; the real logits are a constant for G
@@ -131,13 +127,13 @@ class AdvTermConfig(TermConfig):
 
 @LOSS_TERMS.register("adv", AdvTermConfig)
 class AdvTerm(nn.Module):
-    """The generator's side of the GAN kind `gan`; the same kind trains the discriminator (phase B)."""
+    """The generator's side of the GAN kind `gan`; the same kind trains the discriminator (finetune)."""
 
     fp32 = False  # runs the discriminator, under autocast
 
-    def __init__(self, gan: str = "vanilla"):
+    def __init__(self, config: AdvTermConfig):
         super().__init__()
-        self.gan = GAN_KINDS[gan]()
+        self.gan = GAN_KINDS[config.gan]()
 
     def forward(self, sr: torch.Tensor, hr: torch.Tensor, critic: Critic) -> torch.Tensor:
         return self.gan.generator_loss(critic, hr, sr)

@@ -10,16 +10,16 @@ from __future__ import annotations
 import difflib
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
 from torch import nn
 
 from fastsr.config import Invalid
+from fastsr.errors import WeightsUnavailable
 from fastsr.losses.pixel import PIXEL_KINDS, pixel_loss
 from fastsr.losses.terms import LOSS_TERMS, TermConfig
-from fastsr.pretrained import VGG_CFGS, ImageNetFile, WeightsUnavailable, vgg_features
+from fastsr.pretrained import VGG_CFGS, ImageNetFile, vgg_features
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -60,11 +60,6 @@ def _vgg19_file() -> ImageNetFile:
     used, from the prefix above)."""
     file = f"vgg19-{VGG19_SHA256_PREFIX}.pth"
     return ImageNetFile("VGG19 ImageNet weights", file, f"loss.vgg_weights=/path/to/{file}", VGGWeightsUnavailable)
-
-
-def _hub_checkpoint_path() -> Path:
-    """Where torchvision looks for (and downloads) the ImageNet VGG19 file."""
-    return _vgg19_file().hub_path
 
 
 class VGGFeatures(nn.Module):
@@ -175,9 +170,9 @@ class VGGTerm(nn.Module):
     fp32 = False  # runs a network: under autocast, on the generator's output as it is
     shared = ("vgg_weights",)  # loss-section keys this term is built with
 
-    def __init__(self, layer: str = "conv5_4", criterion: str = "mse", vgg_weights: str = "imagenet"):
+    def __init__(self, config: VGGTermConfig, vgg_weights: str):
         super().__init__()
-        self.loss = PerceptualLoss(layer, None if vgg_weights == "random" else vgg_weights, criterion)
+        self.loss = PerceptualLoss(config.layer, None if vgg_weights == "random" else vgg_weights, config.criterion)
 
     def forward(self, sr: torch.Tensor, hr: torch.Tensor, critic) -> torch.Tensor:
         return self.loss(sr, hr)

@@ -1,4 +1,4 @@
-"""The pixel loss (MSE or L1): phase A's whole loss, and the `pixel` term of phase B."""
+"""The pixel loss (MSE or L1): the `pixel` term, the pretrain phase's default loss and part of finetune's."""
 
 from __future__ import annotations
 
@@ -30,11 +30,13 @@ class PixelTermConfig(TermConfig):
 
 @LOSS_TERMS.register("pixel", PixelTermConfig)
 class PixelTerm(nn.Module):
+    """The pixel distance between SR and HR (`PixelTermConfig.kind`), in fp32."""
+
     fp32 = True  # computed in fp32 on the generator's output
 
-    def __init__(self, kind: str = "mse"):
+    def __init__(self, config: PixelTermConfig):
         super().__init__()
-        self.kind = kind
+        self.kind = config.kind
 
     def forward(self, sr: torch.Tensor, hr: torch.Tensor, critic) -> torch.Tensor:
         return pixel_loss(sr, hr, self.kind)

@@ -1,12 +1,13 @@
-"""Loss terms: the registry, the config every term shares, and the one place phase B's generator loss
+"""Loss terms: the registry, the config every term shares, and the one place a phase's generator loss
 is summed.
 
 A term is a module registered in `LOSS_TERMS` with a typed config deriving from `TermConfig` (its `weight`
-and `label`, then its own keys). It is called as `term(sr, hr, critic)` and returns an unweighted scalar;
-`critic(x)` gives the discriminator's float logits for images `x` (only the adversarial term uses it).
-Class attributes: `fp32` (True: computed in fp32 on `sr.float()`; False: it runs a network, under the
-step's autocast, on `sr` as the generator made it) and `shared` (the loss-section keys it is built with,
-such as `vgg_weights`). `GeneratorLoss` applies each weight exactly once, here and nowhere else.
+and `label`, then its own keys), built as `cls(config, **shared)`. It is called as `term(sr, hr, critic)`
+and returns an unweighted scalar; `critic(x)` gives the discriminator's float logits for images `x` (only
+the adversarial term uses it). Class attributes: `fp32` (True: computed in fp32 on `sr.float()`; False: it
+runs a network, under the step's autocast, on `sr` as the generator made it) and `shared` (the
+loss-section keys it is built with, such as `vgg_weights`). `GeneratorLoss` applies each weight exactly
+once, here and nowhere else.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import nn
 from fastsr.config import Invalid
 from fastsr.registry import PartConfig, Registry
 
-LOSS_TERMS = Registry("loss term", outside=("weight", "label"))
+LOSS_TERMS = Registry("loss term", requires={"fp32": bool}, outside=("weight", "label"))
 
 
 @dataclass
@@ -58,8 +59,11 @@ class GeneratorLoss(nn.Module):
                     for n, w, t in zip(self.names, self.weights, self.terms)]
         return GeneratorLoss(prepared)
 
-    def forward(self, sr: torch.Tensor, hr: torch.Tensor, critic, autocast=nullcontext
+    def forward(self, sr: torch.Tensor, hr: torch.Tensor, critic, precision=None
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(the weighted total, each term's value by its log name). `critic` is None in the pretrain phase;
+        `precision` (the step's `Precision`) gives the autocast the networks' terms run under."""
+        autocast = precision.autocast if precision is not None else nullcontext
         sr32 = sr.float()
         values = {}
         for i in self._order:

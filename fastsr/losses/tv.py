@@ -45,7 +45,12 @@ class TVTermConfig(TermConfig):
 
 @LOSS_TERMS.register("tv", TVTermConfig)
 class TVTerm(nn.Module):
+    """`tv_loss` of the generator's output, in fp32."""
+
     fp32 = True
+
+    def __init__(self, config: TVTermConfig):
+        super().__init__()
 
     def forward(self, sr: torch.Tensor, hr: torch.Tensor, critic) -> torch.Tensor:
         return tv_loss(sr)

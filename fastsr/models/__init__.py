@@ -1,9 +1,10 @@
 """Generators and discriminators, one file per architecture, each registered by name.
 
 Every model takes and returns float images in [0, 1], NCHW, RGB. A generator has a ``scale`` attribute,
-the class attributes the registry documents (``scales``, ``trainable``) and, like every registered part, a
-JSON-ready ``config`` dict (name and constructor arguments) that ``build_generator(**config)`` rebuilds:
-this is what ``generator.json`` holds beside the weights. Importing this package imports every module in
+the class attributes the registry documents (``scales``, ``trainable``) and, like every registered part built
+by its registry, a JSON-ready ``config`` dict (its name, its scale, its config's fields and, for a plugin's
+class, the module that defines it) that ``build_generator(**config)`` rebuilds: this is what
+``generator.json`` holds beside the weights. Importing this package imports every module in
 it, so each architecture file registers itself; a plugin registers its own the same way (see
 ``fastsr.registry``).
 """

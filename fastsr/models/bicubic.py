@@ -23,13 +23,17 @@ class Bicubic(nn.Module):
 
     Has no parameters; it exists so the bicubic baseline goes through the same checkpoint-free
     eval/upscale paths as the learned generators.
+
+    Args:
+        config: ``BicubicConfig`` (it has no keys).
+        scale: upscaling factor.
     """
 
     label = "Bicubic"  # how tables name it
-    scales = (2, 4, 8)
+    scales = (2, 3, 4, 8)  # any integer works (imresize); these are the ones tested
     trainable = False
 
-    def __init__(self, scale: int = 4) -> None:
+    def __init__(self, config: BicubicConfig, scale: int) -> None:
         super().__init__()
         self.scale = scale
 

@@ -36,7 +36,7 @@ class Discriminator(nn.Module):
     """Real/fake classifier for HR-sized images in [0, 1]; returns one logit per image, shape (N,).
 
     The paper's eight 3x3 convs (channels 64, 64, 128, 128, 256, 256, 512, 512 for
-    ``channels=64``; strides 1, 2, 1, 2, ...), BatchNorm on all but the first, LeakyReLU(0.2);
+    ``config.channels=64``; strides 1, 2, 1, 2, ...), BatchNorm on all but the first, LeakyReLU(0.2);
     then ``AdaptiveAvgPool2d(6)``, dense 512*36 -> 1024, LeakyReLU(0.2), dense 1024 -> 1.
 
     The adaptive pool makes the dense layers independent of the crop size: at the paper's 96x96
@@ -46,15 +46,19 @@ class Discriminator(nn.Module):
     use them with BCE-with-logits, which is numerically stable. The input is mapped to [-1, 1]
     internally so the first conv (the one without BatchNorm) sees zero-centred data.
     Convolutions followed by BatchNorm carry no bias (BN's shift makes it redundant);
-    ``batch_norm=False`` drops the BatchNorm layers and gives every conv a bias.
+    ``config.batch_norm=False`` drops the BatchNorm layers and gives every conv a bias.
+
+    Args:
+        config: the architecture's keys (``DiscriminatorConfig``, each documented there).
     """
 
     min_size = 32  # the smallest input side: 2x2 after the four stride-2 convs
 
-    def __init__(self, in_channels: int = 3, channels: int = 64, batch_norm: bool = True) -> None:
+    def __init__(self, config: DiscriminatorConfig) -> None:
         super().__init__()
+        channels, batch_norm = config.channels, config.batch_norm
         layers: list[nn.Module] = []
-        prev = in_channels
+        prev = 3  # RGB
         for i, (mult, stride) in enumerate(_CONVS):
             out = channels * mult
             normed = batch_norm and i > 0

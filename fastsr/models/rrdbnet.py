@@ -94,27 +94,24 @@ class RRDBNet(nn.Module):
     even (a side of one pixel repeated) and the output cropped back to ``h*2, w*2``.
 
     Args:
-        scale: upscaling factor, 2 or 4.
-        blocks: number of RRDBs (23 in the paper).
-        features: trunk channels (64).
-        growth: channels added by each of a dense block's first four convs (32).
-        residual_scale: factor on every dense block's and RRDB's residual branch (0.2).
+        config: the architecture's keys (``RRDBNetConfig``, each documented there).
+        scale: upscaling factor, one of ``scales`` (2 or 4).
     """
 
     label = "RRDBNet"  # how tables name it
     scales = ALLOWED_SCALES
     trainable = True
 
-    def __init__(self, scale: int = 4, blocks: int = 23, features: int = 64, growth: int = 32,
-                 residual_scale: float = 0.2) -> None:
+    def __init__(self, config: RRDBNetConfig, scale: int) -> None:
         super().__init__()
-        if scale not in ALLOWED_SCALES:
-            raise ValueError(f"RRDBNet scale must be one of {ALLOWED_SCALES}, got {scale!r}")
+        if scale not in self.scales:
+            raise ValueError(f"RRDBNet scale must be one of {self.scales}, got {scale!r}")
         self.scale = scale
+        features, growth, residual_scale = config.features, config.growth, config.residual_scale
         self.unshuffle = 4 // scale  # 2 at x2: the two x2 stages then give x2 overall
         conv = lambda cin, cout: nn.Conv2d(cin, cout, 3, padding=1)  # noqa: E731
         self.conv_first = conv(3 * self.unshuffle**2, features)
-        self.body = nn.Sequential(*(_RRDB(features, growth, residual_scale) for _ in range(blocks)))
+        self.body = nn.Sequential(*(_RRDB(features, growth, residual_scale) for _ in range(config.blocks)))
         self.conv_body = conv(features, features)
         self.conv_up1 = conv(features, features)
         self.conv_up2 = conv(features, features)

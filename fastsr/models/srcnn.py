@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -45,35 +44,22 @@ class SRCNN(nn.Module):
     default initialisation, which trains faster with Adam than the paper's std-0.001 Gaussians.
 
     Args:
-        scale: integer upscaling factor.
-        kernels: the three (odd) kernel sizes.
-        channels: output channels of the first two convs.
-        residual: add the bicubic upsampled input to the output.
+        config: the architecture's keys (``SRCNNConfig``, each documented there).
+        scale: integer upscaling factor, one of ``scales``.
     """
 
     label = "SRCNN"  # how tables name it
-    scales = (2, 4, 8)
+    scales = (2, 3, 4, 8)  # any integer works (imresize, then same-size convs); these are the ones tested
     trainable = True
 
-    def __init__(
-        self,
-        scale: int = 4,
-        kernels: Sequence[int] = (9, 5, 5),
-        channels: Sequence[int] = (64, 32),
-        residual: bool = True,
-    ) -> None:
+    def __init__(self, config: SRCNNConfig, scale: int) -> None:
         super().__init__()
         if int(scale) != scale or scale < 1:
             raise ValueError(f"SRCNN scale must be a positive integer, got {scale!r}")
-        kernels, channels = tuple(int(k) for k in kernels), tuple(int(c) for c in channels)
-        if len(kernels) != 3 or any(k < 1 or k % 2 == 0 for k in kernels):
-            raise ValueError(f"SRCNN needs three odd kernel sizes, got {kernels}")
-        if len(channels) != 2:
-            raise ValueError(f"SRCNN needs two channel counts, got {channels}")
         self.scale = int(scale)
-        self.kernels = kernels
-        self.channels = channels
-        self.residual = residual
+        self.kernels = kernels = tuple(int(k) for k in config.kernels)
+        self.channels = channels = tuple(int(c) for c in config.channels)
+        self.residual = config.residual
 
         k1, k2, k3 = kernels
         c1, c2 = channels

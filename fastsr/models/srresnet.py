@@ -20,9 +20,7 @@ ALLOWED_SCALES = (2, 4, 8)
 
 # The upsamplings `upsample_input` can add to the output: (lr, scale) -> the enlarged lr. `bicubic` is the
 # MATLAB-exact imresize rather than torch's bicubic (Keys a = -0.75, clamped borders): the untrained model
-# is then the bicubic baseline itself, and on the CPU it is also the cheaper of the two (a 16 x 3 x 16 x 16
-# batch at x4, forward and backward, on the 2-core development VM: imresize 1.0 ms, torch's bicubic 2.8 ms,
-# bilinear 0.5 ms, against 67 ms for a whole phase A step of the quick start's 4 x 32 generator).
+# is then the bicubic baseline itself, and on the CPU it is also the cheaper of the two.
 UPSAMPLERS = {
     "none": None,
     "bicubic": lambda lr, scale: imresize(lr, scale=scale),
@@ -32,7 +30,7 @@ UPSAMPLERS = {
 
 @dataclass
 class SRResNetConfig(PartConfig):
-    res_blocks: int = 16  # residual blocks (the seed's knob; 16 in the paper)
+    res_blocks: int = 16  # residual blocks (the reference script's knob; 16 in the paper)
     channels: int = 64  # feature channels
     # Add an upsampling of the input to the output (a global residual, as BasicSR's MSRResNet), so the
     # network learns the correction to it and starts as exactly that upsampler (its last conv zeroed):
@@ -67,7 +65,7 @@ class _ResidualBlock(nn.Module):
 class SRResNet(nn.Module):
     """SRResNet generator: LR image in [0, 1] (N, 3, h, w) -> SR image (N, 3, h*scale, w*scale).
 
-    Layout as in the paper: a 9x9 conv + PReLU head; ``res_blocks`` residual blocks; conv3x3 + BN
+    Layout as in the paper: a 9x9 conv + PReLU head; ``config.res_blocks`` residual blocks; conv3x3 + BN
     closed by a long skip from the head; log2(scale) upsampling stages of conv3x3 (4*channels) ->
     PixelShuffle(2) -> PReLU; a 9x9 conv to 3 channels. PReLUs have one shared slope each (the
     PyTorch default), which gives the commonly quoted 1,549,462 parameters at 16 blocks / 64
@@ -77,42 +75,34 @@ class SRResNet(nn.Module):
     [0, 1] by itself, so the project's [0, 1] convention holds without any remapping. Values can
     stray slightly outside [0, 1]; callers clamp/quantize when they make an image.
 
-    ``upsample_input`` (not in the paper; off by default) adds an upsampling of the LR input to the
+    ``config.upsample_input`` (not in the paper; off by default) adds an upsampling of the LR input to the
     output, so the layers learn only the correction to it. Its last conv then starts at zero: the
     untrained network is exactly that upsampler (for ``bicubic``, the bicubic baseline), so training
     starts from the baseline's score instead of from noise and the input's colours are kept from the
     first step (the quick start uses it: its minute of training is too short for the paper's form).
 
-    ``batch_norm=False`` drops the BatchNorm layers (EDSR's finding for SR, and BasicSR's MSRResNet),
+    ``config.batch_norm=False`` drops the BatchNorm layers (EDSR's finding for SR, and BasicSR's MSRResNet),
     keeping every conv's bias: 2 * channels parameters fewer per BatchNorm, and a forward that updates
     no running statistics.
 
     Args:
-        scale: upscaling factor, one of 2, 4, 8 (each upsampling stage doubles the size).
-        res_blocks: number of residual blocks (16 in the paper).
-        channels: feature channels (64 in the paper).
-        upsample_input: ``none`` (the paper), ``bicubic`` (MATLAB's, ``fastsr.ops.imresize``) or
-            ``bilinear`` (torch's) upsampling of the input added to the output.
-        batch_norm: BatchNorm after the convs of the blocks and of the body's end (the paper); False
-            drops it.
+        config: the architecture's keys (``SRResNetConfig``, each documented there).
+        scale: upscaling factor, one of ``scales`` (each upsampling stage doubles the size).
     """
 
     label = "SRResNet"  # how tables name it
     scales = ALLOWED_SCALES
     trainable = True
 
-    def __init__(self, scale: int = 4, res_blocks: int = 16, channels: int = 64,
-                 upsample_input: str = "none", batch_norm: bool = True) -> None:
+    def __init__(self, config: SRResNetConfig, scale: int) -> None:
         super().__init__()
-        if scale not in ALLOWED_SCALES:
-            raise ValueError(f"SRResNet scale must be one of {ALLOWED_SCALES}, got {scale!r}")
-        if upsample_input not in UPSAMPLERS:
-            raise ValueError(f"SRResNet upsample_input must be one of {tuple(UPSAMPLERS)}, got {upsample_input!r}")
+        if scale not in self.scales:
+            raise ValueError(f"SRResNet scale must be one of {self.scales}, got {scale!r}")
         self.scale = scale
-        self.res_blocks = res_blocks
-        self.channels = channels
-        self.upsample_input = upsample_input
-        self.batch_norm = batch_norm
+        self.res_blocks = res_blocks = config.res_blocks
+        self.channels = channels = config.channels
+        self.upsample_input = upsample_input = config.upsample_input
+        self.batch_norm = batch_norm = config.batch_norm
 
         self.head = nn.Sequential(nn.Conv2d(3, channels, 9, padding=4), nn.PReLU())
         self.blocks = nn.Sequential(*(_ResidualBlock(channels, batch_norm) for _ in range(res_blocks)))

@@ -33,7 +33,7 @@ class VGGDiscriminator(nn.Module):
     """Real/fake classifier for HR-sized images in [0, 1]; returns one logit per image, shape (N,).
 
     ESRGAN's layout (BasicSR's ``VGGStyleDiscriminator`` names): five stages ``convK_0`` (3x3, stride 1)
-    and ``convK_1`` (4x4, stride 2), channels c, 2c, 4c, 8c, 8c for ``channels=c``, each conv followed
+    and ``convK_1`` (4x4, stride 2), channels c, 2c, 4c, 8c, 8c for ``config.channels=c``, each conv followed
     by BatchNorm (``bnK_0`` / ``bnK_1``) except ``conv0_0``, and LeakyReLU(0.2); then ``linear1``
     8c*4*4 -> 100, LeakyReLU(0.2), ``linear2`` 100 -> 1.
 
@@ -43,14 +43,18 @@ class VGGDiscriminator(nn.Module):
     As in `fastsr.models.discriminator`, the input is mapped to [-1, 1] internally so the first conv
     (the one without BatchNorm) sees zero-centred data, and the logits are raw (no sigmoid).
     Convolutions followed by BatchNorm carry no bias (BN's shift makes it redundant);
-    ``batch_norm=False`` drops the BatchNorm layers and gives every conv a bias.
+    ``config.batch_norm=False`` drops the BatchNorm layers and gives every conv a bias.
+
+    Args:
+        config: the architecture's keys (``VGGDiscriminatorConfig``, each documented there).
     """
 
     min_size = 32  # the smallest input side: 1x1 after the five stride-2 convs
 
-    def __init__(self, in_channels: int = 3, channels: int = 64, batch_norm: bool = True) -> None:
+    def __init__(self, config: VGGDiscriminatorConfig) -> None:
         super().__init__()
-        prev = in_channels
+        channels, batch_norm = config.channels, config.batch_norm
+        prev = 3  # RGB
         self._layers: list[tuple[str, str | None]] = []  # (conv name, its BN's name or None)
         for k, mult in enumerate(_STAGES):
             out = channels * mult

@@ -25,14 +25,11 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from fastsr.config import RecipeError
-
-
-class RunDirLocked(RuntimeError):
-    """Another live run holds the run directory; the message names it and the holder."""
+from fastsr.errors import RecipeError, RunDirLocked
 
 
 def lock_path(run_dir: Path) -> Path:
+    """The lock file of `run_dir`: NAME.lock beside it, not inside, so it stays when the directory is moved."""
     return run_dir.with_name(f"{run_dir.name}.lock")
 
 

@@ -14,13 +14,15 @@ import os
 import signal
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 from accelerate.utils import InitProcessGroupKwargs
+
+from fastsr.errors import LostProcess
 
 HEARD_PREFIX = "fastsr/stopped/"  # + rank: "" for a process that lost contact, else why it stopped
 GRACE_S = 5.0  # how long a process whose collective failed waits for the others' word
@@ -34,11 +36,8 @@ COLLECTIVE_CODE = (os.path.join(_TORCH_DIR, "distributed") + os.sep,
 BACKEND_WORDS = ("/gloo/", "ProcessGroupGloo", "ProcessGroupNCCL", "NCCL communicator", "NCCL error", "WorkNCCL")
 
 
-class LostProcess(RuntimeError):
-    """Another process of the run died, hung or failed; the message names it where it can be known."""
-
-
 def process_group_kwargs(timeout_s: float) -> InitProcessGroupKwargs:
+    """Accelerate's handler that sets the process group's collective timeout (train.collective_timeout_s)."""
     return InitProcessGroupKwargs(timeout=timedelta(seconds=timeout_s))
 
 
@@ -120,6 +119,8 @@ def _cause(err: BaseException) -> str:
 
 
 def lost_message(err: BaseException, rank: int, world: int, heard: dict[int, str], step: int, timeout_s: float) -> str:
+    """The one line this process stops with after collective error `err`: the first other rank that said why
+    it stopped (`heard`: rank -> word), else the ranks never heard from, with how to resume."""
     failed = {r: why for r, why in sorted(heard.items()) if why and r != rank}
     lost = [r for r in range(world) if r not in heard and r != rank]
     if failed:
@@ -144,9 +145,10 @@ def tell_the_others(accelerator, why: str) -> None:
 
 
 @contextmanager
-def lost_processes_named(accelerator, step: Callable[[], int], timeout_s: float) -> Iterator[None]:
+def lost_processes_named(accelerator, position, timeout_s: float) -> Iterator[None]:
     """With several processes: a process that stops on an error tells the others why; one whose collective
-    failed raises LostProcess naming the process that was lost, or that stopped and why."""
+    failed raises LostProcess naming the process that was lost, or that stopped and why, and the step the
+    run was at (`position.step`, the run's `Position`)."""
     if accelerator.num_processes == 1:
         yield
         return
@@ -161,4 +163,4 @@ def lost_processes_named(accelerator, step: Callable[[], int], timeout_s: float)
             raise
         _tell(store, rank, "")
         heard = _hear(store, accelerator.num_processes)
-        raise LostProcess(lost_message(err, rank, accelerator.num_processes, heard, step(), timeout_s)) from None
+        raise LostProcess(lost_message(err, rank, accelerator.num_processes, heard, position.step, timeout_s)) from None
