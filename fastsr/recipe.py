@@ -14,15 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from fastsr.config import (
-    DataConfig,
-    RecipeError,
-    RuntimeConfig,
-    TrainConfig,
-    build_section,
-    read_raw,
-    section_keys,
-)
+from fastsr.config import DataConfig, RuntimeConfig, TrainConfig, build_section, read_raw
+from fastsr.errors import RecipeError
 from fastsr.losses import LossConfig
 from fastsr.models import DISCRIMINATORS, GENERATORS
 from fastsr.registry import PartConfig, load_plugins
@@ -30,6 +23,9 @@ from fastsr.registry import PartConfig, load_plugins
 
 @dataclass
 class Recipe:
+    """A run's typed, checked recipe: the top-level keys (`name`, `out_dir`, `scale`, `plugins`), the parts'
+    sections (`model`, `discriminator`) and the run's (`data`, `loss`, `train`, `runtime`)."""
+
     name: str = "run"
     out_dir: str = "runs"  # the run directory is out_dir/name
     scale: int = 4
@@ -47,6 +43,7 @@ class Recipe:
 
     @property
     def run_dir(self) -> Path:
+        """`out_dir/name`, where the run writes."""
         return Path(self.out_dir) / self.name
 
 
@@ -102,6 +99,7 @@ def part_defaults() -> dict[str, str]:
 
 
 def from_dict(raw: dict, source: str = "recipe") -> Recipe:
+    """A checked `Recipe` from a raw recipe dict, its `plugins` imported first; errors name `source`."""
     plugins = raw.get("plugins", [])
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
         raise RecipeError(f"{source}: plugins must be a list of module names, got {plugins!r}")
@@ -112,17 +110,14 @@ def from_dict(raw: dict, source: str = "recipe") -> Recipe:
 
 
 def to_dict(recipe: Recipe) -> dict:
+    """The recipe as nested plain dicts and lists (every key, defaults included)."""
     return dataclasses.asdict(recipe)
 
 
 def save_recipe(recipe: Recipe, path: Path) -> None:
+    """Write `to_dict(recipe)` as YAML to `path`, creating its folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
-
-
-def all_keys() -> list[str]:
-    """Every valid dotted key of a recipe, a part's keys for each registered part (for suggestions and docs)."""
-    return section_keys(Recipe)
 
 
 def _check_joins(r: Recipe, source: str) -> None:

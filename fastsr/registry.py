@@ -53,7 +53,8 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
-from fastsr.config import RecipeError, build_section, section_keys
+from fastsr.config import build_section, section_keys
+from fastsr.errors import RecipeError
 
 ENTRY_POINT_GROUPS = ("fastsr.models", "fastsr.losses")
 _MISSING = object()
@@ -76,6 +77,8 @@ class PartConfig:
 
 @dataclass(frozen=True)
 class Entry:
+    """One registered part: its name, class and typed config class."""
+
     name: str
     cls: type
     config: type[PartConfig]
@@ -172,12 +175,15 @@ class Registry:
             fail(f"its defaults cannot be checked: {type(err).__name__} ({_first_line(err)}) in {config.__name__}")
 
     def names(self) -> list[str]:
+        """The registered names, sorted."""
         return sorted(self._entries)
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
 
     def entry(self, name: str) -> Entry:
+        """The `Entry` registered as `name`; otherwise a one-line KeyError with the closest name and how a
+        plugin's part gets registered."""
         try:
             return self._entries[name]
         except KeyError:

@@ -2,8 +2,9 @@ from pathlib import Path
 
 import pytest
 
+from fastsr.config import section_keys
 from fastsr.errors import RecipeError
-from fastsr.recipe import all_keys, from_dict, load_recipe, save_recipe
+from fastsr.recipe import Recipe, from_dict, load_recipe, save_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -20,7 +21,7 @@ def test_every_shipped_recipe_loads(recipe):
 
 
 def test_seed_knobs_keep_their_names():
-    leaves = {k.rsplit(".", 1)[-1] for k in all_keys()}
+    leaves = {k.rsplit(".", 1)[-1] for k in section_keys(Recipe)}
     for knob in ["epochs_pretrain", "epochs_finetune", "batch_size", "res_blocks", "lr", "scale", "w_adv", "w_vgg", "w_tv"]:
         assert knob in leaves
 

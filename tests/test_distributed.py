@@ -227,12 +227,13 @@ def test_a_recipe_runs_the_same_steps_at_the_same_rates_on_one_or_two_processes(
         assert next(r for r in log if r["kind"] == "run")["phases"] == {"pretrain": 12, "finetune": 5}
     assert schedules[1] == schedules[2]
     assert [step for _, step, _ in schedules[1]] == list(range(1, 18))
-    assert [lr for _, _, lr in schedules[1]][2:5] == [1e-3, 5e-4, 5e-4]  # the pretrain milestone at its step 4
+    assert [lr for _, _, lr in schedules[1]][3:5] == [1e-3, 5e-4]  # milestone 4: after 4 steps of pretrain
 
 @pytest.mark.slow
 def test_multinode_two_machines_on_loopback_train_and_checkpoint(photo_folder, tmp_path):
     recipe = _recipe_file(photo_folder, tmp_path, data={"repeat": 4, "backend": "torch"},
-                          train={"epochs_pretrain": 1, "epochs_finetune": 0, "batch_size": 2, "save_every": 2})
+                          train={"epochs_pretrain": None, "steps_pretrain": 6, "epochs_finetune": 0, "batch_size": 2,
+                                 "save_every": 2})  # 6 steps: one epoch of the two processes' loaders
     port = str(free_port())
     common = ["--num_machines", "2", "--num_processes", "2", "--main_process_ip", "127.0.0.1",
               "--main_process_port", port]

@@ -25,8 +25,9 @@ import pytest
 
 from fastsr.cli import build_parser
 from fastsr.cluster import parse as parse_launch_sh
+from fastsr.config import section_keys
 from fastsr.errors import FastsrError
-from fastsr.recipe import all_keys, find_recipe, load_recipe
+from fastsr.recipe import Recipe, find_recipe, load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -112,7 +113,7 @@ def check_recipe(command: Command, recipe: str, overrides: list[str]) -> None:
     left_out = [o.partition("=")[0].strip() for o in overrides if o not in kept]
     if not left_out:
         pytest.fail(f"{command.where}: {command.text}\n  {first_error}")
-    unknown = [key for key in left_out if key not in all_keys()]
+    unknown = [key for key in left_out if key not in section_keys(Recipe)]
     assert not unknown, f"{command.where}: {command.text}\n  not recipe keys: {unknown}"
     try:
         load_recipe(recipe, kept)

@@ -23,10 +23,11 @@ from accelerate.utils import LoggerType
 from hypothesis import Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
+from fastsr.config import section_keys
 from fastsr.errors import RecipeError
 from fastsr.losses import VGG19_LAYERS
 from fastsr.ops import imresize
-from fastsr.recipe import Recipe, all_keys, load_recipe, save_recipe
+from fastsr.recipe import Recipe, load_recipe, save_recipe
 
 # ---------------------------------------------------------------------------------------------
 # imresize: strategies and the overshoot bound
@@ -206,8 +207,8 @@ def get_key(recipe: Recipe, key: str):
     return recipe
 
 
-# The keys of BASE's own parts (all_keys() also lists every other registered part's keys).
-KEYS = [k for k in all_keys() if get_key(load_recipe(BASE), k) is not _MISSING]
+# The keys of BASE's own parts (section_keys(Recipe) also lists every other registered part's keys).
+KEYS = [k for k in section_keys(Recipe) if get_key(load_recipe(BASE), k) is not _MISSING]
 SECTIONS = sorted({k.split(".")[0] for k in KEYS if "." in k})
 
 

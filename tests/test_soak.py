@@ -57,7 +57,8 @@ def test_preempt_soak_two_processes_five_stops_and_resumes_end_bitwise_equal(pho
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe_dict(
         photo_folder, tmp_path / "runs", data={"backend": "torch", "workers": 2, "repeat": 4},
-        train={"epochs_pretrain": 3, "epochs_finetune": 2, "batch_size": 2, "log_every": 1, "ema": 0.9})))
+        train={"epochs_pretrain": None, "steps_pretrain": 18, "epochs_finetune": None, "steps_finetune": 12,
+               "batch_size": 2, "log_every": 1, "ema": 0.9})))  # 3 + 2 epochs of the two processes' loaders
     shm_before, fds_before = set(os.listdir("/dev/shm")), sorted(os.listdir("/proc/self/fd"))
 
     full = _launch(recipe, "full", tmp_path / "w_full", env=PROCESS_ENV)

@@ -110,30 +110,11 @@ def set_up(recipe: Recipe, console: Console, accelerator: Accelerator, lock: Run
     degradation.require(recipe.data.degradation)
 
     train_samples, cache, val_sets, notes = screened_data(recipe, accelerator, console)
-    loader, loader_note = make_batch_source(
-        recipe.data, train_samples, recipe.scale, t.batch_size, cache=cache, seed=t.seed, rank=accelerator.process_index,
-        world_size=accelerator.num_processes, device=device)
-    if len(loader) == 0:
-        raise RecipeError(
-            f"data.source {recipe.data.source}: {len(train_samples)} images x repeat {recipe.data.repeat} make no full "
-            f"batch of {t.batch_size} per process; raise data.repeat or lower train.batch_size")
-
+    loader, loader_note = training_batches(recipe, accelerator, train_samples, cache)
     # Built in this order (generator, discriminator, losses) so train.seed gives the same initial weights.
-    g = GENERATORS.create(recipe.model, scale=recipe.scale)
-    if t.init_from:
-        check_init_from(t.init_from, g.config)
-        load_weights(g, Path(t.init_from))
-    finetune = t.runs("finetune")
-    d = DISCRIMINATORS.create(recipe.discriminator) if finetune else None
-    finetune_loss, gan, finetune_notes = build_finetune_loss(recipe.loss) if finetune else (None, None, [])
+    trainables = build_trainables(recipe, device)
+    finetune_loss, gan, finetune_notes = build_finetune_loss(recipe.loss) if t.runs("finetune") else (None, None, [])
     pretrain_loss, pretrain_notes = build_pretrain_loss(recipe.loss) if t.runs("pretrain") else (None, [])
-    betas = tuple(t.betas)
-    trainables = Trainables(
-        generator=g,
-        opt_g=adam(g.parameters(), t.lr, betas, device),
-        discriminator=d,
-        opt_d=adam(d.parameters(), t.lr_finetune or t.lr, betas, device) if finetune else None,
-        ema=GeneratorEMA(g, t.ema) if t.ema else None)
     checkpoint = resolve_resume(t.resume, recipe.run_dir)
     if checkpoint is not None:
         restore_training_state(checkpoint, trainables, position)
@@ -148,10 +129,39 @@ def set_up(recipe: Recipe, console: Console, accelerator: Accelerator, lock: Run
     training = prepare_for_training(accelerator, runtime, trainables, pretrain_loss, finetune_loss, gan)
     phases = plan_phases(t, epoch_steps, len(loader), accelerator.num_processes,
                          optimisers={"pretrain": [training.opt_g], "finetune": [training.opt_g, training.opt_d]},
-                         models={"pretrain": [g], "finetune": [g, d]})
+                         models={"pretrain": [trainables.generator],
+                                 "finetune": [trainables.generator, trainables.discriminator]})
     return Run(recipe=recipe, console=console, accelerator=accelerator, runtime=runtime, precision=precision,
                loader=loader, val_sets=val_sets, val_metrics=val_metrics, trainables=trainables, training=training,
                phases=phases, epoch_steps=epoch_steps, position=position, resumed_from=checkpoint, log=log, lock=lock)
+
+
+def training_batches(recipe: Recipe, accelerator: Accelerator, samples: list, cache) -> tuple[BatchSource, str | None]:
+    """(this process's batch source, a note on the backend `auto` chose, or None)."""
+    t = recipe.train
+    loader, note = make_batch_source(recipe.data, samples, recipe.scale, t.batch_size, cache=cache, seed=t.seed,
+                                     rank=accelerator.process_index, world_size=accelerator.num_processes,
+                                     device=accelerator.device)
+    if len(loader) == 0:
+        raise RecipeError(
+            f"data.source {recipe.data.source}: {len(samples)} images x repeat {recipe.data.repeat} make no full "
+            f"batch of {t.batch_size} per process; raise data.repeat or lower train.batch_size")
+    return loader, note
+
+
+def build_trainables(recipe: Recipe, device: torch.device) -> Trainables:
+    """The eager generator (from `train.init_from` when set), the discriminator when the finetune phase runs,
+    their Adam optimisers and the generator's EMA (`train.ema`)."""
+    t = recipe.train
+    g = GENERATORS.create(recipe.model, scale=recipe.scale)
+    if t.init_from:
+        check_init_from(t.init_from, g.config)
+        load_weights(g, Path(t.init_from))
+    d = DISCRIMINATORS.create(recipe.discriminator) if t.runs("finetune") else None
+    betas = tuple(t.betas)
+    return Trainables(generator=g, opt_g=adam(g.parameters(), t.lr, betas, device), discriminator=d,
+                      opt_d=adam(d.parameters(), t.lr_finetune or t.lr, betas, device) if d is not None else None,
+                      ema=GeneratorEMA(g, t.ema) if t.ema else None)
 
 
 def open_run_dir(recipe: Recipe, accelerator: Accelerator, console: Console, resumed_from: Path | None,

@@ -1,6 +1,6 @@
 """Training losses, as registered terms (`pixel`, `vgg`, `adv`, `tv`) that each phase sums in one place.
 
-The recipe's `loss` section (`LossConfig`) gives each phase a list of weighted terms: `loss.terms_pretrain`
+The recipe's `loss` section (`LossConfig`) lists each phase's weighted terms: `loss.terms_pretrain`
 (by default the pixel loss alone) and `loss.terms` (by default the reference script's list, weighted by its
 knobs `w_vgg`, `w_adv`, `w_tv`). No term carries its weight inside: `GeneratorLoss` multiplies each by its
 weight exactly once. All image inputs are float tensors in [0, 1], NCHW, RGB.
@@ -33,6 +33,8 @@ REFERENCE_WEIGHTS = {"w_vgg": 6e-3, "w_adv": 1e-3, "w_tv": 1e-6}
 
 @dataclass
 class LossConfig:
+    """The `loss` section's recipe keys: each phase's list of weighted terms and the reference script's knobs."""
+
     pixel: Literal["mse", "l1"] = "mse"  # the kind of the default lists' pixel term
     # The pretrain phase's loss: weighted terms, any but `adv` (no discriminator trains then), e.g.
     # [{name: pixel, kind: l1}] or a plugin's term. null: the pixel loss alone (weight 1).
@@ -54,6 +56,8 @@ class LossConfig:
     vgg_missing: Literal["error", "skip"] = "error"
 
     def check(self) -> None:
+        """Weights >= 0, `vgg_layer` a VGG19 layer, log names unique in each list, no `adv` in `terms_pretrain`;
+        with `terms` set: the knobs at their defaults and exactly one `adv` term."""
         non_negative(self, *REFERENCE_WEIGHTS)
         check_vgg_layer("vgg_layer", self.vgg_layer)
         for key in ("terms_pretrain", "terms"):

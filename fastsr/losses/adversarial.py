@@ -90,28 +90,39 @@ class GAN(Protocol):
 
 
 class Vanilla:
+    """SRGAN's kind: D's loss is BCE(real -> 1) + BCE(fake -> 0); G's the non-saturating BCE(D(G(z)) -> 1)."""
+
     relativistic = False
 
     def d_real(self, real_logits: torch.Tensor, fake_reference: torch.Tensor | None) -> torch.Tensor:
+        """BCE(real logits -> 1); `fake_reference` is unused."""
         return d_loss(real_logits, None)
 
     def d_fake(self, fake_logits: torch.Tensor, real_reference: torch.Tensor) -> torch.Tensor:
+        """BCE(fake logits -> 0); `real_reference` is unused."""
         return d_loss(None, fake_logits)
 
     def generator_loss(self, critic: Critic, real: torch.Tensor, sr: torch.Tensor) -> torch.Tensor:
+        """BCE(critic(sr) -> 1); `real` is unused."""
         return g_adv_loss(critic(sr))
 
 
 class Relativistic:
+    """ESRGAN's kind (`ragan`): D's loss is [BCE(C(x_r) - E[C(x_f)] -> 1) + BCE(C(x_f) - E[C(x_r)] -> 0)] / 2;
+    G's the same with the targets swapped, so its gradient comes from the real images too."""
+
     relativistic = True
 
     def d_real(self, real_logits: torch.Tensor, fake_reference: torch.Tensor | None) -> torch.Tensor:
+        """BCE(C(x_r) - mean C(x_f) -> 1) / 2; `fake_reference` (the fakes' logits) is required."""
         return ragan_d_real(real_logits, fake_reference)
 
     def d_fake(self, fake_logits: torch.Tensor, real_reference: torch.Tensor) -> torch.Tensor:
+        """BCE(C(x_f) - mean C(x_r) -> 0) / 2."""
         return ragan_d_fake(fake_logits, real_reference)
 
     def generator_loss(self, critic: Critic, real: torch.Tensor, sr: torch.Tensor) -> torch.Tensor:
+        """[BCE(C(x_r) - mean C(x_f) -> 0) + BCE(C(x_f) - mean C(x_r) -> 1)] / 2, x_f = `sr`, x_r = `real`."""
         with torch.no_grad():  # D is frozen during G's update; the real logits are a constant for G
             real_logits = critic(real)
         return ragan_g_loss(real_logits, critic(sr))
@@ -122,6 +133,8 @@ GAN_KINDS = {"vanilla": Vanilla, "ragan": Relativistic}
 
 @dataclass
 class AdvTermConfig(TermConfig):
+    """The `adv` loss term's recipe keys (its GAN kind), besides `weight` and `label`."""
+
     gan: Literal["vanilla", "ragan"] = "vanilla"  # SRGAN: vanilla; ESRGAN: ragan (relativistic average)
 
 
@@ -136,4 +149,5 @@ class AdvTerm(nn.Module):
         self.gan = GAN_KINDS[config.gan]()
 
     def forward(self, sr: torch.Tensor, hr: torch.Tensor, critic: Critic) -> torch.Tensor:
+        """G's adversarial loss (a scalar) for `sr` against `hr`, both (N, 3, H, W) in [0, 1], judged by `critic`."""
         return self.gan.generator_loss(critic, hr, sr)

@@ -117,6 +117,7 @@ class VGGFeatures(nn.Module):
         return super().train(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (N, 3, H, W) in [0, 1] -> the VGG19 feature map at ``layer``, (N, C, H', W')."""
         return self.features((x - self.mean) / self.std)
 
 
@@ -138,6 +139,7 @@ class PerceptualLoss(nn.Module):
         self.criterion = criterion
 
     def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+        """Scalar feature distance of ``sr`` to ``hr``, both (N, 3, H, W) in [0, 1]; gradients reach ``sr`` only."""
         with torch.no_grad():
             target = self.vgg(hr)
         return pixel_loss(self.vgg(sr), target, self.criterion)
@@ -153,10 +155,13 @@ def check_vgg_layer(key: str, layer: str) -> None:
 
 @dataclass
 class VGGTermConfig(TermConfig):
+    """The `vgg` loss term's recipe keys (feature layer and distance), besides `weight` and `label`."""
+
     layer: str = "conv5_4"  # `conv5_4`: before its ReLU (ESRGAN); `relu5_4`: after it (SRGAN's phi_5,4)
     criterion: Literal["mse", "l1"] = "mse"  # SRGAN: mse; ESRGAN: l1
 
     def check(self) -> None:
+        """`weight` >= 0; `layer` one of ``VGG19_LAYERS``."""
         super().check()
         check_vgg_layer("layer", self.layer)
 
@@ -175,4 +180,5 @@ class VGGTerm(nn.Module):
         self.loss = PerceptualLoss(config.layer, None if vgg_weights == "random" else vgg_weights, config.criterion)
 
     def forward(self, sr: torch.Tensor, hr: torch.Tensor, critic) -> torch.Tensor:
+        """The perceptual loss (a scalar) of `sr` against `hr`, both (N, 3, H, W) in [0, 1]; `critic` is unused."""
         return self.loss(sr, hr)

@@ -1,4 +1,4 @@
-"""The pixel loss (MSE or L1): the `pixel` term, the pretrain phase's default loss and part of finetune's."""
+"""The pixel loss (MSE or L1): the `pixel` term, the pretrain phase's default loss and a term of finetune's."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ def pixel_loss(sr: torch.Tensor, hr: torch.Tensor, kind: str = "mse") -> torch.T
 
 @dataclass
 class PixelTermConfig(TermConfig):
+    """The `pixel` loss term's recipe keys (its distance), besides `weight` and `label`."""
+
     kind: Literal["mse", "l1"] = "mse"  # SRGAN: mse; ESRGAN: l1
 
 
@@ -39,4 +41,5 @@ class PixelTerm(nn.Module):
         self.kind = config.kind
 
     def forward(self, sr: torch.Tensor, hr: torch.Tensor, critic) -> torch.Tensor:
+        """Mean MSE or L1 (a scalar) of `sr` to `hr`, both (N, 3, H, W) in [0, 1]; `critic` is unused."""
         return pixel_loss(sr, hr, self.kind)

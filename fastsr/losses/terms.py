@@ -27,15 +27,19 @@ LOSS_TERMS = Registry("loss term", requires={"fp32": bool}, outside=("weight", "
 
 @dataclass
 class TermConfig(PartConfig):
+    """The recipe keys every loss term has (`weight`, `label`); each term's config derives from it."""
+
     weight: float = 1.0  # multiplies the term once, in GeneratorLoss
     label: str | None = None  # the name the term is logged under (default: its name); two terms of a kind need one
 
     def check(self) -> None:
+        """`weight` >= 0 (NaN refused)."""
         if not self.weight >= 0:
             raise Invalid("weight", f"must not be negative (got {self.weight})")
 
     @property
     def log_name(self) -> str:
+        """The name the term's value is logged under: `label`, else the term's registered name."""
         return self.label or self.name
 
 

@@ -12,7 +12,7 @@ from fastsr.losses.terms import LOSS_TERMS, TermConfig
 
 try:
     from kornia.losses import total_variation as kornia_total_variation
-except ImportError:  # Kornia is optional (the GPU machines lack it): `total_variation` computes the same
+except ImportError:  # Kornia is optional (not a dependency of fastsr): `total_variation` computes the same
     kornia_total_variation = None
 
 
@@ -40,7 +40,7 @@ def tv_loss(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class TVTermConfig(TermConfig):
-    pass
+    """The `tv` loss term's recipe keys: `weight` and `label` alone."""
 
 
 @LOSS_TERMS.register("tv", TVTermConfig)
@@ -53,4 +53,5 @@ class TVTerm(nn.Module):
         super().__init__()
 
     def forward(self, sr: torch.Tensor, hr: torch.Tensor, critic) -> torch.Tensor:
+        """`tv_loss` (a scalar) of `sr`, (N, 3, H, W) in [0, 1]; `hr` and `critic` are unused."""
         return tv_loss(sr)

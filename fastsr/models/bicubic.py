@@ -14,7 +14,7 @@ from fastsr.registry import PartConfig
 
 @dataclass
 class BicubicConfig(PartConfig):
-    pass
+    """The `bicubic` generator's recipe keys: none besides `name`."""
 
 
 @GENERATORS.register("bicubic", BicubicConfig)
@@ -38,4 +38,5 @@ class Bicubic(nn.Module):
         self.scale = scale
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        """LR (N, 3, h, w) in [0, 1] -> SR (N, 3, h*scale, w*scale), unclamped."""
         return imresize(lr, scale=self.scale)

@@ -17,16 +17,20 @@ _CONVS = ((1, 1), (1, 2), (2, 1), (2, 2), (4, 1), (4, 2), (8, 1), (8, 2))
 
 @dataclass
 class DiscriminatorConfig(PartConfig):
+    """The `srgan` discriminator's recipe keys."""
+
     channels: int = 64  # the first convs' channels; doubled at every other conv up to 8x
     # BatchNorm after all convs but the first, as the paper (true); false drops it (each conv then has a
     # bias): nothing in D's forward updates a buffer, for CUDA graphs and DDP (no buffers to broadcast).
     batch_norm: bool = True
 
     def check(self) -> None:
+        """`channels` > 0."""
         positive(self, "channels")
 
 
 def check_input_size(x: torch.Tensor, min_size: int, who: str) -> None:
+    """A ValueError naming `who` unless both spatial sides of `x` are at least `min_size`."""
     if x.shape[-2] < min_size or x.shape[-1] < min_size:
         raise ValueError(f"{who} needs inputs of at least {min_size}x{min_size}, got {tuple(x.shape[-2:])}")
 
@@ -77,5 +81,6 @@ class Discriminator(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (N, 3, H, W) in [0, 1], H and W >= ``min_size`` -> raw logits (N,)."""
         check_input_size(x, self.min_size, "Discriminator")
         return self.classifier(self.pool(self.features(x * 2 - 1))).squeeze(1)

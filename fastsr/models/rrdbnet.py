@@ -18,12 +18,15 @@ ALLOWED_SCALES = (2, 4)
 
 @dataclass
 class RRDBNetConfig(PartConfig):
+    """The `rrdbnet` generator's recipe keys."""
+
     blocks: int = 23  # RRDB blocks (23 in the paper)
     features: int = 64  # feature channels of the trunk
     growth: int = 32  # channels each dense-block conv adds (the paper's growth rate)
     residual_scale: float = 0.2  # factor on every residual branch, in (0, 1]
 
     def check(self) -> None:
+        """`blocks`, `features`, `growth` > 0; `residual_scale` in (0, 1]."""
         positive(self, "blocks", "features", "growth")
         if not 0 < self.residual_scale <= 1:
             raise Invalid("residual_scale", f"must be in (0, 1] (got {self.residual_scale})")
@@ -120,6 +123,7 @@ class RRDBNet(nn.Module):
         self.lrelu = nn.LeakyReLU(0.2, inplace=True)
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        """LR (N, 3, h, w) in [0, 1] -> SR (N, 3, h*scale, w*scale), unclamped."""
         h, w = lr.shape[-2:]
         x = lr
         if self.unshuffle > 1:

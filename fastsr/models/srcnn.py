@@ -15,11 +15,14 @@ from fastsr.registry import PartConfig
 
 @dataclass
 class SRCNNConfig(PartConfig):
+    """The `srcnn` generator's recipe keys."""
+
     kernels: list[int] = field(default_factory=lambda: [9, 5, 5])  # [9, 1, 5] is the paper's base model
     channels: list[int] = field(default_factory=lambda: [64, 32])  # outputs of the first two convs
     residual: bool = True  # add the bicubic image to the output (false: the paper's form)
 
     def check(self) -> None:
+        """`kernels`: three positive odd sizes; `channels`: two positive counts."""
         if len(self.kernels) != 3 or any(k <= 0 or k % 2 == 0 for k in self.kernels):
             raise Invalid("kernels", f"must be three odd sizes such as [9, 5, 5] (got {self.kernels})")
         if len(self.channels) != 2 or any(c <= 0 for c in self.channels):
@@ -74,6 +77,7 @@ class SRCNN(nn.Module):
         nn.init.zeros_(self.body[-1].bias)
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        """LR (N, 3, h, w) in [0, 1] -> SR (N, 3, h*scale, w*scale), unclamped."""
         up = imresize(lr, scale=self.scale)
         out = self.body(up)
         return out + up if self.residual else out

@@ -30,6 +30,8 @@ UPSAMPLERS = {
 
 @dataclass
 class SRResNetConfig(PartConfig):
+    """The `srresnet` generator's recipe keys."""
+
     res_blocks: int = 16  # residual blocks (the reference script's knob; 16 in the paper)
     channels: int = 64  # feature channels
     # Add an upsampling of the input to the output (a global residual, as BasicSR's MSRResNet), so the
@@ -41,6 +43,7 @@ class SRResNetConfig(PartConfig):
     batch_norm: bool = True
 
     def check(self) -> None:
+        """`res_blocks`, `channels` > 0."""
         positive(self, "res_blocks", "channels")
 
 
@@ -123,6 +126,7 @@ class SRResNet(nn.Module):
             nn.init.zeros_(self.tail.bias)
 
     def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        """LR (N, 3, h, w) in [0, 1] -> SR (N, 3, h*scale, w*scale), unclamped."""
         head = self.head(lr)
         features = head + self.body_tail(self.blocks(head))
         out = self.tail(self.upsample(features))

@@ -19,12 +19,15 @@ _STAGES = (1, 2, 4, 8, 8)
 
 @dataclass
 class VGGDiscriminatorConfig(PartConfig):
+    """The `vgg128` discriminator's recipe keys."""
+
     channels: int = 64  # the first stage's channels; 2x, 4x, 8x, 8x in the later stages
     # BatchNorm after every conv but conv0_0, as ESRGAN (true); false drops it (each conv then has a bias):
     # nothing in D's forward updates a buffer, for CUDA graphs and DDP (no buffers to broadcast).
     batch_norm: bool = True
 
     def check(self) -> None:
+        """`channels` > 0."""
         positive(self, "channels")
 
 
@@ -71,6 +74,7 @@ class VGGDiscriminator(nn.Module):
         self.lrelu = nn.LeakyReLU(0.2, inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (N, 3, H, W) in [0, 1], H and W >= ``min_size`` -> raw logits (N,)."""
         check_input_size(x, self.min_size, "VGG discriminator (vgg128)")
         feat = x * 2 - 1
         for conv, bn in self._layers:
