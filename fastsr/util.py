@@ -167,12 +167,12 @@ class LineProgress:
         eta = f" ETA {_duration(left * (now - task.line_at) / done)}" if done > 0 and left > 0 else ""
         fields = dict(task.fields)
         rate, info = fields.pop("rate", None), fields.pop("info", "")
-        parts = [task.description, f"{task.completed}/{task.total} ({100 * task.completed / max(task.total, 1):.0f}%)",
+        words = [task.description, f"{task.completed}/{task.total} ({100 * task.completed / max(task.total, 1):.0f}%)",
                  *(f"{k} {v}" for k, v in fields.items()), *([f"{rate:.1f} img/s"] if rate else []), info]
         task.line_at, task.line_completed = now, task.completed
         if self.enabled:
             stream = self.stream or sys.stdout
-            stream.write(" ".join(filter(None, (p.strip() for p in parts))) + eta + "\n")
+            stream.write(" ".join(filter(None, (p.strip() for p in words))) + eta + "\n")
             stream.flush()
 
 

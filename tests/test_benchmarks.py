@@ -67,7 +67,7 @@ def test_finetune_runs_the_generator_twice_and_one_backward_covers_both_d_forwar
     assert all(isinstance(v, float) for v in losses.values()) and set(losses) == {"d", "g"}  # .item() every step
 
 
-def test_losses_are_bce_on_sigmoid_outputs_and_the_seeds_weighted_sum():
+def test_losses_are_bce_on_sigmoid_outputs_and_the_reference_weighted_sum():
     g, _, step = _models()
     d_out, g_out, vgg_out = [], [], []
     step.d.register_forward_hook(lambda m, i, o: d_out.append(o.detach().clone()))
@@ -86,7 +86,7 @@ def test_losses_are_bce_on_sigmoid_outputs_and_the_seeds_weighted_sum():
     assert losses["g"] == pytest.approx(float(by_hand), rel=1e-5)
 
 
-def test_gradients_go_where_the_seed_sent_them(monkeypatch):
+def test_gradients_go_where_the_reference_script_sent_them(monkeypatch):
     g, d, step = _models()
     d_grads = {}  # parameter name -> how many backward passes computed its gradient
     for name, p in d.named_parameters():
@@ -115,7 +115,7 @@ def test_pretrain_is_one_forward_mse_backward_step_and_a_read_back(monkeypatch):
     assert any(not torch.equal(a, b) for a, b in zip(before, g.parameters()))
 
 
-def test_the_seed_tv_loss_equals_a_hand_computation():
+def test_the_reference_tv_loss_equals_a_hand_computation():
     x = torch.tensor([[[[0.0, 1.0, 3.0], [2.0, 2.0, 0.0]]], [[[1.0, 1.0, 1.0], [1.0, 4.0, 1.0]]]])  # 2x1x2x3
     # image 1: vertical (2-0)^2 + (2-1)^2 + (0-3)^2 = 14, horizontal 1 + 4 + 0 + 4 = 9
     # image 2: vertical 0 + 9 + 0 = 9, horizontal 0 + 0 + 9 + 9 = 18

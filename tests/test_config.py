@@ -20,13 +20,13 @@ def test_every_shipped_recipe_loads(recipe):
     assert r.name == recipe.stem
 
 
-def test_seed_knobs_keep_their_names():
+def test_reference_script_knobs_keep_their_names():
     leaves = {k.rsplit(".", 1)[-1] for k in section_keys(Recipe)}
     for knob in ["epochs_pretrain", "epochs_finetune", "batch_size", "res_blocks", "lr", "scale", "w_adv", "w_vgg", "w_tv"]:
         assert knob in leaves
 
 
-def test_seed_loss_weights_are_the_defaults():
+def test_reference_script_loss_weights_are_the_defaults():
     r = load_recipe(RECIPES / "srgan_x4.yaml")
     assert (r.loss.w_adv, r.loss.w_vgg, r.loss.w_tv) == (1e-3, 6e-3, 1e-6)
 

@@ -72,7 +72,7 @@ def test_nan_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoint(ti
     assert not (recipe.run_dir / "generator.safetensors").exists()
 
 
-def test_nan_in_the_gan_phase_names_the_loss(tiny_recipe, monkeypatch):
+def test_nan_in_the_finetune_phase_names_the_loss(tiny_recipe, monkeypatch):
     nan_on_calls(monkeypatch, {2}, "g_adv_loss", adversarial)
     with pytest.raises(NonFiniteLoss, match=r"loss adv, g became NaN or infinite at step 5"):
         train(tiny_recipe(train={"epochs_pretrain": 1, "epochs_finetune": 1, "log_every": 1}))

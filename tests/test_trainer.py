@@ -265,7 +265,7 @@ def test_esrgan_trains_both_phases_logging_each_term_under_its_name(tiny_recipe)
     recipe = tiny_recipe(
         name="esrgan", model={"name": "rrdbnet", "blocks": 1, "features": 8, "growth": 4},
         discriminator={"name": "vgg128", "channels": 8},
-        loss={"pixel": "l1", "vgg_layer": "conv5_4",  # the seed list's layer: the terms name their own
+        loss={"pixel": "l1", "vgg_layer": "conv5_4",  # the reference list's layer: the terms name their own
               "terms": [{"name": "pixel", "kind": "l1", "weight": 1e-2},
                         {"name": "vgg", "layer": "relu2_2", "criterion": "l1", "weight": 1.0, "label": "percep"},
                         {"name": "adv", "gan": "ragan", "weight": 5e-3}]})

@@ -120,7 +120,7 @@ def write_training_checkpoint(run_dir: Path, position: Position, trainables: Tra
 
 
 def restore_training_state(checkpoint: Path, trainables: Trainables, position: Position) -> None:
-    """Load `checkpoint` into `trainables` (the parts it has: a pretrain checkpoint holds no discriminator),
+    """Load `checkpoint` into `trainables` (what it holds: a pretrain checkpoint has no discriminator),
     the torch RNG, and `position` (moved to where the checkpoint was written). A checkpoint of another
     generator is refused."""
     checkpoint = Path(checkpoint)
