@@ -49,8 +49,8 @@ def cmd_train(args, console: Console) -> None:
 
 def phase_length(train, phase: str) -> str:
     """`pretrain 100000 steps` or `finetune 2 epochs`: a phase's length as its recipe gives it."""
-    steps = getattr(train, f"steps_{phase}")
-    return f"{phase} {steps} steps" if steps is not None else f"{phase} {getattr(train, f'epochs_{phase}')} epochs"
+    count, unit = train.length(phase)
+    return f"{phase} {count} {unit}"
 
 
 def cmd_recipes(args, console: Console) -> None:

@@ -203,16 +203,21 @@ class TrainConfig:
                     raise Invalid("log_with", f"{name!r} is not a tracker Accelerate supports{hint}: "
                                               f"one of {', '.join(known)}")
 
-    def runs(self, phase: str) -> bool:
-        """Whether phase `phase` (one of PHASES) has any length."""
+    def length(self, phase: str) -> tuple[int, str]:
+        """The length phase `phase` (one of PHASES) is given: (its `steps_`, "steps") when set, else (its
+        `epochs_`, "epochs")."""
         steps = getattr(self, f"steps_{phase}")
-        return bool(steps if steps is not None else getattr(self, f"epochs_{phase}"))
+        return (steps, "steps") if steps is not None else (getattr(self, f"epochs_{phase}") or 0, "epochs")
+
+    def runs(self, phase: str) -> bool:
+        """Whether phase `phase` has any length."""
+        return self.length(phase)[0] > 0
 
     def phase_steps(self, phase: str, epoch_steps: int) -> int:
-        """The optimiser steps of phase `phase`: its `steps_`, or its `epochs_` at `epoch_steps` steps each (the
-        steps of one process's epoch, whatever the number of processes)."""
-        steps = getattr(self, f"steps_{phase}")
-        return steps if steps is not None else (getattr(self, f"epochs_{phase}") or 0) * epoch_steps
+        """The optimiser steps of phase `phase`, a length in epochs at `epoch_steps` steps each (the steps of
+        one process's epoch, whatever the number of processes)."""
+        count, unit = self.length(phase)
+        return count * epoch_steps if unit == "epochs" else count
 
     def metric_weight_files(self) -> dict[str, str]:
         """train.metric_weights as {metric: file}."""

@@ -65,7 +65,6 @@ class Run:
     trainables: Trainables  # the eager modules (evaluated, averaged and saved), their optimisers, the EMA
     training: Training
     phases: list[Phase]
-    epoch_steps: int  # the steps of one process's epoch: what train.epochs_* count in
     position: Position  # where the run is; the loop moves it
     resumed_from: Path | None
     log: RunLog
@@ -121,19 +120,18 @@ def set_up(recipe: Recipe, console: Console, accelerator: Accelerator, lock: Run
     graphs_note = (f"runtime.compile={runtime.compile}: CUDA graphs need a GPU; on this CPU the models are compiled "
                    "without them") if runtime.cuda_graphs and not cuda else None
     val_metrics = build_metrics(t.val_metrics, recipe.scale, device, t.metric_weight_files())
-    epoch_steps = loader.plan.batches_alone
     notes = [*([lock.note] if lock is not None and lock.note else []), *notes, *([loader_note] if loader_note else []),
              *pretrain_notes, *finetune_notes, *([graphs_note] if graphs_note else [])]
 
     log = open_run_dir(recipe, accelerator, console, checkpoint, position, notes)
     training = prepare_for_training(accelerator, runtime, trainables, pretrain_loss, finetune_loss, gan)
-    phases = plan_phases(t, epoch_steps, len(loader), accelerator.num_processes,
+    phases = plan_phases(t, loader.plan.batches_alone, len(loader), accelerator.num_processes,
                          optimisers={"pretrain": [training.opt_g], "finetune": [training.opt_g, training.opt_d]},
                          models={"pretrain": [trainables.generator],
                                  "finetune": [trainables.generator, trainables.discriminator]})
     return Run(recipe=recipe, console=console, accelerator=accelerator, runtime=runtime, precision=precision,
                loader=loader, val_sets=val_sets, val_metrics=val_metrics, trainables=trainables, training=training,
-               phases=phases, epoch_steps=epoch_steps, position=position, resumed_from=checkpoint, log=log, lock=lock)
+               phases=phases, position=position, resumed_from=checkpoint, log=log, lock=lock)
 
 
 def training_batches(recipe: Recipe, accelerator: Accelerator, samples: list, cache) -> tuple[BatchSource, str | None]:

@@ -49,11 +49,11 @@ def describe(run: Run) -> None:
     once, here): in its log, and on rank 0's console."""
     acc, loader, runtime, t = run.accelerator, run.loader, run.runtime, run.recipe.train
     run.log.write(kind="run", step=run.position.step, loader=loader.name, processes=acc.num_processes,
-                  device=str(acc.device), steps_per_epoch=len(loader), epoch_steps=run.epoch_steps,
+                  device=str(acc.device), steps_per_epoch=len(loader), epoch_steps=loader.plan.batches_alone,
                   global_batch=t.batch_size * acc.num_processes, phases={p.name: p.steps for p in run.phases},
                   compile=runtime.compile, mixed_precision=runtime.mixed_precision, channels_last=runtime.channels_last)
     if run.main:
-        phases = ", ".join(_length(p, t, run.epoch_steps) for p in run.phases)
+        phases = ", ".join(_length(p, t, loader.plan.batches_alone) for p in run.phases)
         run.console.print(f"[bold]{run.recipe.name}[/]: {phases} of {t.batch_size * acc.num_processes} crops "
                           f"({t.batch_size} per process; the {loader.name} loader's epoch is {len(loader)} steps); "
                           f"{acc.num_processes} process(es) on {acc.device} ({runtime.describe()}); "
@@ -62,9 +62,9 @@ def describe(run: Run) -> None:
 
 def _length(phase: Phase, train, epoch_steps: int) -> str:
     """`pretrain 208 steps`, and where the recipe gave epochs, how they became steps."""
-    epochs = getattr(train, f"epochs_{phase.name}")
-    given = (f" (train.epochs_{phase.name}={epochs} x {epoch_steps}: one process's batches per epoch)"
-             if getattr(train, f"steps_{phase.name}") is None else "")
+    count, unit = train.length(phase.name)
+    given = (f" (train.epochs_{phase.name}={count} x {epoch_steps}: one process's batches per epoch)"
+             if unit == "epochs" else "")
     return f"{phase.name} {phase.steps} steps{given}"
 
 

@@ -35,12 +35,11 @@ def validate(model: nn.Module, val_sets: dict[str, list], metrics: list[Metric],
     advice = MemoryAdvice(tile="train.val_tile", metrics="train.val_metrics", cpu=None,
                           where=f"validating at step {step}, beside the training state",
                           then="resume with train.resume=auto")
-    shown = []
+    shown, baseline = [], build_generator("bicubic", scale=recipe.scale)
     for name, pairs in val_sets.items():
         pictures = recipe.run_dir / "samples" / f"step_{step:08d}" / name
-        bicubic, sr = evaluate({"Bicubic": build_generator("bicubic", scale=recipe.scale), "model": model}, pairs,
-                               recipe.scale, device, metrics=metrics, tile=recipe.train.val_tile, pictures=pictures,
-                               advice=advice)
+        bicubic, sr = evaluate({"Bicubic": baseline, "model": model}, pairs, recipe.scale, device, metrics=metrics,
+                               tile=recipe.train.val_tile, pictures=pictures, advice=advice)
         values = {m.name: sr.mean(m.name) for m in metrics}
         log.write(kind="val", step=step, set=name, **values, **{f"bicubic_{m}": bicubic.mean(m) for m in values},
                   images=len(pairs))
