@@ -94,9 +94,11 @@ def parse_method(spec: str, scale: int):
 def run_eval(methods: list[str], sources: list[str], scale: int, console: Console, *, data_root: str | None = None,
              metrics: list[str] | None = None, metric_weights: dict[str, str] | None = None,
              pictures: Path | None = None, json_out: Path | None = None, csv_out: Path | None = None,
-             device: str = "auto", tile: int = 256):
+             device: str = "auto", tile: int = 256, degradation: str = "matlab", seed: int = 0):
     """Score `methods` on each of `sources` (test-set names, folders, `samples`) and print one table; the
-    models run on tiles of `tile` LR pixels (0: whole images)."""
+    models run on tiles of `tile` LR pixels (0: whole images). The LR is MATLAB's bicubic (`matlab`, the
+    protocol), or Real-ESRGAN's degradation at its defaults drawn from `seed` (`realesrgan`: image i of a
+    set from (seed, i), the same LR for every method)."""
     from fastsr.data import resolve_source
     from fastsr.data.benchmarks import DEFAULT_ROOT
     from fastsr.data.screen import FIX_AND_RERUN, refuse, screen_val
@@ -120,12 +122,18 @@ def run_eval(methods: list[str], sources: list[str], scale: int, console: Consol
     for model in models.values():
         model.to(device)
     root = data_root or DEFAULT_ROOT
+    lr_method = "matlab"
+    if degradation == "realesrgan":
+        from fastsr.config import RealESRGANConfig
+        from fastsr.data.realworld import RealESRGANDegradation, RealWorldLR
+
+        lr_method = RealWorldLR(RealESRGANDegradation(RealESRGANConfig(), scale), seed)
     sets, problems = {}, []  # every set is read (and all its images checked) before any scoring
     for spec in sources:
         label = source_label(spec)
         if label in sets:
             raise ImageError(f"--data {spec}: a second set named {label}; give each set once")
-        sets[label], found = screen_val(resolve_source(spec, "eval", scale, benchmark_root=root), scale)
+        sets[label], found = screen_val(resolve_source(spec, "eval", scale, benchmark_root=root), scale, lr_method)
         problems += found
     refuse({"evaluation": problems}, FIX_AND_RERUN)
     scorers = build_metrics(metrics, scale, device, metric_weights)
@@ -135,10 +143,12 @@ def run_eval(methods: list[str], sources: list[str], scale: int, console: Consol
         scores = evaluate(models, pairs, scale, device, metrics=scorers, tile=tile, pictures=where,
                           advice=memory_advice())
         results.append(SetResult(label, [p[0] for p in pairs], scores))
-    caption = (f"x{scale}; mean of per-image values; PSNR (dB) and SSIM on the Y channel (BT.601 studio range), "
-               f"uint8 levels, {scale}-pixel border shaved" + (", LPIPS/DISTS on RGB" if len(metrics) > 2 else ""))
+    lr_made = "MATLAB bicubic LR" if degradation == "matlab" else f"Real-ESRGAN-degraded LR (seed {seed})"
+    caption = (f"x{scale}, {lr_made}; mean of per-image values; PSNR (dB) and SSIM on the Y channel (BT.601 studio "
+               f"range), uint8 levels, {scale}-pixel border shaved" + (", LPIPS/DISTS on RGB" if len(metrics) > 2 else ""))
     console.print(format_table(results, metrics, caption))
-    meta = {"scale": scale, "channel": "Y", "crop_border": scale, "sources": dict(zip(sets, sources))}
+    meta = {"scale": scale, "channel": "Y", "crop_border": scale, "sources": dict(zip(sets, sources)),
+            "degradation": degradation, **({"seed": seed} if degradation == "realesrgan" else {})}
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(json_out, json.dumps(results_to_json(results, metrics, meta), indent=2).encode())
@@ -170,7 +180,39 @@ def cmd_eval(args, console: Console) -> int:
         return 2
     run_eval(args.model, args.data or ["samples"], args.scale, console, data_root=args.data_root,
              metrics=metrics, metric_weights=dict(args.metric_weights), pictures=args.pictures,
-             json_out=args.json, csv_out=args.csv, device=args.device, tile=args.tile)
+             json_out=args.json, csv_out=args.csv, device=args.device, tile=args.tile,
+             degradation=args.degradation, seed=args.seed)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# degrade
+
+
+def cmd_degrade(args, console: Console) -> int:
+    """Write a grid of real-world degradations of each image's centre crop (HR | LR examples, labelled), with
+    the `data.realesrgan` keys the command line overrides."""
+    from fastsr.config import RealESRGANConfig, apply_overrides, build_section
+    from fastsr.data import list_images
+    from fastsr.data.realworld import RealESRGANDegradation
+    from fastsr.errors import RecipeError
+    from fastsr.grid import centre_crop, degradation_grid
+
+    raw = apply_overrides({}, args.overrides)
+    config = build_section(RealESRGANConfig, raw, "data.realesrgan.", "command line")
+    if args.n < 1 or args.crop % args.scale:
+        raise RecipeError(f"--n must be at least 1 and --crop a multiple of --scale {args.scale} "
+                          f"(got --n {args.n}, --crop {args.crop})")
+    src, out = Path(args.input), Path(args.output)
+    files = list_images(src) if src.is_dir() else [src]
+    degradation = RealESRGANDegradation(config, args.scale)
+    device = resolve_device(args.device)
+    for path in files:
+        target = out / f"{path.stem}_degraded.png" if src.is_dir() or out.suffix == "" else out
+        hr = centre_crop(path, args.crop, args.scale).to(device)
+        degradation_grid(hr, degradation, args.n, args.seed, target,
+                         f"{path.name}: x{args.scale} Real-ESRGAN degradation, seed {args.seed}")
+        console.print(f"{path} -> {target}")
     return 0
 
 
@@ -412,9 +454,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=256,
                    help="LR tile size the models run on (0: whole images at once); lower it if out of memory "
                         "(default: %(default)s)")
+    p.add_argument("--degradation", choices=["matlab", "realesrgan"], default="matlab",
+                   help="how LR is made from each HR: matlab (the protocol's bicubic) or realesrgan (Real-ESRGAN's "
+                        "random degradation at its defaults, image i of a set drawn from --seed and i; the same LR "
+                        "for every method) (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="the real-world degradation's seed (default: %(default)s)")
     _add_device_option(p)
     _add_plugin_option(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("degrade", help="a grid of Real-ESRGAN degradations of images, to tune its ranges by eye")
+    p.add_argument("input", metavar="IMAGE_OR_DIR", help="an image or a folder of images")
+    # key=value words anywhere after the command are its overrides (main collects them: argparse would take a
+    # positional list only before the options)
+    p.add_argument("overrides", nargs="*", default=[], metavar="key=value",
+                   help="data.realesrgan keys to change, e.g. jpeg_range=[60,95] noise_range=[1,10]")
+    p.add_argument("-o", "--output", required=True,
+                   help="the grid's .png (one image), or a folder (no suffix; always for a folder input) that "
+                        "gets <name>_degraded.png files")
+    p.add_argument("--n", type=int, default=16, help="LR examples per image (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="the examples' seed (default: %(default)s)")
+    p.add_argument("--scale", type=int, default=4, help="the LR's scale (default: %(default)s)")
+    p.add_argument("--crop", type=int, default=256, help="the centre crop degraded, in HR pixels (default: %(default)s)")
+    _add_device_option(p)
+    p.set_defaults(func=cmd_degrade)
 
     p = sub.add_parser("upscale", help="upscale whole images (tiled, so large images fit in memory)")
     p.add_argument("input", help="an image or a folder of images")
@@ -487,10 +550,22 @@ def stopped() -> type[Exception]:
     return Preempted
 
 
+def parse_command(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line; `key=value` words after a command's options join its overrides (argparse takes
+    a positional list only before the options: `fastsr degrade IMG -o OUT jpeg_range=[60,95]`)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "overrides", None) is not None and all("=" in word for word in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run a command. A run stopped by a signal after its checkpoint exits 75 (EXIT_PREEMPTED) for a cluster's
     notice, 130 for Ctrl-C, with or without --debug."""
-    args = build_parser().parse_args(argv)
+    args = parse_command(argv)
     console = make_console()
     try:
         return run_command(args, console)

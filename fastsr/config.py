@@ -27,6 +27,113 @@ from typing import Any, Literal
 import yaml
 
 from fastsr.errors import RecipeError
+from fastsr.ops.resample import MODES
+
+# ---------------------------------------------------------------------------------------------
+# The real-world degradation's section (fastsr.data.realworld runs it)
+
+KERNEL_KINDS = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
+RESIZE_KINDS = ("up", "down", "keep")
+MAX_KERNEL = 21  # every blur kernel is zero-padded to this size (BasicSR's pulse_tensor and np.pad)
+_KINDS_DEFAULT = list(KERNEL_KINDS)
+_KIND_PROBS = [0.45, 0.25, 0.12, 0.03, 0.12, 0.03]
+
+
+@dataclass
+class RealESRGANConfig:
+    """`data.realesrgan`: the ranges and probabilities each sample's degradation is drawn from, used when
+    `data.degradation=realesrgan`. Keys and defaults are Real-ESRGAN's (options/train_realesrnet_x4plus.yml,
+    the same for train_realesrgan_x4plus.yml); the fixed choices its code makes are noted where they apply."""
+
+    gt_usm: bool = True  # degrade the unsharp-masked HR (yml `gt_usm`; feed_data blurs `self.gt_usm`)
+    # Kernel sizes: the odd sizes from the first to the second (BasicSR's dataset: `kernel_range`, 7..21; the
+    # yml's blur_kernel_size 21 is read but never used). A sinc kernel below 13 takes cutoffs from pi/3, else pi/5.
+    kernel_range: list[int] = field(default_factory=lambda: [7, MAX_KERNEL])
+    # the first degradation (yml `datasets.train` for the kernels, top level for the rest)
+    kernel_list: list[Literal[KERNEL_KINDS]] = field(default_factory=lambda: list(_KINDS_DEFAULT))
+    kernel_prob: list[float] = field(default_factory=lambda: list(_KIND_PROBS))
+    sinc_prob: float = 0.1  # a sinc kernel instead of one from kernel_list
+    blur_sigma: list[float] = field(default_factory=lambda: [0.2, 3.0])
+    betag_range: list[float] = field(default_factory=lambda: [0.5, 4.0])  # generalized Gaussian's shape
+    betap_range: list[float] = field(default_factory=lambda: [1.0, 2.0])  # plateau's shape
+    resize_prob: list[float] = field(default_factory=lambda: [0.2, 0.7, 0.1])  # up, down, keep
+    resize_range: list[float] = field(default_factory=lambda: [0.15, 1.5])
+    gaussian_noise_prob: float = 0.5  # else Poisson
+    noise_range: list[float] = field(default_factory=lambda: [1.0, 30.0])  # Gaussian sigma, in 8-bit levels
+    poisson_scale_range: list[float] = field(default_factory=lambda: [0.05, 3.0])
+    gray_noise_prob: float = 0.4
+    jpeg_range: list[int] = field(default_factory=lambda: [30, 95])  # quality, inclusive
+    # the second degradation
+    second_blur_prob: float = 0.8
+    kernel_list2: list[Literal[KERNEL_KINDS]] = field(default_factory=lambda: list(_KINDS_DEFAULT))
+    kernel_prob2: list[float] = field(default_factory=lambda: list(_KIND_PROBS))
+    sinc_prob2: float = 0.1
+    blur_sigma2: list[float] = field(default_factory=lambda: [0.2, 1.5])
+    betag_range2: list[float] = field(default_factory=lambda: [0.5, 4.0])
+    betap_range2: list[float] = field(default_factory=lambda: [1.0, 2.0])
+    resize_prob2: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.3])
+    resize_range2: list[float] = field(default_factory=lambda: [0.3, 1.2])  # of the LR size
+    gaussian_noise_prob2: float = 0.5
+    noise_range2: list[float] = field(default_factory=lambda: [1.0, 25.0])
+    poisson_scale_range2: list[float] = field(default_factory=lambda: [0.05, 2.5])
+    gray_noise_prob2: float = 0.4
+    jpeg_range2: list[int] = field(default_factory=lambda: [30, 95])
+    # the final step: a sinc filter after the resize to the LR size (else none), cutoff in [pi/3, pi]
+    final_sinc_prob: float = 0.8
+    # the resize modes, drawn uniformly (feed_data's random.choice(['area', 'bilinear', 'bicubic']))
+    resize_modes: list[Literal[MODES]] = field(default_factory=lambda: list(MODES))
+
+    def check(self) -> None:
+        """Raise Invalid naming the key for a probability outside [0, 1], probabilities that do not sum to 1,
+        a reversed range or one outside what its operation accepts, an even kernel size, a JPEG quality
+        outside 1..100."""
+        for key in ("sinc_prob", "sinc_prob2", "second_blur_prob", "final_sinc_prob", "gaussian_noise_prob",
+                    "gaussian_noise_prob2", "gray_noise_prob", "gray_noise_prob2"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise Invalid(key, f"is a probability: it must be in [0, 1] (got {getattr(self, key)})")
+        for key in ("kernel_list", "kernel_list2", "resize_modes"):
+            if not getattr(self, key) or len(set(getattr(self, key))) != len(getattr(self, key)):
+                raise Invalid(key, f"must name at least one choice, each once (got {getattr(self, key)})")
+        for key, names in (("kernel_prob", "kernel_list"), ("kernel_prob2", "kernel_list2"),
+                           ("resize_prob", None), ("resize_prob2", None)):
+            probs = getattr(self, key)
+            count = len(getattr(self, names)) if names else len(RESIZE_KINDS)
+            what = f"one per entry of {names}" if names else "for up, down, keep"
+            if len(probs) != count:
+                raise Invalid(key, f"needs {count} probabilities, {what} (got {probs})")
+            if any(p < 0 for p in probs) or abs(sum(probs) - 1) > 1e-6:
+                raise Invalid(key, f"must be non-negative and sum to 1 (got {probs}, sum {sum(probs):.6g})")
+        lo, hi = _pair(self, "kernel_range")
+        if lo % 2 == 0 or hi % 2 == 0 or not 3 <= lo <= hi <= MAX_KERNEL:
+            raise Invalid("kernel_range", f"must be two odd sizes with 3 <= first <= second <= {MAX_KERNEL} "
+                                          f"(got {self.kernel_range})")
+        for key in ("blur_sigma", "blur_sigma2", "betag_range", "betag_range2", "betap_range", "betap_range2"):
+            if _pair(self, key)[0] <= 0:
+                raise Invalid(key, f"must be positive (got {getattr(self, key)})")
+        for key in ("betag_range", "betag_range2", "betap_range", "betap_range2"):
+            lo, hi = _pair(self, key)
+            if not lo <= 1 <= hi:  # BasicSR draws beta below 1 half the time and above 1 the other half
+                raise Invalid(key, f"must span 1 (half the draws fall below it, half above; got {getattr(self, key)})")
+        for key in ("resize_range", "resize_range2"):
+            lo, hi = _pair(self, key)
+            if not 0 < lo <= 1 <= hi:
+                raise Invalid(key, f"must be [down, up] with 0 < down <= 1 <= up (got {getattr(self, key)})")
+        for key in ("noise_range", "noise_range2", "poisson_scale_range", "poisson_scale_range2"):
+            if _pair(self, key)[0] < 0:
+                raise Invalid(key, f"must not be negative (got {getattr(self, key)})")
+        for key in ("jpeg_range", "jpeg_range2"):
+            lo, hi = _pair(self, key)
+            if not 1 <= lo <= hi <= 100:
+                raise Invalid(key, f"is a JPEG quality range within 1..100 (got {getattr(self, key)})")
+
+
+def _pair(config: RealESRGANConfig, key: str) -> tuple[float, float]:
+    """The range `key` of `config` as (low, high), refused unless it is two numbers, low <= high."""
+    value = getattr(config, key)
+    if len(value) != 2 or value[0] > value[1]:
+        raise Invalid(key, f"must be a range [low, high] with low <= high (got {value})")
+    return value[0], value[1]
+
 
 
 @dataclass
@@ -45,7 +152,11 @@ class DataConfig:
     repeat: int = 1  # crops taken from each training image per epoch
     augment: bool = True  # random flips and 90-degree rotations
     channel_shuffle: bool = False  # random RGB permutation: removes the colour bias of small sets
-    degradation: Literal["matlab", "kornia"] = "matlab"  # kornia's bicubic is not MATLAB's
+    # How training LR is made from HR: `matlab` (the protocol's bicubic), `kornia` (a bicubic that is not
+    # MATLAB's), or `realesrgan` (Real-ESRGAN's random second-order chain of blur, resize, noise and JPEG, each
+    # sample its own, on the batch's device after any backend; its ranges are `data.realesrgan`)
+    degradation: Literal["matlab", "kornia", "realesrgan"] = "matlab"
+    realesrgan: RealESRGANConfig = field(default_factory=RealESRGANConfig)
     # `device`: the whole training set decoded in device memory, each batch cut there (from the cache,
     # or decoding the files once); `dali`: NVIDIA DALI (crops and downscale on the GPU); `torch`: the
     # portable loader; `auto`: `device` when the run has a `cache` that fits under device_budget_gb, else
@@ -82,6 +193,9 @@ class DataConfig:
             raise Invalid("val_sets", "and data.val_source are both set: list every validation set in data.val_sets")
         if len(set(self.val_sets)) != len(self.val_sets):
             raise Invalid("val_sets", f"names a set twice ({self.val_sets})")
+        if self.degradation != "realesrgan" and self.realesrgan != RealESRGANConfig():
+            raise Invalid("realesrgan", f"is set but data.degradation is {self.degradation}: set "
+                                        "data.degradation=realesrgan, or drop the data.realesrgan keys")
 
 
 # The two phases of a run, in order, named as the reference script's knobs (epochs_pretrain, epochs_finetune),
@@ -255,10 +369,14 @@ def read_raw(path: str | Path, overrides: list[str] = (), part_defaults: dict[st
     """The untyped mapping of a recipe file, its `base:` chain merged in and `key=value` overrides applied;
     `part_defaults` names the part a section without `name:` means (`{"model": "srresnet"}`)."""
     defaults = part_defaults or {}
-    raw = _read_with_bases(Path(path), (), defaults)
+    return apply_overrides(_read_with_bases(Path(path), (), defaults), overrides, defaults)
+
+
+def apply_overrides(raw: dict, overrides: list[str], part_defaults: dict[str, str] | None = None) -> dict:
+    """The untyped mapping `raw` with dotted `key=value` overrides applied (values read as YAML)."""
     for item in overrides:
         key, value = _parse_override(item)
-        raw = merge(raw, _nested(key, value), defaults)
+        raw = merge(raw, _nested(key, value), part_defaults)
     return raw
 
 
@@ -422,6 +540,11 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             choices = ", ".join(map(str, args))
             raise RecipeError(f"{source}: {key}={value!r} is not one of: {choices}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{source}: {key} must be a mapping (name: value, ...), got {value!r}")
+        return {_coerce(k, args[0], f"{key} (a name)", source): _coerce(v, args[1], f"{key}.{k}", source)
+                for k, v in value.items()}
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise RecipeError(f"{source}: {key} must be a list, got {value!r}")

@@ -132,10 +132,11 @@ def _check_joins(r: Recipe, source: str) -> None:
         fail("model.name", f"'{r.model.name}' has nothing to train; it is a baseline for `fastsr eval`")
     if r.data.hr_crop % r.scale:
         fail("data.hr_crop", f"must be a multiple of scale {r.scale} (got {r.data.hr_crop})")
-    least = DISCRIMINATORS.entry(r.discriminator.name).cls.min_size
-    if r.data.hr_crop < least and r.train.runs("finetune"):
-        fail("data.hr_crop", f"must be at least {least} for the discriminator '{r.discriminator.name}' "
-             f"(got {r.data.hr_crop})")
+    critic = DISCRIMINATORS.entry(r.discriminator.name).cls
+    multiple = getattr(critic, "size_multiple", 1)
+    if r.train.runs("finetune") and (r.data.hr_crop < critic.min_size or r.data.hr_crop % multiple):
+        rule = f"at least {critic.min_size}" + (f" and a multiple of {multiple}" if multiple > 1 else "")
+        fail("data.hr_crop", f"must be {rule} for the discriminator '{r.discriminator.name}' (got {r.data.hr_crop})")
     k = r.data.crops_per_image
     if r.data.repeat % k or r.train.batch_size % k:
         fail("data.crops_per_image", f"({k}) must divide data.repeat ({r.data.repeat}) and train.batch_size "

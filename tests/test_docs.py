@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from fastsr.cli import build_parser
+from fastsr.cli import parse_command
 from fastsr.cluster import parse as parse_launch_sh
 from fastsr.config import section_keys
 from fastsr.errors import FastsrError
@@ -140,7 +140,7 @@ def test_the_readme_keeps_the_quick_start_commands():
 def test_a_fastsr_command_parses(command):
     args = words(command)
     try:
-        parsed = build_parser().parse_args(args[1:])
+        parsed = parse_command(args[1:])
     except SystemExit:  # argparse printed why on stderr
         pytest.fail(f"{command.where}: `fastsr` refuses this command: {command.text}")
     if parsed.command == "train":

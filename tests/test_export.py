@@ -22,6 +22,7 @@ GENERATORS = {
     "srcnn": dict(name="srcnn", scale=4, kernels=[5, 3, 3], channels=[8, 4]),  # MATLAB bicubic inside
     "rrdbnet_x4": dict(name="rrdbnet", scale=4, blocks=1, features=8, growth=4),
     "rrdbnet_x2": dict(name="rrdbnet", scale=2, blocks=1, features=8, growth=4),  # pixel-unshuffled input
+    "compact": dict(name="compact", scale=4, channels=8, convs=2),
     "bicubic": dict(name="bicubic", scale=4),
 }
 # batch 2, odd sides, a 1x1 image (fastsr upscale takes those), none the size the exporter traced

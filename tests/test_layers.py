@@ -15,7 +15,7 @@ LAYERS = [
      "fastsr.pretrained"],  # foundations
     ["fastsr.data"],
     ["fastsr.models", "fastsr.losses", "fastsr.perceptual_metrics", "fastsr.infer", "fastsr.evaluate", "fastsr.export",
-     "fastsr.weights"],  # the parts
+     "fastsr.weights", "fastsr.grid"],  # the parts
     ["fastsr.recipe"],
     ["fastsr.engine"],  # the run
     ["fastsr.cli", "fastsr.train", "fastsr.cluster"],  # entry points

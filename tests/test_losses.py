@@ -298,3 +298,114 @@ def test_term_list_errors_name_the_key(loss, message):
     with pytest.raises(RecipeError) as err:
         from_dict({"loss": loss})
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Several VGG layers, each weighted (Real-ESRGAN's perceptual loss)
+
+REAL_ESRGAN_LAYERS = {"conv1_2": 0.1, "conv2_2": 0.1, "conv3_4": 1.0, "conv4_4": 1.0, "conv5_4": 1.0}
+
+
+def _same_weights(single, multi):
+    """Load the multi-layer network's weights into a single-layer one (a prefix of its keys)."""
+    state = multi.vgg.features.state_dict()
+    single.vgg.features.load_state_dict({k: state[k] for k in single.vgg.features.state_dict()})
+    return single
+
+
+def test_multi_layer_loss_is_the_weighted_sum_of_single_layer_losses():
+    torch.manual_seed(0)
+    multi = PerceptualLoss(REAL_ESRGAN_LAYERS, weights=None, criterion="l1")
+    hr = torch.rand(2, 3, 40, 40)
+    sr = (hr + 0.1 * torch.randn_like(hr)).clamp(0, 1)
+    expected = 0.0
+    for layer, weight in REAL_ESRGAN_LAYERS.items():
+        single = _same_weights(PerceptualLoss(layer, weights=None, criterion="l1"), multi)
+        expected += weight * single(sr, hr).double()
+    assert multi(sr, hr).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert multi(hr.clone(), hr).item() == 0.0
+
+
+def test_multi_layer_features_come_from_one_forward_to_the_deepest_layer():
+    torch.manual_seed(1)
+    loss = PerceptualLoss({"conv3_4": 1.0, "conv1_2": 0.1, "relu1_2": 0.5}, weights=None, criterion="l1")
+    vgg = loss.vgg
+    assert len(vgg.features) == VGG19_LAYERS["conv3_4"]  # cut after the deepest, whatever the mapping's order
+    assert vgg.layer == ("conv1_2", "relu1_2", "conv3_4")
+    calls = []
+    for module in vgg.features:
+        module.register_forward_hook(lambda m, i, o: calls.append(m))
+    loss(torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16))
+    assert len(calls) == 2 * len(vgg.features)  # each module once for SR, once for HR
+    x = torch.rand(1, 3, 16, 16)
+    taken = vgg(x)
+    assert list(taken) == ["conv1_2", "relu1_2", "conv3_4"]
+    # conv names are the conv outputs, before the ReLU (not overwritten by an in-place one)
+    assert (taken["conv1_2"] < 0).any() and torch.equal(taken["relu1_2"], taken["conv1_2"].clamp(min=0))
+    for layer in taken:
+        single = _same_weights(PerceptualLoss(layer, weights=None), loss).vgg
+        assert torch.equal(single(x), taken[layer])
+
+
+def test_multi_layer_loss_gradients_reach_sr_only():
+    torch.manual_seed(2)
+    loss = PerceptualLoss(REAL_ESRGAN_LAYERS, weights=None, criterion="l1")
+    hr = torch.rand(2, 3, 24, 24).requires_grad_(True)
+    sr = (hr.detach() + 0.1 * torch.randn(2, 3, 24, 24)).requires_grad_(True)
+    loss(sr, hr).backward()
+    assert sr.grad is not None and sr.grad.abs().sum() > 0
+    assert hr.grad is None
+    assert all(p.grad is None and not p.requires_grad for p in loss.parameters())
+
+
+def test_multi_layer_perceptual_loss_refuses_bad_mappings():
+    with pytest.raises(ValueError, match="no VGG19 layer given"):
+        PerceptualLoss({}, weights=None)
+    with pytest.raises(ValueError, match="'conv1_2' has a negative weight"):
+        PerceptualLoss({"conv1_2": -0.1}, weights=None)
+    with pytest.raises(ValueError, match="unknown VGG19 layer 'conv6_1'"):
+        PerceptualLoss({"conv6_1": 1.0}, weights=None)
+
+
+def test_vgg_term_with_layers_builds_from_a_recipe(tmp_path):
+    from fastsr.losses import build_finetune_loss
+    from fastsr.recipe import from_dict, load_recipe, to_dict
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text("loss:\n  vgg_weights: random\n  terms:\n"
+                    "    - {name: vgg, criterion: l1, layers: {conv1_2: 0.1, conv2_2: 0.1, conv3_4: 1, conv4_4: 1, "
+                    "conv5_4: 1}}\n"
+                    "    - {name: adv, gan: ragan, weight: 5.0e-3}\n")
+    recipe = load_recipe(path)
+    config = recipe.loss.terms[0]
+    assert config.layers == REAL_ESRGAN_LAYERS and all(isinstance(w, float) for w in config.layers.values())
+    assert from_dict(to_dict(recipe)).loss.terms[0].layers == REAL_ESRGAN_LAYERS  # the saved recipe reads back
+    torch.manual_seed(4)
+    loss, _, notes = build_finetune_loss(recipe.loss)
+    assert notes == [] and loss.names == ["vgg", "adv"]
+    term = loss.terms[0]
+    assert term.loss.layer_weights == REAL_ESRGAN_LAYERS and term.loss.criterion == "l1"
+    assert term.config["layers"] == REAL_ESRGAN_LAYERS  # recorded as built
+    reference = PerceptualLoss(REAL_ESRGAN_LAYERS, weights=None, criterion="l1")
+    reference.load_state_dict(term.loss.state_dict())
+    sr, hr = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    _, values = loss(sr, hr, lambda x: x.mean(dim=(1, 2, 3)))
+    torch.testing.assert_close(values["vgg"], reference(sr, hr), rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("term, message", [
+    ({"layers": {"conv5_5": 1.0}}, "loss.terms[0].layers 'conv5_5' is not a VGG19 layer (did you mean 'conv5_4'?)"),
+    ({"layers": {"conv1_2": -0.1, "conv5_4": 1.0}}, "loss.terms[0].layers.conv1_2 must not be negative (got -0.1)"),
+    ({"layer": "relu5_4", "layers": {"conv5_4": 1.0}},
+     "loss.terms[0].layers replaces `layer` (here 'relu5_4'): give one of them"),
+    ({"layers": {}}, "loss.terms[0].layers is empty"),
+    ({"layers": ["conv5_4"]}, "loss.terms[0].layers must be a mapping"),
+    ({"layers": {"conv5_4": "high"}}, "loss.terms[0].layers.conv5_4 must be a finite number"),
+])
+def test_vgg_layers_errors_name_the_key(term, message):
+    from fastsr.errors import RecipeError
+    from fastsr.recipe import from_dict
+
+    with pytest.raises(RecipeError) as err:
+        from_dict({"loss": {"terms": [{"name": "vgg", **term}, {"name": "adv"}]}})
+    assert message in str(err.value) and "\n" not in str(err.value)

@@ -8,7 +8,8 @@ determinism, sharding, exact resume), so they yield the same crops in the same o
 - `DaliLoader` (dali_backend.py), NVIDIA DALI: cropping and downscaling on the GPU; imported only when
   asked for, as DALI is optional.
 All read their pixels through an `ImageStore` (store.py). Training LR crops are always synthesised
-from HR; paired LR files serve evaluation only (validation.py).
+from HR; paired LR files serve evaluation only (validation.py). With `data.degradation=realesrgan` the
+backend's HR batches pass through `DegradedBatches` (realworld.py), which makes their LR on the device.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ import torch
 from fastsr.data.cache import Cache
 from fastsr.data.device_backend import DeviceLoader, device_budget_gb, padded_bytes
 from fastsr.data.plan import CropPlan
+from fastsr.data.realworld import DegradedBatches, RealESRGANDegradation
 from fastsr.data.sources import Sample
 from fastsr.data.store import ImageStore
 from fastsr.data.torch_backend import TorchLoader
 from fastsr.errors import RecipeError
+
 
 @runtime_checkable
 class BatchSource(Protocol):
@@ -59,9 +62,20 @@ def make_batch_source(data, samples: Sequence[Sample], scale: int, batch_size: i
                     repeat=data.repeat, crops_per_image=data.crops_per_image, augment=data.augment,
                     channel_shuffle=data.channel_shuffle, seed=seed, rank=rank, world_size=world_size,
                     screened=True)
+    source, note = _backend(data, store, plan, scale, rank, device)
+    if data.degradation == "realesrgan":
+        source = DegradedBatches(source, RealESRGANDegradation(data.realesrgan, scale), seed, rank)
+    return source, note
+
+
+def _backend(data, store: ImageStore, plan: CropPlan, scale: int, rank: int,
+             device: str | torch.device) -> tuple[BatchSource, str | None]:
+    """The backend `data.backend` names (or `auto` picks) for `plan`, and a note why (make_batch_source). A
+    real-world degradation is made after the backend, from its HR: the backend then makes MATLAB's LR, unused."""
+    method = "matlab" if data.degradation == "realesrgan" else data.degradation
     why_not_device = None  # why `auto` passed over the device backend
-    if data.backend == "device" or (data.backend == "auto" and store.cached is not None and data.degradation == "matlab"):
-        if data.degradation != "matlab":
+    if data.backend == "device" or (data.backend == "auto" and store.cached is not None and method == "matlab"):
+        if method != "matlab":
             raise RecipeError(f"data.backend=device makes the MATLAB bicubic LR only; "
                               f"data.degradation={data.degradation} needs data.backend=torch")
         fits, why = _fits_device(store, scale, data.device_budget_gb, device)
@@ -78,14 +92,14 @@ def make_batch_source(data, samples: Sequence[Sample], scale: int, batch_size: i
         from fastsr.errors import DaliUnavailable
 
         try:
-            dali = make_dali_loader(store, plan, method=data.degradation, threads=data.workers, device=device)
+            dali = make_dali_loader(store, plan, method=method, threads=data.workers, device=device)
             return dali, why_not_device and f"data.backend=auto uses DALI, not the device backend: {why_not_device}"
         except DaliUnavailable as err:
             if data.backend == "dali":
                 raise
             note = f"data.backend=auto uses the torch loader: {err}" + (
                 f"; and not the device backend: {why_not_device}" if why_not_device else "")
-    source = TorchLoader(store, plan, method=data.degradation, workers=data.workers, device=device,
+    source = TorchLoader(store, plan, method=method, workers=data.workers, device=device,
                          cache_images=data.cache_images)
     return source, note
 

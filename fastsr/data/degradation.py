@@ -18,6 +18,7 @@ import torch
 
 from fastsr.data.images import image_to_tensor, load_image
 from fastsr.data.plan import Crop, crop_region
+from fastsr.data.realworld import RealWorldLR
 from fastsr.errors import ImageError, RecipeError
 from fastsr.ops import imresize, kernel_margin
 from fastsr.ops import quantize as quantize_8bit
@@ -118,13 +119,20 @@ def crop_pair(img: np.ndarray, crop: Crop, scale: int, hr_crop: int,
 
 
 def lr_for_eval(hr: torch.Tensor, scale: int, lr_path: str | Path | None = None,
-                method: str = "matlab") -> tuple[torch.Tensor, torch.Tensor]:
+                method: str | RealWorldLR = "matlab", index: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(HR cropped to a multiple of `scale`, its LR) for evaluation, both float 1x3xHxW.
 
     The LR is the paired file when given (checked to be exactly HR/scale in size, as the protocol
-    requires), else `degrade(hr)`.
+    requires), else `degrade(hr)` with `method`, or a real-world LR (the set's image `index`), which a paired
+    file contradicts.
     """
     hr = crop_to_scale(hr, scale)
+    if isinstance(method, RealWorldLR):
+        if lr_path is not None:
+            raise RecipeError(f"{lr_path}: the real-world degradation (data.degradation / eval --degradation "
+                              "realesrgan) makes LR from HR, but this set pairs LR files: validate or evaluate on "
+                              "HR-only images (a test set, a folder of HR images such as DIV2K_valid_HR)")
+        return hr, method(hr, index)
     if lr_path is None:
         return hr, degrade(hr, scale, method)
     lr = image_to_tensor(load_image(lr_path)).to(hr.device)

@@ -26,6 +26,7 @@ import torch
 from fastsr.data.cache import Cache, open_cache
 from fastsr.data.images import load_image
 from fastsr.data.plan import check_crop_fits
+from fastsr.data.realworld import RealWorldLR
 from fastsr.data.sources import Sample
 from fastsr.data.validation import load_val_pair
 from fastsr.errors import ImageError
@@ -67,21 +68,21 @@ def without(samples: Sequence[Sample], problems: list[tuple[str, str]]) -> list[
     return [s for s in samples if str(s.hr) not in bad]
 
 
-def screen_val(samples: Sequence[Sample], scale: int, method: str = "matlab", max_images: int | None = None
+def screen_val(samples: Sequence[Sample], scale: int, method: str | RealWorldLR = "matlab", max_images: int | None = None
                ) -> tuple[list[tuple], list[tuple[str, str]]]:
     """(the first `max_images` usable validation pairs, (file, problem) for each unusable image met on the way)."""
     pairs, problems = [], []
-    for s in samples:
+    for index, s in enumerate(samples):
         if max_images is not None and len(pairs) == max_images:
             break
         try:
-            pairs.append(load_val_pair(s, scale, method))
+            pairs.append(load_val_pair(s, scale, method, index))
         except ImageError as e:
             problems.append((str(s.hr), str(e)))
     return pairs, problems
 
 
-def load_val_set(samples: Sequence[Sample], scale: int, method: str = "matlab",
+def load_val_set(samples: Sequence[Sample], scale: int, method: str | RealWorldLR = "matlab",
                  max_images: int | None = None) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     """The first `max_images` validation pairs (`load_val_pair`), or one ImageError naming every unusable image."""
     pairs, problems = screen_val(samples, scale, method, max_images)

@@ -9,13 +9,16 @@ import torch
 from fastsr.data.degradation import lr_for_eval
 from fastsr.data.images import image_to_tensor, load_image
 from fastsr.data.plan import scaled_size
+from fastsr.data.realworld import RealESRGANDegradation, RealWorldLR
 from fastsr.data.sources import Sample
 from fastsr.errors import ImageError
 
 
-def load_val_pair(sample: Sample, scale: int, method: str = "matlab") -> tuple[str, torch.Tensor, torch.Tensor]:
+def load_val_pair(sample: Sample, scale: int, method: str | RealWorldLR = "matlab",
+                  index: int = 0) -> tuple[str, torch.Tensor, torch.Tensor]:
     """(name, HR 1x3xHxW, LR 1x3xhxw) on the CPU; the LR is the paired file when the sample has one,
-    else the degradation of the HR (see `lr_for_eval`). An image too small to score is refused."""
+    else the degradation of the HR (see `lr_for_eval`; `index`: the image's place in its set, which a
+    real-world LR is drawn from). An image too small to score is refused."""
     from fastsr.metrics import (
         min_image_size,  # here: fastsr.metrics imports torchmetrics (seconds)
     )
@@ -27,5 +30,13 @@ def load_val_pair(sample: Sample, scale: int, method: str = "matlab") -> tuple[s
         raise ImageError(f"{sample.hr}: {h}x{w} (cropped to a multiple of {scale}) is too small to score: PSNR/SSIM "
                          f"shave {scale} px per border and need an 11x11 window, so at least {need}x{need}; "
                          "remove it from the evaluation images")
-    hr, lr = lr_for_eval(image_to_tensor(hr), scale, sample.lr, method)
+    hr, lr = lr_for_eval(image_to_tensor(hr), scale, sample.lr, method, index)
     return sample.name, hr, lr
+
+
+def eval_lr(data, scale: int, seed: int) -> str | RealWorldLR:
+    """How a run's validation (a `DataConfig`, `data`) makes LR from HR: the method of `data.degradation`, or for
+    `realesrgan` its real-world degradation drawn from `seed`, the same at every validation."""
+    if data.degradation == "realesrgan":
+        return RealWorldLR(RealESRGANDegradation(data.realesrgan, scale), seed)
+    return data.degradation

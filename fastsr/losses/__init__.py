@@ -65,6 +65,10 @@ class LossConfig:
             twice = next((n for n in names if names.count(n) > 1), None)
             if twice:
                 raise Invalid(key, f"has two terms logged as {twice!r}; give one a `label:`")
+        for key in ("terms_pretrain", "terms"):
+            if any(t.name == "adv" and t.target != "hr" for t in getattr(self, key) or []):
+                raise Invalid(key, "has an `adv` term with target: usm: the discriminator judges the HR itself "
+                                   "(Real-ESRGAN's gan_gt_usm: false); drop the term's target")
         if self.terms_pretrain is not None and any(t.name == "adv" for t in self.terms_pretrain):
             raise Invalid("terms_pretrain", "cannot hold an `adv` term: no discriminator trains in the pretrain "
                                             "phase; put it in loss.terms")
@@ -125,7 +129,7 @@ def _weighted_sum(terms: list[TermConfig], loss: LossConfig) -> tuple[GeneratorL
                 raise
             notes.append(f"{err} -- training WITHOUT the perceptual (VGG) term (loss.vgg_missing=skip)")
             continue
-        modules.append((config.log_name, config.weight, module))
+        modules.append((config.log_name, config.weight, module, config.target))
     return GeneratorLoss(modules), notes
 
 
