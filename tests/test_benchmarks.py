@@ -145,3 +145,19 @@ def test_data_throughput_without_dali_skips_its_rows_and_says_so(tmp_path):
 
     only = subprocess.run([*script, "--dali", "only"], env=env, capture_output=True, text=True, timeout=300)
     assert only.returncode == 2 and "--dali only: NVIDIA DALI does not import here" in only.stderr
+
+
+def test_degradation_throughput_measures_the_fastsr_row(tmp_path):
+    """benchmarks/degradation_throughput.py's fastsr row, tiny (its BasicSR rows need BasicSR's sdist and OpenCV,
+    which CI does not have): it runs, prints its table row and hands the number to the summary."""
+    pytest.importorskip("fastsr.data.realworld")
+    path = [str(ROOT), *filter(None, [PROCESS_ENV.get("PYTHONPATH")])]
+    env = {**PROCESS_ENV, "PYTHONPATH": os.pathsep.join(path), "FASTSR_SUMMARY": str(tmp_path / "summary.jsonl")}
+    script = [sys.executable, str(ROOT / "benchmarks" / "degradation_throughput.py"), "--rows", "fastsr", "--steps", "2",
+              "--batch", "2", "--gt", "64", "--device", "cpu", "--no-record"]
+    done = subprocess.run(script, check=False, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| fastsr realesrgan (per-sample params) | 2 |" in done.stdout
+    assert "BasicSR shims" not in done.stdout  # the fastsr row alone does not load BasicSR
+    (row,) = [json.loads(line) for line in (tmp_path / "summary.jsonl").read_text().splitlines()]
+    assert row["unit"] == "pairs/s" and row["value"] > 0
