@@ -145,7 +145,8 @@ def run_eval(methods: list[str], sources: list[str], scale: int, console: Consol
         results.append(SetResult(label, [p[0] for p in pairs], scores))
     lr_made = "MATLAB bicubic LR" if degradation == "matlab" else f"Real-ESRGAN-degraded LR (seed {seed})"
     caption = (f"x{scale}, {lr_made}; mean of per-image values; PSNR (dB) and SSIM on the Y channel (BT.601 studio "
-               f"range), uint8 levels, {scale}-pixel border shaved" + (", LPIPS/DISTS on RGB" if len(metrics) > 2 else ""))
+               f"range), uint8 levels, {scale}-pixel border shaved"
+               + (", LPIPS/DISTS on RGB" if len(metrics) > 2 else ""))
     console.print(format_table(results, metrics, caption))
     meta = {"scale": scale, "channel": "Y", "crop_border": scale, "sources": dict(zip(sets, sources)),
             "degradation": degradation, **({"seed": seed} if degradation == "realesrgan" else {})}
@@ -475,7 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=16, help="LR examples per image (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="the examples' seed (default: %(default)s)")
     p.add_argument("--scale", type=int, default=4, help="the LR's scale (default: %(default)s)")
-    p.add_argument("--crop", type=int, default=256, help="the centre crop degraded, in HR pixels (default: %(default)s)")
+    p.add_argument("--crop", type=int, default=256,
+                   help="the centre crop degraded, in HR pixels (default: %(default)s)")
     _add_device_option(p)
     p.set_defaults(func=cmd_degrade)
 

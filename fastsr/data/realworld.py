@@ -37,6 +37,13 @@ from fastsr.ops.noise import gaussian_noise, poisson_noise
 from fastsr.ops.resample import MODES, filter_each, resize_each
 from fastsr.ops.sharpen import unsharp_mask
 
+SINC = len(KERNEL_KINDS)  # the kernel index that means a sinc (circular low-pass) kernel
+_STREAM = 0x5EA1  # keeps this stream of draws apart from the crop plan's, which share the seed
+# the keys each order has, the second's ending in 2 (kernel_list2, ...), as Real-ESRGAN names them
+_ORDER_KEYS = ("kernel_list", "kernel_prob", "sinc_prob", "blur_sigma", "betag_range", "betap_range", "resize_prob",
+               "resize_range", "gaussian_noise_prob", "noise_range", "poisson_scale_range", "gray_noise_prob",
+               "jpeg_range")
+
 
 @dataclass
 class Order:
@@ -84,7 +91,8 @@ class Params:
                 blur = f"{kind} {int(order.size[i])} s={float(order.sigma_x[i]):.1f}"
                 if "aniso" in kind:
                     blur += f"/{float(order.sigma_y[i]):.1f}"
-            noise = (f"poisson {float(order.noise[i]):.2f}" if order.poisson[i] else f"gauss {float(order.noise[i]):.0f}")
+            level = float(order.noise[i])
+            noise = f"poisson {level:.2f}" if order.poisson[i] else f"gauss {level:.0f}"
             noise += " gray" if order.gray[i] else ""
             lines.append(f"{name}: {blur}; x{float(order.resize[i]):.2f} {MODES[int(order.mode[i])]}; {noise}; "
                          f"q{int(order.quality[i])}")
@@ -92,10 +100,6 @@ class Params:
         order = "resize+sinc, jpeg" if self.jpeg_last[i] else "jpeg, resize+sinc"
         lines.append(f"3: {order}; {MODES[int(self.final_mode[i])]}; {sinc}; q{int(self.final_quality[i])}")
         return "\n".join(lines)
-
-
-SINC = len(KERNEL_KINDS)  # the kernel index that means a sinc (circular low-pass) kernel
-_STREAM = 0x5EA1  # keeps this stream of draws apart from the crop plan's, which share the seed
 
 
 class RealESRGANDegradation:
@@ -124,13 +128,7 @@ class RealESRGANDegradation:
         seeds = np.random.default_rng([*key, _STREAM]).integers(0, 2**62, size=2)
         g = torch.Generator().manual_seed(int(seeds[0]))
         c = self.config
-        first = _draw_order(g, n, c.kernel_list, c.kernel_prob, c.sinc_prob, c.blur_sigma, c.betag_range,
-                            c.betap_range, 1.0, c.resize_prob, c.resize_range, c.gaussian_noise_prob, c.noise_range,
-                            c.poisson_scale_range, c.gray_noise_prob, c.jpeg_range, c)
-        second = _draw_order(g, n, c.kernel_list2, c.kernel_prob2, c.sinc_prob2, c.blur_sigma2, c.betag_range2,
-                             c.betap_range2, c.second_blur_prob, c.resize_prob2, c.resize_range2,
-                             c.gaussian_noise_prob2, c.noise_range2, c.poisson_scale_range2, c.gray_noise_prob2,
-                             c.jpeg_range2, c)
+        first, second = _draw_order(g, n, c, ""), _draw_order(g, n, c, "2")
         params = Params(first=first, second=second,
                         final_sinc=torch.rand(n, generator=g) < c.final_sinc_prob,
                         final_size=_odd_sizes(g, n, c.kernel_range),
@@ -178,14 +176,17 @@ class RealESRGANDegradation:
         return quantize(x)
 
 
-def _draw_order(g, n, kinds, kind_prob, sinc_prob, sigma, betag, betap, blur_prob, resize_prob, resize_range,
-                gaussian_prob, noise_range, poisson_range, gray_prob, jpeg_range, config) -> Order:
-    """One order's parameters for `n` samples, in a fixed sequence of draws from `g` (BasicSR's rules:
-    random_mixed_kernels, the sinc cutoff's range by size, beta below or above 1 with equal odds)."""
+def _draw_order(g: torch.Generator, n: int, config: RealESRGANConfig, suffix: str) -> Order:
+    """One order's parameters for `n` samples from the config's keys ending in `suffix` ("" for the first
+    order, "2" for the second, as Real-ESRGAN names them), in a fixed sequence of draws from `g` (BasicSR's
+    rules: random_mixed_kernels, the sinc cutoff's range by size, beta below or above 1 with equal odds)."""
+    k = {name: getattr(config, name + suffix) for name in _ORDER_KEYS}
+    blur_prob = 1.0 if suffix == "" else config.second_blur_prob
+    sigma, betag, betap, resize_range = k["blur_sigma"], k["betag_range"], k["betap_range"], k["resize_range"]
     size = _odd_sizes(g, n, config.kernel_range)
-    kind = torch.tensor([KERNEL_KINDS.index(k) for k in kinds])[torch.multinomial(
-        torch.tensor(kind_prob, dtype=torch.float64), n, replacement=True, generator=g)]
-    kind = torch.where(torch.rand(n, generator=g) < sinc_prob, SINC, kind)
+    kind = torch.tensor([KERNEL_KINDS.index(k) for k in k["kernel_list"]])[torch.multinomial(
+        torch.tensor(k["kernel_prob"], dtype=torch.float64), n, replacement=True, generator=g)]
+    kind = torch.where(torch.rand(n, generator=g) < k["sinc_prob"], SINC, kind)
     sigma_x, sigma_y = _uniform(g, n, *sigma), _uniform(g, n, *sigma)
     theta = _uniform(g, n, -math.pi, math.pi)
     iso = torch.tensor([not KERNEL_KINDS[k].endswith("aniso") if k < SINC else True for k in kind.tolist()])
@@ -194,21 +195,22 @@ def _draw_order(g, n, kinds, kind_prob, sinc_prob, sigma, betag, betap, blur_pro
     low, high = torch.where(plateau, betap[0], betag[0]), torch.where(plateau, betap[1], betag[1])
     u = torch.rand(n, generator=g, dtype=torch.float64)
     beta = torch.where(below, low + u * (1 - low), 1 + u * (high - 1)).float()
-    wide = size >= 13
-    cutoff = _uniform(g, n, 0, 1) * (math.pi - torch.where(wide, math.pi / 5, math.pi / 3)) + torch.where(
-        wide, math.pi / 5, math.pi / 3)
+    lowest = torch.where(size >= 13, math.pi / 5, math.pi / 3)  # the sinc cutoff's range: wider for large kernels
+    cutoff = lowest + _uniform(g, n, 0, 1) * (math.pi - lowest)
 
-    updown = torch.multinomial(torch.tensor(resize_prob, dtype=torch.float64), n, replacement=True, generator=g)
+    updown = torch.multinomial(torch.tensor(k["resize_prob"], dtype=torch.float64), n, replacement=True, generator=g)
     u = torch.rand(n, generator=g, dtype=torch.float64)
     resize = torch.where(updown == 0, 1 + u * (resize_range[1] - 1),
                          torch.where(updown == 1, resize_range[0] + u * (1 - resize_range[0]), 1.0))
     mode = _modes(g, n, config.resize_modes)
-    poisson = torch.rand(n, generator=g) >= gaussian_prob
-    noise = torch.where(poisson, _uniform(g, n, *poisson_range), _uniform(g, n, *noise_range))
+    poisson = torch.rand(n, generator=g) >= k["gaussian_noise_prob"]
+    poisson_scale, sigma_noise = _uniform(g, n, *k["poisson_scale_range"]), _uniform(g, n, *k["noise_range"])
+    noise = torch.where(poisson, poisson_scale, sigma_noise)
     return Order(blurred=torch.rand(n, generator=g) < blur_prob, kernel=kind, size=size, sigma_x=sigma_x,
                  sigma_y=torch.where(iso, sigma_x, sigma_y), theta=torch.where(iso, 0.0, theta), beta=beta,
                  cutoff=cutoff.float(), resize=resize, mode=mode, poisson=poisson,
-                 gray=torch.rand(n, generator=g) < gray_prob, noise=noise, quality=_qualities(g, n, jpeg_range))
+                 gray=torch.rand(n, generator=g) < k["gray_noise_prob"], noise=noise,
+                 quality=_qualities(g, n, k["jpeg_range"]))
 
 
 def _uniform(g: torch.Generator, n: int, low: float, high: float) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Image operations that must match MATLAB exactly for SR data and evaluation."""
+"""Image operations: those that must match MATLAB exactly for SR data and evaluation (exported here), and the
+real-world degradation's batched primitives, each in its module (resample, kernels, noise, jpeg, sharpen)."""
 
 from fastsr.ops.color import rgb_to_gray, rgb_to_y
 from fastsr.ops.levels import quantize

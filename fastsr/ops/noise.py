@@ -42,7 +42,7 @@ def poisson_noise(img: torch.Tensor, scale: torch.Tensor, gray: bool, heights: t
 
 def _photon_levels(levels: torch.Tensor, heights: torch.Tensor, widths: torch.Tensor) -> torch.Tensor:
     """(N, 1, 1, 1): 2^ceil(log2(distinct 8-bit levels among the sample's own pixels))."""
-    n, c, h, w = levels.shape
+    n, _, h, w = levels.shape
     inside = ((torch.arange(h, device=levels.device).view(1, 1, h, 1) < heights.view(n, 1, 1, 1))
               & (torch.arange(w, device=levels.device).view(1, 1, 1, w) < widths.view(n, 1, 1, 1)))
     bins = torch.where(inside, (levels * 255).round().long(), 256)  # bin 256 collects the canvas outside
