@@ -193,9 +193,13 @@ class DataConfig:
             raise Invalid("val_sets", "and data.val_source are both set: list every validation set in data.val_sets")
         if len(set(self.val_sets)) != len(self.val_sets):
             raise Invalid("val_sets", f"names a set twice ({self.val_sets})")
-        if self.degradation != "realesrgan" and self.realesrgan != RealESRGANConfig():
-            raise Invalid("realesrgan", f"is set but data.degradation is {self.degradation}: set "
-                                        "data.degradation=realesrgan, or drop the data.realesrgan keys")
+        if self.degradation != "realesrgan":
+            default = RealESRGANConfig()
+            changed = next((f.name for f in dataclasses.fields(default)
+                            if getattr(self.realesrgan, f.name) != getattr(default, f.name)), None)
+            if changed:
+                raise Invalid(f"realesrgan.{changed}", f"is set but data.degradation is {self.degradation}: set "
+                                                       "data.degradation=realesrgan, or drop the data.realesrgan keys")
 
 
 # The two phases of a run, in order, named as the reference script's knobs (epochs_pretrain, epochs_finetune),

@@ -23,10 +23,11 @@ from accelerate.utils import LoggerType
 from hypothesis import Phase, assume, example, given, settings
 from hypothesis import strategies as st
 
-from fastsr.config import section_keys
+from fastsr.config import KERNEL_KINDS, section_keys
 from fastsr.errors import RecipeError
 from fastsr.losses import VGG19_LAYERS
 from fastsr.ops import imresize
+from fastsr.ops.resample import MODES
 from fastsr.recipe import Recipe, load_recipe, save_recipe
 
 # ---------------------------------------------------------------------------------------------
@@ -262,6 +263,21 @@ _non_negative_float = st.floats(min_value=0, allow_infinity=False)
 _plain_text = st.text(max_size=16)
 _optional_text = st.none() | _plain_text.filter(lambda s: s.lower() not in ("null", "none"))  # those mean None
 
+def _probabilities(n: int) -> st.SearchStrategy:
+    """n non-negative probabilities summing to 1."""
+    return st.lists(st.integers(0, 10), min_size=n, max_size=n).filter(any).map(lambda v: [x / sum(v) for x in v])
+
+
+def _range(values: st.SearchStrategy) -> st.SearchStrategy:
+    """[low, high] of two `values`, low <= high."""
+    return st.lists(values, min_size=2, max_size=2).map(sorted)
+
+
+def _spanning_one(below: st.SearchStrategy) -> st.SearchStrategy:
+    """[low, high] with low (from `below`, in (0, 1]) <= 1 <= high."""
+    return st.tuples(below, st.floats(1, 1e6)).map(list)
+
+
 _VALID_BY_KEY = {
     "scale": st.sampled_from([2, 4, 8]),
     "model.res_blocks": _positive_int,
@@ -314,7 +330,26 @@ _VALID_BY_KEY = {
     "train.seed": st.integers(),
     "train.val_metrics": st.lists(st.sampled_from(["ssim", "lpips", "dists"]), unique=True).map(lambda m: ["psnr", *m]),
     "train.metric_weights": st.lists(st.sampled_from(["lpips=/w/alexnet.pth", "dists=vgg16.safetensors"]), unique=True),
+    # The one degradation that admits data.realesrgan's keys, which other draws may set: the valid-value properties
+    # load BASE with REALWORLD first (data.realesrgan with another degradation: tests/test_realworld.py).
+    "data.degradation": st.just("realesrgan"),
+    **{f"data.realesrgan.{k}": st.floats(0, 1) for k in (
+        "sinc_prob", "sinc_prob2", "second_blur_prob", "final_sinc_prob", "gaussian_noise_prob",
+        "gaussian_noise_prob2", "gray_noise_prob", "gray_noise_prob2")},
+    **{f"data.realesrgan.kernel_prob{s}": _probabilities(6) for s in ("", "2")},
+    **{f"data.realesrgan.resize_prob{s}": _probabilities(3) for s in ("", "2")},
+    **{f"data.realesrgan.kernel_list{s}": st.permutations(KERNEL_KINDS).map(list) for s in ("", "2")},
+    "data.realesrgan.resize_modes": st.lists(st.sampled_from(MODES), min_size=1, unique=True),
+    "data.realesrgan.kernel_range": st.lists(st.integers(1, 10), min_size=2, max_size=2).map(
+        lambda t: [2 * min(t) + 1, 2 * max(t) + 1]),
+    **{f"data.realesrgan.{k}": _range(_positive_float) for k in ("blur_sigma", "blur_sigma2")},
+    **{f"data.realesrgan.{k}": _range(_non_negative_float) for k in (
+        "noise_range", "noise_range2", "poisson_scale_range", "poisson_scale_range2")},
+    **{f"data.realesrgan.{k}": _spanning_one(st.floats(0, 1, exclude_min=True)) for k in (
+        "betag_range", "betag_range2", "betap_range", "betap_range2", "resize_range", "resize_range2")},
+    **{f"data.realesrgan.{k}": _range(st.integers(1, 100)) for k in ("jpeg_range", "jpeg_range2")},
 }
+REALWORLD = ["data.degradation=realesrgan"]  # first on every valid-value load: the keys above may set data.realesrgan
 
 # What any successfully loaded recipe must satisfy (the rules `_check_values` states in its messages).
 _RULES = {
@@ -446,7 +481,7 @@ def test_arbitrary_text_after_key_raises_only_recipe_error(key, text):
 @given(data=st.data())
 def test_valid_override_is_held_and_round_trips(key, data):
     _, value, text = data.draw(_valid_override([key]), label="override")
-    recipe = load_recipe(BASE, [f"{key}={text}"])
+    recipe = load_recipe(BASE, [*REALWORLD, f"{key}={text}"])
     assert get_key(recipe, key) == value
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "nested" / "resolved.yaml"
@@ -458,7 +493,7 @@ def test_valid_override_is_held_and_round_trips(key, data):
 @given(key=st.sampled_from(KEYS), data=st.data())
 def test_last_override_of_a_key_wins(key, data):
     values = data.draw(st.lists(_valid_values(key), min_size=2, max_size=4), label="values")
-    recipe = load_recipe(BASE, [f"{key}={yaml_text(v)}" for v in values])
+    recipe = load_recipe(BASE, [*REALWORLD, *(f"{key}={yaml_text(v)}" for v in values)])
     assert get_key(recipe, key) == values[-1]
 
 
@@ -472,7 +507,7 @@ def test_last_override_of_a_key_wins(key, data):
 def test_base_chain_most_derived_file_then_overrides_win(layers, overrides):
     # layers[0] names the shipped BASE (itself a child of srresnet_x4.yaml) as its base; each later
     # file names the one before. Every key ends with the value of the last place that set it.
-    expected = {}
+    expected = {"data.degradation": "realesrgan"}  # REALWORLD, first of the overrides
     with tempfile.TemporaryDirectory() as tmp:
         for depth, layer in enumerate(layers):
             flat = {key: value for key, value, _ in layer}
@@ -481,7 +516,8 @@ def test_base_chain_most_derived_file_then_overrides_win(layers, overrides):
             text = yaml.safe_dump({"base": parent, **_nested(flat)}, sort_keys=False)
             (Path(tmp) / f"layer{depth}.yaml").write_text(text)
         expected.update({key: value for key, value, _ in overrides})
-        recipe = load_recipe(Path(tmp) / f"layer{len(layers) - 1}.yaml", [f"{k}={t}" for k, _, t in overrides])
+        recipe = load_recipe(Path(tmp) / f"layer{len(layers) - 1}.yaml",
+                             [*REALWORLD, *(f"{k}={t}" for k, _, t in overrides)])
     untouched = load_recipe(BASE)
     for key in KEYS:
         assert get_key(recipe, key) == expected.get(key, get_key(untouched, key)), key

@@ -248,7 +248,7 @@ def test_bad_degradation_settings_are_one_line_naming_the_key(override, message)
 
 
 def test_realesrgan_keys_without_the_degradation_are_refused():
-    with pytest.raises(RecipeError, match="data.realesrgan is set but data.degradation is matlab"):
+    with pytest.raises(RecipeError, match="data.realesrgan.jpeg_range is set but data.degradation is matlab"):
         load_recipe(find_recipe("quickstart"), ["data.realesrgan.jpeg_range=[50,95]"])
 
 
