@@ -420,7 +420,8 @@ DESCRIPTION = "Train, evaluate, upscale with and export image super-resolution m
 
 def build_parser() -> argparse.ArgumentParser:
     """The `fastsr` argument parser; each command's `func` is its cmd_* handler. Commands: train (a recipe),
-    recipes (list the packaged ones), eval (score models on test sets), upscale (images with a generator),
+    recipes (list the packaged ones), eval (score models on test sets), degrade (a grid of real-world
+    degradations of images), upscale (images with a generator),
     export (to ONNX), quickstart (train and compare on the bundled samples), download-div2k,
     download-benchmarks (the test sets) and prepare (decode the training images into a cache)."""
     parser = argparse.ArgumentParser(prog="fastsr", description=DESCRIPTION)
