@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from fastsr.errors import FastsrError
+from fastsr.errors import FastsrError, RecipeError
 from fastsr.util import make_console
 
 # What the CLI reports as one line and exit 2: fastsr's user errors, and a file the user named that is
@@ -94,11 +94,12 @@ def parse_method(spec: str, scale: int):
 def run_eval(methods: list[str], sources: list[str], scale: int, console: Console, *, data_root: str | None = None,
              metrics: list[str] | None = None, metric_weights: dict[str, str] | None = None,
              pictures: Path | None = None, json_out: Path | None = None, csv_out: Path | None = None,
-             device: str = "auto", tile: int = 256, degradation: str = "matlab", seed: int = 0):
+             device: str = "auto", tile: int = 256, degradation: str = "matlab", seed: int = 0,
+             degradation_keys: list[str] = ()):
     """Score `methods` on each of `sources` (test-set names, folders, `samples`) and print one table; the
     models run on tiles of `tile` LR pixels (0: whole images). The LR is MATLAB's bicubic (`matlab`, the
-    protocol), or Real-ESRGAN's degradation at its defaults drawn from `seed` (`realesrgan`: image i of a
-    set from (seed, i), the same LR for every method)."""
+    protocol), or Real-ESRGAN's degradation drawn from `seed` (`realesrgan`: image i of a set from (seed, i),
+    the same LR for every method), at its defaults but for `degradation_keys` (`data.realesrgan` key=value)."""
     from fastsr.data import resolve_source
     from fastsr.data.benchmarks import DEFAULT_ROOT
     from fastsr.data.screen import FIX_AND_RERUN, refuse, screen_val
@@ -122,12 +123,15 @@ def run_eval(methods: list[str], sources: list[str], scale: int, console: Consol
     for model in models.values():
         model.to(device)
     root = data_root or DEFAULT_ROOT
-    lr_method = "matlab"
+    lr_method, lr_made = "matlab", "MATLAB bicubic LR"
+    if degradation_keys and degradation != "realesrgan":
+        raise RecipeError(f"{degradation_keys[0]}: data.realesrgan keys need --degradation realesrgan")
     if degradation == "realesrgan":
-        from fastsr.config import RealESRGANConfig
         from fastsr.data.realworld import RealESRGANDegradation, RealWorldLR
 
-        lr_method = RealWorldLR(RealESRGANDegradation(RealESRGANConfig(), scale), seed)
+        config = realesrgan_config(degradation_keys)
+        lr_method = RealWorldLR(RealESRGANDegradation(config, scale), seed)
+        lr_made = f"Real-ESRGAN-degraded LR (seed {seed}{''.join(', ' + k for k in degradation_keys)})"
     sets, problems = {}, []  # every set is read (and all its images checked) before any scoring
     for spec in sources:
         label = source_label(spec)
@@ -143,13 +147,13 @@ def run_eval(methods: list[str], sources: list[str], scale: int, console: Consol
         scores = evaluate(models, pairs, scale, device, metrics=scorers, tile=tile, pictures=where,
                           advice=memory_advice())
         results.append(SetResult(label, [p[0] for p in pairs], scores))
-    lr_made = "MATLAB bicubic LR" if degradation == "matlab" else f"Real-ESRGAN-degraded LR (seed {seed})"
     caption = (f"x{scale}, {lr_made}; mean of per-image values; PSNR (dB) and SSIM on the Y channel (BT.601 studio "
                f"range), uint8 levels, {scale}-pixel border shaved"
                + (", LPIPS/DISTS on RGB" if len(metrics) > 2 else ""))
     console.print(format_table(results, metrics, caption))
     meta = {"scale": scale, "channel": "Y", "crop_border": scale, "sources": dict(zip(sets, sources)),
-            "degradation": degradation, **({"seed": seed} if degradation == "realesrgan" else {})}
+            "degradation": degradation,
+            **({"seed": seed, "degradation_keys": list(degradation_keys)} if degradation == "realesrgan" else {})}
     if json_out:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(json_out, json.dumps(results_to_json(results, metrics, meta), indent=2).encode())
@@ -182,7 +186,7 @@ def cmd_eval(args, console: Console) -> int:
     run_eval(args.model, args.data or ["samples"], args.scale, console, data_root=args.data_root,
              metrics=metrics, metric_weights=dict(args.metric_weights), pictures=args.pictures,
              json_out=args.json, csv_out=args.csv, device=args.device, tile=args.tile,
-             degradation=args.degradation, seed=args.seed)
+             degradation=args.degradation, seed=args.seed, degradation_keys=args.overrides)
     return 0
 
 
@@ -190,17 +194,22 @@ def cmd_eval(args, console: Console) -> int:
 # degrade
 
 
+def realesrgan_config(overrides: list[str]):
+    """The `data.realesrgan` section (a RealESRGANConfig) with `key=value` overrides of its keys, checked as a
+    recipe's."""
+    from fastsr.config import RealESRGANConfig, apply_overrides, build_section
+
+    return build_section(RealESRGANConfig, apply_overrides({}, overrides), "data.realesrgan.", "command line")
+
+
 def cmd_degrade(args, console: Console) -> int:
     """Write a grid of real-world degradations of each image's centre crop (HR | LR examples, labelled), with
     the `data.realesrgan` keys the command line overrides."""
-    from fastsr.config import RealESRGANConfig, apply_overrides, build_section
     from fastsr.data import list_images
     from fastsr.data.realworld import RealESRGANDegradation
-    from fastsr.errors import RecipeError
     from fastsr.grid import centre_crop, degradation_grid
 
-    raw = apply_overrides({}, args.overrides)
-    config = build_section(RealESRGANConfig, raw, "data.realesrgan.", "command line")
+    config = realesrgan_config(args.overrides)
     if args.n < 1 or args.crop % args.scale:
         raise RecipeError(f"--n must be at least 1 and --crop a multiple of --scale {args.scale} "
                           f"(got --n {args.n}, --crop {args.crop})")
@@ -461,6 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "random degradation at its defaults, image i of a set drawn from --seed and i; the same LR "
                         "for every method) (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="the real-world degradation's seed (default: %(default)s)")
+    p.add_argument("overrides", nargs="*", default=[], metavar="key=value",
+                   help="with --degradation realesrgan: data.realesrgan keys to change, e.g. jpeg_range=[60,95]")
     _add_device_option(p)
     _add_plugin_option(p)
     p.set_defaults(func=cmd_eval)

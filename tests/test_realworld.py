@@ -288,6 +288,31 @@ def test_eval_on_degraded_lr_is_the_same_set_for_a_seed(photo_folder, tmp_path, 
     assert "Real-ESRGAN-degraded LR (seed 3)" in capsys.readouterr().out
 
 
+def test_eval_takes_the_degradations_keys_and_refuses_them_alone(photo_folder, tmp_path, capsys):
+    """`fastsr eval --degradation realesrgan key=value` degrades with those ranges (another set than the
+    defaults'); the keys without --degradation realesrgan, or a bad one, are one line."""
+    def run(*extra):
+        out = tmp_path / "s.json"
+        code = main(["eval", "--model", "bicubic", "--data", str(photo_folder / "val"), "--json", str(out),
+                     "--device", "cpu", *extra])
+        return code, (json.loads(out.read_text()) if code == 0 else None)
+
+    _, default = run("--degradation", "realesrgan")
+    _, mild = run("--degradation", "realesrgan", "noise_range=[0,0]", "poisson_scale_range=[0,0]",
+                  "noise_range2=[0,0]", "poisson_scale_range2=[0,0]")
+    assert mild["degradation_keys"][0] == "noise_range=[0,0]"
+    assert "noise_range=[0,0]" in capsys.readouterr().out
+
+    def values(s):
+        return next(iter(s["sets"].values()))["methods"]["Bicubic"]["per_image"]
+
+    assert values(mild) != values(default)
+    assert run("jpeg_range=[60,95]")[0] == 2
+    assert "jpeg_range=[60,95]: data.realesrgan keys need --degradation realesrgan" in capsys.readouterr().err
+    assert run("--degradation", "realesrgan", "jpeg_range=[0,95]")[0] == 2
+    assert "data.realesrgan.jpeg_range" in capsys.readouterr().err
+
+
 def test_degrade_writes_a_labelled_grid(photo_folder, tmp_path):
     out = tmp_path / "grids"
     assert main(["degrade", str(photo_folder / "val"), "-o", str(out), "--n", "3", "--crop", "64",
