@@ -74,7 +74,18 @@ def cmd_recipes(args, console: Console) -> None:
 # eval
 
 
-def parse_method(spec: str, scale: int):
+def parse_method(spec: str, scale: int, self_ensemble: bool = False):
+    """`bicubic`, `WEIGHTS.safetensors` or `LABEL=WEIGHTS.safetensors` -> (label, model); with `self_ensemble`
+    a trained model runs as its x8 self-ensemble, its label marked "+" as papers mark it."""
+    label, model = _method(spec, scale)
+    if self_ensemble and spec.lower() != "bicubic":
+        from fastsr.infer import SelfEnsemble
+
+        return f"{label}+", SelfEnsemble(model)
+    return label, model
+
+
+def _method(spec: str, scale: int):
     """`bicubic`, `WEIGHTS.safetensors` or `LABEL=WEIGHTS.safetensors` -> (label, model)."""
     from fastsr.errors import WeightsError
     from fastsr.models import build_generator
@@ -95,11 +106,12 @@ def run_eval(methods: list[str], sources: list[str], scale: int, console: Consol
              metrics: list[str] | None = None, metric_weights: dict[str, str] | None = None,
              pictures: Path | None = None, json_out: Path | None = None, csv_out: Path | None = None,
              device: str = "auto", tile: int = 256, degradation: str = "matlab", seed: int = 0,
-             degradation_keys: list[str] = ()):
+             degradation_keys: list[str] = (), self_ensemble: bool = False):
     """Score `methods` on each of `sources` (test-set names, folders, `samples`) and print one table; the
     models run on tiles of `tile` LR pixels (0: whole images). The LR is MATLAB's bicubic (`matlab`, the
     protocol), or Real-ESRGAN's degradation drawn from `seed` (`realesrgan`: image i of a set from (seed, i),
-    the same LR for every method), at its defaults but for `degradation_keys` (`data.realesrgan` key=value)."""
+    the same LR for every method), at its defaults but for `degradation_keys` (`data.realesrgan` key=value).
+    `self_ensemble` runs each trained model as its x8 self-ensemble (labelled "+")."""
     from fastsr.data import resolve_source
     from fastsr.data.benchmarks import DEFAULT_ROOT
     from fastsr.data.screen import FIX_AND_RERUN, refuse, screen_val
@@ -119,7 +131,7 @@ def run_eval(methods: list[str], sources: list[str], scale: int, console: Consol
     metrics = list(metrics or PROTOCOL_METRICS)  # PSNR and SSIM unless asked otherwise
 
     device = resolve_device(device)
-    models = dict(parse_method(m, scale) for m in methods)
+    models = dict(parse_method(m, scale, self_ensemble) for m in methods)
     for model in models.values():
         model.to(device)
     root = data_root or DEFAULT_ROOT
@@ -186,7 +198,8 @@ def cmd_eval(args, console: Console) -> int:
     run_eval(args.model, args.data or ["samples"], args.scale, console, data_root=args.data_root,
              metrics=metrics, metric_weights=dict(args.metric_weights), pictures=args.pictures,
              json_out=args.json, csv_out=args.csv, device=args.device, tile=args.tile,
-             degradation=args.degradation, seed=args.seed, degradation_keys=args.overrides)
+             degradation=args.degradation, seed=args.seed, degradation_keys=args.overrides,
+             self_ensemble=args.self_ensemble)
     return 0
 
 
@@ -252,6 +265,10 @@ def cmd_upscale(args, console: Console) -> int:
         output_format(out)  # an unknown suffix fails before any work
     device = resolve_device(args.device)
     model = load_generator(args.weights, device)
+    if args.self_ensemble:
+        from fastsr.infer import SelfEnsemble
+
+        model = SelfEnsemble(model)
     files = list_images(src) if from_folder else [src]
     stems = [p.stem for p in files]
     clash = next((p for p in files if stems.count(p.stem) > 1), None)
@@ -472,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="the real-world degradation's seed (default: %(default)s)")
     p.add_argument("overrides", nargs="*", default=[], metavar="key=value",
                    help="with --degradation realesrgan: data.realesrgan keys to change, e.g. jpeg_range=[60,95]")
+    p.add_argument("--self-ensemble", action="store_true",
+                   help="run each trained model on the 8 flips/rotations of its input and average (the '+' of "
+                        "papers' tables; about 8x slower)")
     _add_device_option(p)
     _add_plugin_option(p)
     p.set_defaults(func=cmd_eval)
@@ -504,6 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="LR tile size (0: whole image at once); lower it if out of memory (default: %(default)s)")
     p.add_argument("--overlap", type=int, default=32,
                    help="LR pixels shared by neighbouring tiles (default: %(default)s)")
+    p.add_argument("--self-ensemble", action="store_true",
+                   help="run the model on the 8 flips/rotations of each tile and average (about 8x slower)")
     _add_device_option(p)
     _add_plugin_option(p)
     p.set_defaults(func=cmd_upscale)

@@ -280,3 +280,46 @@ def test_upscale_keeps_the_alpha_of_a_grayscale_image(random_weights, tmp_path):
     assert colour_mode == "RGBA" and mode == "LA" and out.shape == (36, 44, 2)
     assert np.abs(out[:, :, 0] - colour[:, :, :3] @ LUMA).max() <= 0.5 + 1e-9
     np.testing.assert_array_equal(out[:, :, 1], colour[:, :, 3])
+
+
+def test_self_ensemble_is_the_mean_of_the_eight_transformed_runs_by_hand(lr):
+    """SelfEnsemble equals averaging, written out, the model's outputs on the 8 flips/rotations of a
+    non-square input, each turned back; tiled, it stays within a level of the whole image."""
+    from fastsr.infer import SelfEnsemble
+
+    model = MODELS["srresnet2"].eval()
+    x = lr[..., :40, :57]
+    with torch.no_grad():
+        by_hand = [
+            model(x),
+            model(x.flip(-1)).flip(-1),
+            model(x.flip(-2)).flip(-2),
+            model(x.flip(-1).flip(-2)).flip(-2).flip(-1),
+            model(x.transpose(-1, -2)).transpose(-1, -2),
+            model(x.transpose(-1, -2).flip(-1)).flip(-1).transpose(-1, -2),
+            model(x.transpose(-1, -2).flip(-2)).flip(-2).transpose(-1, -2),
+            model(x.transpose(-1, -2).flip(-1).flip(-2)).flip(-2).flip(-1).transpose(-1, -2),
+        ]
+        ensemble = SelfEnsemble(model)(x)
+    torch.testing.assert_close(ensemble, torch.stack(by_hand).mean(0), atol=1e-6, rtol=0)
+    assert not torch.allclose(ensemble, by_hand[0], atol=1e-3)  # the transforms matter for this model
+    tiled = upscale(SelfEnsemble(model), x, scale=4, tile=24, overlap=16)
+    assert (tiled - ensemble).abs().max() <= 1 / 255
+
+
+def test_self_ensemble_in_eval_and_upscale(tmp_path, random_weights, capsys):
+    src = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(src)
+    plain, ensembled = tmp_path / "plain.png", tmp_path / "plus.png"
+    assert main(["upscale", str(src), "--weights", str(random_weights), "-o", str(plain)]) == 0
+    assert main(["upscale", str(src), "--weights", str(random_weights), "-o", str(ensembled), "--self-ensemble"]) == 0
+    assert np.asarray(Image.open(plain)).shape == np.asarray(Image.open(ensembled)).shape == (80, 96, 3)
+    assert not np.array_equal(np.asarray(Image.open(plain)), np.asarray(Image.open(ensembled)))
+    folder = tmp_path / "set"
+    folder.mkdir()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(folder / "a.png")
+    out = tmp_path / "scores.json"
+    assert main(["eval", "--model", "bicubic", "--model", f"G={random_weights}", "--data", str(folder),
+                 "--self-ensemble", "--json", str(out), "--device", "cpu"]) == 0
+    methods = next(iter(json.loads(out.read_text())["sets"].values()))["methods"]
+    assert sorted(methods) == ["Bicubic", "G+"]  # bicubic is not ensembled: it is flip- and rotation-equivariant
