@@ -155,7 +155,7 @@ class RealESRGANDegradation:
         x = resize_each(x, h, w, out_h, out_w, first.mode, ratio, ratio)
         h, w = out_h, out_w
         x = _noisy(x, first, h, w, generator)
-        x = _jpeg_each(x, first.quality, h, w, torch.ones(n, dtype=torch.bool, device=dev))
+        x = jpeg(x, first.quality, h, w)  # every sample: no subset to gather
 
         x = filter_each(x, _kernels(second), h, w)
         lr_h, lr_w = height // self.scale, width // self.scale

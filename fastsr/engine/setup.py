@@ -17,33 +17,16 @@ from accelerate.utils import gather_object
 from rich.console import Console
 from torch import nn
 
-from fastsr.data import (
-    BatchSource,
-    degradation,
-    make_batch_source,
-    open_cache,
-    resolve_source,
-)
+from fastsr.data import BatchSource, degradation, make_batch_source, open_cache, resolve_source
 from fastsr.data.screen import apply_policy, screen_train, screen_val, without
 from fastsr.data.sources import source_label
 from fastsr.data.validation import eval_lr
 from fastsr.engine import trackers
-from fastsr.engine.checkpoint import (
-    Position,
-    Trainables,
-    resolve_resume,
-    restore_training_state,
-)
+from fastsr.engine.checkpoint import Position, Trainables, resolve_resume, restore_training_state
 from fastsr.engine.ema import GeneratorEMA
 from fastsr.engine.phases import Phase, plan_phases
 from fastsr.engine.runlog import RunLog
-from fastsr.engine.runtime import (
-    Precision,
-    Runtime,
-    allow_tf32,
-    autotune_convolutions,
-    resolve_runtime,
-)
+from fastsr.engine.runtime import Precision, Runtime, allow_tf32, autotune_convolutions, resolve_runtime
 from fastsr.engine.safety.peers import process_group_kwargs
 from fastsr.engine.safety.runlock import RunLock
 from fastsr.errors import ImageError, RecipeError, WeightsError
@@ -261,8 +244,9 @@ def screened_data(recipe: Recipe, accelerator, console: Console):
         problems = gather_object(problems)
     problems = sorted(set(problems))
     val_sets, val_problems = {}, []
+    lr_method = eval_lr(data, scale, recipe.train.seed)  # one for every set: image i of each from (seed, i)
     for name, samples in val_samples.items():
-        val_sets[name], found = screen_val(samples, scale, eval_lr(data, scale, recipe.train.seed), data.val_images or None)
+        val_sets[name], found = screen_val(samples, scale, lr_method, data.val_images or None)
         val_problems += found
     notes = apply_policy({"training": problems, "validation": val_problems}, data.bad_images)
     train_samples = without(train_samples, problems)
