@@ -11,6 +11,7 @@ import errno
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 from rich.console import Console
@@ -106,12 +107,15 @@ def run_eval(methods: list[str], sources: list[str], scale: int, console: Consol
              metrics: list[str] | None = None, metric_weights: dict[str, str] | None = None,
              pictures: Path | None = None, json_out: Path | None = None, csv_out: Path | None = None,
              device: str = "auto", tile: int = 256, degradation: str = "matlab", seed: int = 0,
-             degradation_keys: list[str] = (), self_ensemble: bool = False):
+             degradation_keys: list[str] = (), self_ensemble: bool = False, y: str = "basicsr",
+             report: Path | None = None):
     """Score `methods` on each of `sources` (test-set names, folders, `samples`) and print one table; the
     models run on tiles of `tile` LR pixels (0: whole images). The LR is MATLAB's bicubic (`matlab`, the
     protocol), or Real-ESRGAN's degradation drawn from `seed` (`realesrgan`: image i of a set from (seed, i),
     the same LR for every method), at its defaults but for `degradation_keys` (`data.realesrgan` key=value).
-    `self_ensemble` runs each trained model as its x8 self-ensemble (labelled "+")."""
+    `self_ensemble` runs each trained model as its x8 self-ensemble (labelled "+"); `y` is the Y convention of
+    PSNR/SSIM (`fastsr.metrics`), which the caption states; `report` is a folder for the HTML comparison page
+    (`fastsr.report`)."""
     from fastsr.data import resolve_source
     from fastsr.data.benchmarks import DEFAULT_ROOT
     from fastsr.data.screen import FIX_AND_RERUN, refuse, screen_val
@@ -126,6 +130,8 @@ def run_eval(methods: list[str], sources: list[str], scale: int, console: Consol
         results_to_json,
         write_csv,
     )
+    from fastsr.metrics import Y_CONVENTIONS
+    from fastsr.report import Report
     from fastsr.util import write_atomic
 
     metrics = list(metrics or PROTOCOL_METRICS)  # PSNR and SSIM unless asked otherwise
@@ -152,18 +158,19 @@ def run_eval(methods: list[str], sources: list[str], scale: int, console: Consol
         sets[label], found = screen_val(resolve_source(spec, "eval", scale, benchmark_root=root), scale, lr_method)
         problems += found
     refuse({"evaluation": problems}, FIX_AND_RERUN)
-    scorers = build_metrics(metrics, scale, device, metric_weights)
+    scorers = build_metrics(metrics, scale, device, metric_weights, y)
+    page = Report(report, scale) if report else None
     results = []
     for label, pairs in sets.items():
         where = pictures / label if pictures else None
         scores = evaluate(models, pairs, scale, device, metrics=scorers, tile=tile, pictures=where,
-                          advice=memory_advice())
-        results.append(SetResult(label, [p[0] for p in pairs], scores))
-    caption = (f"x{scale}, {lr_made}; mean of per-image values; PSNR (dB) and SSIM on the Y channel (BT.601 studio "
-               f"range), uint8 levels, {scale}-pixel border shaved"
-               + (", LPIPS/DISTS on RGB" if len(metrics) > 2 else ""))
+                          advice=memory_advice(), record=partial(page.add, label) if page else None)
+        results.append(SetResult(label, [p.name for p in pairs], scores))
+    caption = (f"x{scale}, {lr_made}; mean of per-image values; PSNR (dB) and SSIM on {Y_CONVENTIONS[y]}, uint8 "
+               f"levels, {scale}-pixel border shaved" + (", LPIPS/DISTS on RGB" if len(metrics) > 2 else ""))
     console.print(format_table(results, metrics, caption))
-    meta = {"scale": scale, "channel": "Y", "crop_border": scale, "sources": dict(zip(sets, sources)),
+    meta = {"caption": caption, "scale": scale, "channel": "Y", "y": y, "crop_border": scale,
+            "sources": dict(zip(sets, sources)),
             "degradation": degradation,
             **({"seed": seed, "degradation_keys": list(degradation_keys)} if degradation == "realesrgan" else {})}
     if json_out:
@@ -174,6 +181,8 @@ def run_eval(methods: list[str], sources: list[str], scale: int, console: Consol
         write_csv(csv_out, results, metrics)
     if pictures:
         console.print(f"side-by-side pictures (LR / methods / HR): {pictures}")
+    if page:
+        console.print(f"comparison page (open it in a browser): {page.finish(results_to_json(results, metrics, meta))}")
     return results
 
 
@@ -199,7 +208,7 @@ def cmd_eval(args, console: Console) -> int:
              metrics=metrics, metric_weights=dict(args.metric_weights), pictures=args.pictures,
              json_out=args.json, csv_out=args.csv, device=args.device, tile=args.tile,
              degradation=args.degradation, seed=args.seed, degradation_keys=args.overrides,
-             self_ensemble=args.self_ensemble)
+             self_ensemble=args.self_ensemble, y=args.y, report=args.report)
     return 0
 
 
@@ -479,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="also write per-set and per-image values here")
     p.add_argument("--csv", type=Path, help="also write per-image and per-set values here, a row each")
     p.add_argument("--pictures", type=Path, help="save LR / methods / HR side by side here")
+    p.add_argument("--report", type=Path, metavar="DIR",
+                   help="write an HTML comparison page here (DIR/index.html: sortable tables, a before/after slider "
+                        "and a pixel zoom over every image; opens offline)")
     p.add_argument("--tile", type=int, default=256,
                    help="LR tile size the models run on (0: whole images at once); lower it if out of memory "
                         "(default: %(default)s)")
@@ -492,6 +504,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--self-ensemble", action="store_true",
                    help="run each trained model on the 8 flips/rotations of its input and average (the '+' of "
                         "papers' tables; about 8x slower)")
+    p.add_argument("--y", choices=["basicsr", "matlab"], default="basicsr",
+                   help="how Y is computed for PSNR/SSIM: basicsr (unrounded, gray files stacked to RGB, as BasicSR "
+                        "and most SR code) or matlab (MATLAB rgb2ycbcr on uint8, rounded; 1-channel files on their "
+                        "own values, as the published MATLAB tables) (default: %(default)s)")
     _add_device_option(p)
     _add_plugin_option(p)
     p.set_defaults(func=cmd_eval)

@@ -21,13 +21,12 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from fastsr.data import save_image
+from fastsr.data.validation import Pair
 from fastsr.errors import ImageError, OutOfMemory
 from fastsr.infer import DEFAULT_TILE, PYTHON_ADVICE, MemoryAdvice, upscale
-from fastsr.metrics import psnr, ssim
+from fastsr.metrics import Y_CONVENTIONS, psnr, ssim
 from fastsr.ops import quantize
 from fastsr.util import write_atomic
-
-Pair = tuple[str, torch.Tensor, torch.Tensor]  # (name, HR 1x3xHxW, LR 1x3xhxw), [0, 1]
 
 PROTOCOL_METRICS = ("psnr", "ssim")  # Y channel, uint8 levels, border shaved (fastsr.metrics)
 METRIC_LABELS = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "dists": "DISTS"}
@@ -35,22 +34,27 @@ METRIC_LABELS = {"psnr": "PSNR", "ssim": "SSIM", "lpips": "LPIPS", "dists": "DIS
 
 @dataclass(frozen=True)
 class Metric:
-    """A per-image metric of (SR, HR), both 1x3xHxW in [0, 1] on the CPU, SR already rounded to uint8 levels."""
+    """A per-image metric of (SR, HR, gray), SR and HR 1x3xHxW in [0, 1] on the CPU, SR already rounded to uint8
+    levels; `gray`: the HR came from a 1-channel file (`Pair.gray`)."""
 
     name: str
-    score: Callable[[torch.Tensor, torch.Tensor], float]
+    score: Callable[[torch.Tensor, torch.Tensor, bool], float]
 
 
-def build_metrics(names: Sequence[str], scale: int, device, weights: dict[str, str] | None = None) -> list[Metric]:
-    """The metrics called `names` (psnr, ssim, lpips, dists), each shaving `scale` pixels from every border.
-    The perceptual ones run their networks on `device`, with backbone weights from `weights[name]` or the
-    torch hub cache (fastsr.perceptual_metrics says where they come from)."""
+def build_metrics(names: Sequence[str], scale: int, device, weights: dict[str, str] | None = None,
+                  y: str = "basicsr") -> list[Metric]:
+    """The metrics called `names` (psnr, ssim, lpips, dists), each shaving `scale` pixels from every border,
+    PSNR and SSIM on Y in convention `y` (`fastsr.metrics`). The perceptual ones run their networks on
+    `device`, with backbone weights from `weights[name]` or the torch hub cache (fastsr.perceptual_metrics
+    says where they come from)."""
+    if y not in Y_CONVENTIONS:
+        raise ValueError(f"y must be one of {', '.join(Y_CONVENTIONS)}, got {y!r}")
     out = []
     for name in names:
         if name == "psnr":
-            out.append(Metric(name, lambda sr, hr: psnr(sr, hr, crop_border=scale).item()))
+            out.append(Metric(name, lambda sr, hr, gray: psnr(sr, hr, crop_border=scale, y=y, gray=gray).item()))
         elif name == "ssim":
-            out.append(Metric(name, lambda sr, hr: ssim(sr, hr, crop_border=scale).item()))
+            out.append(Metric(name, lambda sr, hr, gray: ssim(sr, hr, crop_border=scale, y=y, gray=gray).item()))
         else:
             from fastsr.perceptual_metrics import build_perceptual_metric  # loads networks: only when asked
 
@@ -59,8 +63,9 @@ def build_metrics(names: Sequence[str], scale: int, device, weights: dict[str, s
     return out
 
 
-def _shaved(net, border: int, device) -> Callable[[torch.Tensor, torch.Tensor], float]:
-    def score(sr: torch.Tensor, hr: torch.Tensor) -> float:
+def _shaved(net, border: int, device) -> Callable[[torch.Tensor, torch.Tensor, bool], float]:
+    """A perceptual network's score of the RGB images with `border` shaved (a gray file is scored as RGB)."""
+    def score(sr: torch.Tensor, hr: torch.Tensor, gray: bool) -> float:
         crop = (..., slice(border, -border or None), slice(border, -border or None))
         return float(net(sr[crop].to(device), hr[crop].to(device)).item())
     return score
@@ -104,21 +109,24 @@ def _no_autotuning() -> Iterator[None]:
 @_no_autotuning()
 def evaluate(methods: dict[str, nn.Module], pairs: list[Pair], scale: int, device, *,
              metrics: list[Metric] | None = None, tile: int = DEFAULT_TILE, pictures: Path | None = None,
-             max_pictures: int = 4, advice: MemoryAdvice = PYTHON_ADVICE) -> list[Score]:
+             max_pictures: int = 4, advice: MemoryAdvice = PYTHON_ADVICE,
+             record: Callable[[str, torch.Tensor, dict[str, torch.Tensor], torch.Tensor], None] | None = None,
+             ) -> list[Score]:
     """Score each method on every pair (PSNR and SSIM unless `metrics` says otherwise), running the models on
-    tiles of `tile` LR pixels (0: whole images); optionally save LR / methods / HR pictures of the first few.
+    tiles of `tile` LR pixels (0: whole images); optionally save LR / methods / HR pictures of the first few,
+    and hand every image's (name, LR, outputs by method, HR) to `record` (an HTML report's `add`).
     Out of device memory, upscaling or in a perceptual metric, it raises `OutOfMemory` naming the image and
     the knob of `advice` to change (the tile size; the metric to leave out)."""
     metrics = metrics if metrics is not None else build_metrics(PROTOCOL_METRICS, scale, device)
     scores = [Score(name, {m.name: [] for m in metrics}) for name in methods]
-    for i, (name, hr, lr) in enumerate(pairs):
+    for i, (name, hr, lr, gray) in enumerate(pairs):
         lr_dev = lr.to(device)
         outputs = {}
         for score, model in zip(scores, methods.values()):
             sr = quantize(upscale(model, lr_dev, scale, tile=tile, image=name, advice=advice).float().cpu())
             for m in metrics:
                 try:
-                    score.values[m.name].append(m.score(sr, hr))
+                    score.values[m.name].append(m.score(sr, hr, gray))
                 except ValueError as err:  # an image a perceptual network cannot take (too small)
                     raise ImageError(f"{name}: {err}; remove it from the evaluation images or leave {m.name} out") from None
                 except torch.OutOfMemoryError as err:  # a perceptual network, on the whole image
@@ -126,6 +134,8 @@ def evaluate(methods: dict[str, nn.Module], pairs: list[Pair], scale: int, devic
             outputs[score.method] = sr
         if pictures is not None and i < max_pictures:
             save_side_by_side(pictures / f"{name}.png", lr, outputs, hr)
+        if record is not None:
+            record(name, lr, outputs, hr)
     return scores
 
 

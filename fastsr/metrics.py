@@ -5,8 +5,17 @@ by tenths of a dB, which is the size of the differences between methods:
 
 1. both images are rounded to uint8 levels (a model's float output is saved as an 8-bit image);
 2. ``crop_border`` pixels (usually the scale factor) are shaved from every side;
-3. the Y channel of MATLAB ``rgb2ycbcr`` (studio range, values in [0, 255], not rounded) is used,
-   or all three RGB channels when ``y_channel=False`` (about 2 dB lower: say which a table shows);
+3. the Y channel of MATLAB ``rgb2ycbcr`` (studio range, values in [0, 255]) is used, or all three RGB
+   channels when ``y_channel=False`` (about 2 dB lower: say which a table shows). Two conventions for Y
+   (``y``), which differ in the second decimal and both appear in print:
+
+   * ``basicsr``: Y not rounded, every image scored as RGB (a 1-channel file stacked to three equal
+     channels): what BasicSR's Python and most SR code compute, and fastsr's default;
+   * ``matlab``: Y as MATLAB's ``rgb2ycbcr`` gives it for a uint8 image, rounded to integer levels (MATLAB
+     rounds halves away from zero), and a 1-channel image (``gray``) scored on its own gray levels, the
+     model's RGB output folded to gray as `fastsr upscale` writes it for a gray file
+     (`fastsr.ops.rgb_to_gray`, rounded): what the published MATLAB tables of the classic papers compute.
+
 4. PSNR uses peak 255 and is computed per image; SSIM uses an 11x11 Gaussian window with sigma 1.5,
    C1 = (0.01*255)^2, C2 = (0.03*255)^2, and averages the SSIM map over the *valid* region only
    (windows that fit inside the shaved image). A dataset score is the mean of per-image values.
@@ -27,9 +36,13 @@ from __future__ import annotations
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from fastsr.ops import quantize, rgb_to_y
+from fastsr.ops import quantize, rgb_to_gray, rgb_to_y
 
-__all__ = ["min_image_size", "psnr", "quantize", "ssim"]
+__all__ = ["Y_CONVENTIONS", "min_image_size", "psnr", "quantize", "ssim"]
+
+# The Y conventions (the module docstring says what each computes), as a table's caption names them.
+Y_CONVENTIONS = {"basicsr": "Y (BT.601 studio range, unrounded, as BasicSR; gray files as RGB)",
+                 "matlab": "Y as MATLAB rgb2ycbcr on uint8 (rounded; gray files on their own levels)"}
 
 _PEAK = 255.0
 _SSIM_SIGMA = 1.5  # torchmetrics derives an 11x11 window from this sigma: int(3.5*1.5 + 0.5)*2 + 1
@@ -43,9 +56,10 @@ def min_image_size(crop_border: int) -> int:
 
 
 def _prepare(
-    sr: torch.Tensor, hr: torch.Tensor, crop_border: int, y_channel: bool
+    sr: torch.Tensor, hr: torch.Tensor, crop_border: int, y_channel: bool, y: str, gray: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate and apply protocol steps 1-3: float64, uint8 levels, shave, Y or RGB, 0..255 scale."""
+    """Validate and apply protocol steps 1-3: float64, uint8 levels, shave, Y (in convention `y`) or RGB,
+    0..255 scale."""
     if sr.shape != hr.shape:
         raise ValueError(
             f"sr and hr must have the same shape, got sr {tuple(sr.shape)} and hr {tuple(hr.shape)}."
@@ -57,35 +71,51 @@ def _prepare(
     height, width = sr.shape[-2] - 2 * crop_border, sr.shape[-1] - 2 * crop_border
     if min(height, width) <= 0:
         raise ValueError(f"crop_border={crop_border} leaves nothing of images shaped {tuple(sr.shape)}.")
+    if y not in Y_CONVENTIONS:
+        raise ValueError(f"y must be one of {', '.join(Y_CONVENTIONS)}, got {y!r}.")
     prepared = []
     for image in (sr, hr):
         image = quantize(image.to(torch.float64))
         image = image[..., crop_border : crop_border + height, crop_border : crop_border + width]
-        prepared.append((rgb_to_y(image) if y_channel else image) * _PEAK)
+        prepared.append(_channel(image, y_channel, y, gray))
     return prepared[0], prepared[1]
 
 
-def psnr(sr: torch.Tensor, hr: torch.Tensor, crop_border: int, y_channel: bool = True) -> torch.Tensor:
+def _channel(image: torch.Tensor, y_channel: bool, y: str, gray: bool) -> torch.Tensor:
+    """What the protocol scores of an image at uint8 levels, on the 0..255 scale: RGB, or Y in convention `y`."""
+    if not y_channel:
+        return image * _PEAK
+    if y == "basicsr":
+        return rgb_to_y(image) * _PEAK
+    if gray:  # the file's own levels: a stacked gray HR gives them back exactly, an SR output its gray fold
+        return quantize(rgb_to_gray(image)) * _PEAK
+    return torch.floor(rgb_to_y(image) * _PEAK + 0.5)  # Y >= 16: half away from zero is half up
+
+
+def psnr(sr: torch.Tensor, hr: torch.Tensor, crop_border: int, y_channel: bool = True, *, y: str = "basicsr",
+         gray: bool = False) -> torch.Tensor:
     """Per-image PSNR in dB, shape (N,), of RGB images in [0, 1] shaped (N, 3, H, W).
 
     Follows the SR protocol (see the module docstring): uint8 levels, ``crop_border`` shaved, Y
-    channel (or RGB when ``y_channel=False``), peak 255. Identical images give ``inf``: the MSE is
-    zero and the ratio is unbounded, so average such values with care.
+    channel in convention ``y`` (``gray``: the HR came from a 1-channel file), or RGB when
+    ``y_channel=False``, peak 255. Identical images give ``inf``: the MSE is zero and the ratio is
+    unbounded, so average such values with care.
     """
-    sr_img, hr_img = _prepare(sr, hr, crop_border, y_channel)
+    sr_img, hr_img = _prepare(sr, hr, crop_border, y_channel, y, gray)
     mse = (sr_img - hr_img).square().mean(dim=(1, 2, 3))
     return 10.0 * torch.log10(_PEAK**2 / mse)
 
 
-def ssim(sr: torch.Tensor, hr: torch.Tensor, crop_border: int, y_channel: bool = True) -> torch.Tensor:
+def ssim(sr: torch.Tensor, hr: torch.Tensor, crop_border: int, y_channel: bool = True, *, y: str = "basicsr",
+         gray: bool = False) -> torch.Tensor:
     """Per-image SSIM, shape (N,), of RGB images in [0, 1] shaped (N, 3, H, W).
 
     Follows the SR protocol (see the module docstring): uint8 levels, ``crop_border`` shaved, Y
-    channel (or the mean over R, G and B when ``y_channel=False``), 11x11 Gaussian window with
+    channel in convention ``y`` as `psnr` (or the mean over R, G and B when ``y_channel=False``), 11x11 Gaussian window with
     sigma 1.5, averaged over the valid region (the map cut 5 px in from each side of the shaved
     image), so the shaved image must be at least 11x11.
     """
-    sr_img, hr_img = _prepare(sr, hr, crop_border, y_channel)
+    sr_img, hr_img = _prepare(sr, hr, crop_border, y_channel, y, gray)
     window = min_image_size(crop_border=0)
     if min(sr_img.shape[-2:]) < window:
         raise ValueError(

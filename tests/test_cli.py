@@ -50,9 +50,9 @@ def test_eval_scores_all_methods_on_the_same_pairs(photo_folder, tmp_path, capsy
     assert main(["eval", "--model", "bicubic", "--model", f"Mine={weights}", "--model", str(weights),
                  "--data", str(data), "--scale", "4", "--json", str(out), "--pictures", str(tmp_path / "pics")]) == 0
     table = capsys.readouterr().out
-    assert "Bicubic" in table and "Mine" in table and "SRCNN" in table and "Y channel" in table
+    assert "Bicubic" in table and "Mine" in table and "SRCNN" in table and "unrounded, as BasicSR" in table
     results = json.loads(out.read_text())
-    assert results["channel"] == "Y" and results["crop_border"] == 4 and results["metrics"] == ["psnr", "ssim"]
+    assert results["channel"] == "Y" and results["y"] == "basicsr" and results["crop_border"] == 4 and results["metrics"] == ["psnr", "ssim"]
     assert list(results["sets"]) == ["val"] and results["sets"]["val"]["images"] == ["v0", "v1"]
     methods = results["sets"]["val"]["methods"]
     # Recompute bicubic by hand: HR cropped to a multiple of 4, LR = MATLAB bicubic rounded to uint8.
@@ -71,6 +71,33 @@ def test_eval_scores_all_methods_on_the_same_pairs(photo_folder, tmp_path, capsy
     picture = Image.open(tmp_path / "pics" / "val" / "v1.png")
     hr_w, hr_h = 80, 68  # v1 is 81x70: cropped to multiples of 4
     assert picture.size == (hr_w * 5, hr_h + 22)  # LR, Bicubic, Mine, SRCNN, HR
+
+
+def test_eval_with_matlab_y_rounds_y_and_scores_a_gray_file_on_its_levels(photo_folder, tmp_path, capsys):
+    """`--y matlab`: the published tables' convention, stated in the caption and the JSON; a 1-channel file is
+    scored on its own levels, an RGB file on rounded Y (each recomputed here from the files)."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    rgb = load_image(photo_folder / "val" / "v0.png")
+    Image.fromarray(rgb).save(folder / "colour.png")
+    Image.fromarray(rgb).convert("L").save(folder / "gray.png")
+    tables = {}
+    for y in ("matlab", "basicsr"):
+        out = tmp_path / f"{y}.json"
+        assert main(["eval", "--model", "bicubic", "--data", str(folder), "--json", str(out), "--y", y]) == 0
+        tables[y] = json.loads(out.read_text())
+        caption = " ".join(capsys.readouterr().out.split())
+        assert ("MATLAB rgb2ycbcr on uint8 (rounded" in caption) == (y == "matlab")
+    assert tables["matlab"]["y"] == "matlab"
+    values = tables["matlab"]["sets"]["mixed"]["methods"]["Bicubic"]["per_image"]["psnr"]
+    for name, value in zip(tables["matlab"]["sets"]["mixed"]["images"], values):
+        hr = image_to_tensor(load_image(folder / f"{name}.png")).double()
+        hr = hr[..., : hr.shape[-2] // 4 * 4, : hr.shape[-1] // 4 * 4]
+        sr = quantize(imresize(quantize(imresize(hr, scale=1 / 4)), scale=4))
+        assert value == pytest.approx(psnr(sr, hr, 4, y="matlab", gray=name == "gray").item(), abs=1e-10)
+    gray = tables["matlab"]["sets"]["mixed"]["images"].index("gray")
+    other = tables["basicsr"]["sets"]["mixed"]["methods"]["Bicubic"]["per_image"]["psnr"][gray]
+    assert values[gray] < other - 1  # raw gray levels, not the studio range's 219/255 of them
 
 
 def test_eval_refuses_a_model_of_another_scale(tmp_path, capsys):

@@ -204,3 +204,52 @@ def test_shape_mismatch_names_both_shapes(metric):
 def test_bad_crop_border_raises(crop):
     with pytest.raises(ValueError, match="crop_border"):
         psnr(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32), crop_border=crop)
+
+
+# ---------------------------------------------------------------- the MATLAB Y convention (--y matlab)
+def _np_matlab_y(x: torch.Tensor, crop: int) -> np.ndarray:
+    """MATLAB's rgb2ycbcr on a uint8 image, Y row: computed on the 0..255 levels, then stored as uint8 (rounded,
+    halves away from zero), as the published MATLAB scripts score it."""
+    img = np.floor(np.clip(x.double().numpy(), 0.0, 1.0) * 255.0 + 0.5)
+    if crop:
+        img = img[..., crop:-crop, crop:-crop]
+    y = 16.0 + (65.481 * img[:, 0] + 128.553 * img[:, 1] + 24.966 * img[:, 2]) / 255.0
+    return np.floor(y + 0.5)[:, None]
+
+
+@pytest.mark.parametrize("crop", [0, 3])
+def test_matlab_y_rounds_luma_to_levels(crop):
+    sr, hr = _noisy_pair(seed=7)
+    a, b = _np_matlab_y(sr, crop), _np_matlab_y(hr, crop)
+    expected = torch.tensor([_np_psnr(a[n], b[n]) for n in range(len(a))], dtype=torch.float64)
+    got = psnr(sr, hr, crop_border=crop, y="matlab")
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
+    expected_ssim = torch.tensor(_np_ssim(a, b), dtype=torch.float64)
+    torch.testing.assert_close(ssim(sr, hr, crop_border=crop, y="matlab"), expected_ssim, rtol=0, atol=1e-9)
+    # the rounding moves the score (by hundredths on real images), which is why the convention is an option
+    assert (got - psnr(sr, hr, crop_border=crop)).abs().min() > 1e-4
+
+
+def test_matlab_y_scores_a_gray_file_on_its_own_levels():
+    """A 1-channel HR (stacked to RGB when read) against a colour-tinted SR: MATLAB's scripts score the gray levels
+    themselves, not their studio-range Y, and the SR as the gray file it would be saved as (0.299 R + 0.587 G +
+    0.114 B, rounded)."""
+    g = torch.Generator().manual_seed(8)
+    levels = torch.randint(0, 256, (1, 1, 24, 20), generator=g).double()
+    hr = levels.repeat(1, 3, 1, 1) / 255
+    sr = (hr + torch.randn(1, 3, 24, 20, generator=g, dtype=torch.float64) * 0.03).clamp(0, 1)
+    rgb = np.floor(sr.numpy() * 255 + 0.5)
+    sr_gray = np.floor(0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2] + 0.5)
+    expected = _np_psnr(sr_gray[0, 2:-2, 2:-2], levels.numpy()[0, 0, 2:-2, 2:-2])
+    assert psnr(sr, hr, crop_border=2, y="matlab", gray=True).item() == pytest.approx(expected, abs=1e-10)
+    # on the studio-range Y, a difference of one level counts 219/255 of one: about 1.3 dB more
+    studio = psnr(sr, hr, crop_border=2, y="matlab").item()
+    assert studio - expected == pytest.approx(20 * np.log10(255 / 219), abs=0.3)
+    # the default convention stacks the gray file to RGB: `gray` changes nothing there
+    assert psnr(sr, hr, 2, gray=True).item() == psnr(sr, hr, 2).item()
+
+
+def test_an_unknown_y_convention_is_refused():
+    sr, hr = _noisy_pair(seed=9)
+    with pytest.raises(ValueError, match="y must be one of basicsr, matlab"):
+        psnr(sr, hr, 2, y="octave")

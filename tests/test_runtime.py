@@ -15,6 +15,7 @@ from torch.optim import optimizer as torch_optimizer
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastsr.config import RuntimeConfig
+from fastsr.data.validation import Pair
 from fastsr.engine.ema import GeneratorEMA
 from fastsr.engine.runtime import Precision, Runtime, autotune_convolutions, resolve_runtime
 from fastsr.engine.setup import adam
@@ -201,8 +202,8 @@ def test_evaluation_runs_without_cudnn_autotuning(monkeypatch):
             seen.append(torch.backends.cudnn.benchmark)
             return torch.nn.functional.interpolate(lr, scale_factor=4)
 
-    pairs = [("a", torch.rand(1, 3, 40, 44), torch.rand(1, 3, 10, 11)), ("b", torch.rand(1, 3, 48, 36),
-                                                                          torch.rand(1, 3, 12, 9))]
+    pairs = [Pair("a", torch.rand(1, 3, 40, 44), torch.rand(1, 3, 10, 11)),
+             Pair("b", torch.rand(1, 3, 48, 36), torch.rand(1, 3, 12, 9))]
     evaluate({"probe": Probe()}, pairs, 4, "cpu")
     assert seen == [False, False] and torch.backends.cudnn.benchmark
 

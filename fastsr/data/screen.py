@@ -21,14 +21,12 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-import torch
-
 from fastsr.data.cache import Cache, open_cache
 from fastsr.data.images import load_image
 from fastsr.data.plan import check_crop_fits
 from fastsr.data.realworld import RealWorldLR
 from fastsr.data.sources import Sample
-from fastsr.data.validation import load_val_pair
+from fastsr.data.validation import Pair, load_val_pair
 from fastsr.errors import ImageError
 
 # What a refusal of evaluation images tells the user to do (a training run can also skip them: apply_policy)
@@ -69,7 +67,7 @@ def without(samples: Sequence[Sample], problems: list[tuple[str, str]]) -> list[
 
 
 def screen_val(samples: Sequence[Sample], scale: int, method: str | RealWorldLR = "matlab", max_images: int | None = None
-               ) -> tuple[list[tuple], list[tuple[str, str]]]:
+               ) -> tuple[list[Pair], list[tuple[str, str]]]:
     """(the first `max_images` usable validation pairs, (file, problem) for each unusable image met on the way)."""
     pairs, problems = [], []
     for index, s in enumerate(samples):
@@ -83,7 +81,7 @@ def screen_val(samples: Sequence[Sample], scale: int, method: str | RealWorldLR 
 
 
 def load_val_set(samples: Sequence[Sample], scale: int, method: str | RealWorldLR = "matlab",
-                 max_images: int | None = None) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+                 max_images: int | None = None) -> list[Pair]:
     """The first `max_images` validation pairs (`load_val_pair`), or one ImageError naming every unusable image."""
     pairs, problems = screen_val(samples, scale, method, max_images)
     refuse({"validation": problems}, FIX_AND_RERUN)
