@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import sys
 import time
 from functools import partial
@@ -76,7 +77,7 @@ def cmd_recipes(args, console: Console) -> None:
 
 
 def parse_method(spec: str, scale: int, self_ensemble: bool = False):
-    """`bicubic`, `WEIGHTS.safetensors` or `LABEL=WEIGHTS.safetensors` -> (label, model); with `self_ensemble`
+    """`bicubic`, `FILE` or `LABEL=FILE` -> (label, model); with `self_ensemble`
     a trained model runs as its x8 self-ensemble, its label marked "+" as papers mark it."""
     label, model = _method(spec, scale)
     if self_ensemble and spec.lower() != "bicubic":
@@ -87,20 +88,37 @@ def parse_method(spec: str, scale: int, self_ensemble: bool = False):
 
 
 def _method(spec: str, scale: int):
-    """`bicubic`, `WEIGHTS.safetensors` or `LABEL=WEIGHTS.safetensors` -> (label, model)."""
+    """`bicubic`, `FILE` or `LABEL=FILE` -> (label, model); FILE is fastsr's weights or any model file spandrel
+    opens, and the label defaults to its architecture's name."""
     from fastsr.errors import WeightsError
+    from fastsr.model_files import open_generator
     from fastsr.models import build_generator
-    from fastsr.weights import load_generator
 
     if spec.lower() == "bicubic":
         return "Bicubic", build_generator("bicubic", scale=scale)
     label, sep, path = spec.partition("=")
     if not sep:
         label, path = "", spec
-    model = load_generator(Path(path))
+    model = open_generator(Path(path))
     if model.scale != scale:
         raise WeightsError(f"{path}: model is x{model.scale}, but --scale is {scale}")
-    return label or getattr(type(model), "label", Path(path).stem), model
+    return label or getattr(model, "label", Path(path).stem), model
+
+
+def eval_shard(device: str):
+    """(this process's `Shard` of the images, the device it runs on): the whole set on `device` for one process;
+    under a launcher's several processes (`accelerate launch`, `--processes`) each takes its share, on its own
+    GPU (or the CPU, with `--device cpu` or none visible), the group joined through Accelerate."""
+    import os
+
+    from fastsr.evaluate import ONE_PROCESS, Shard
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return ONE_PROCESS, device
+    from accelerate import PartialState
+
+    state = PartialState(cpu=device == "cpu")
+    return Shard(state.process_index, state.num_processes), (device if device == "cpu" else state.device)
 
 
 def run_eval(methods: list[str], sources: list[str], scale: int, console: Console, *, data_root: str | None = None,
@@ -136,7 +154,10 @@ def run_eval(methods: list[str], sources: list[str], scale: int, console: Consol
 
     metrics = list(metrics or PROTOCOL_METRICS)  # PSNR and SSIM unless asked otherwise
 
-    device = resolve_device(device)
+    shard, device = eval_shard(resolve_device(device))
+    if report and shard.world > 1:
+        raise RecipeError(f"--report {report}: the comparison page is written by one process; drop --processes "
+                          "(or the launcher's processes) for it, or drop --report")
     models = dict(parse_method(m, scale, self_ensemble) for m in methods)
     for model in models.values():
         model.to(device)
@@ -164,8 +185,10 @@ def run_eval(methods: list[str], sources: list[str], scale: int, console: Consol
     for label, pairs in sets.items():
         where = pictures / label if pictures else None
         scores = evaluate(models, pairs, scale, device, metrics=scorers, tile=tile, pictures=where,
-                          advice=memory_advice(), record=partial(page.add, label) if page else None)
+                          advice=memory_advice(), record=partial(page.add, label) if page else None, shard=shard)
         results.append(SetResult(label, [p.name for p in pairs], scores))
+    if shard.rank != 0:  # every process holds the whole table; the first prints and writes it
+        return results
     caption = (f"x{scale}, {lr_made}; mean of per-image values; PSNR (dB) and SSIM on {Y_CONVENTIONS[y]}, uint8 "
                f"levels, {scale}-pixel border shaved" + (", LPIPS/DISTS on RGB" if len(metrics) > 2 else ""))
     console.print(format_table(results, metrics, caption))
@@ -198,6 +221,11 @@ def cmd_eval(args, console: Console) -> int:
     except ValueError as err:
         print(f"fastsr: error: --tile: {err} (eval's tiles overlap by {DEFAULT_OVERLAP})", file=sys.stderr)
         return 2
+    if args.processes < 1:
+        print(f"fastsr: error: --processes {args.processes}: give 1 or more", file=sys.stderr)
+        return 2
+    if args.processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return launch_processes(args.processes, args.argv)
     metrics = args.metrics or list(PROTOCOL_METRICS)
     unused = [name for name, _ in args.metric_weights if name not in metrics]
     if unused:
@@ -210,6 +238,20 @@ def cmd_eval(args, console: Console) -> int:
              degradation=args.degradation, seed=args.seed, degradation_keys=args.overrides,
              self_ensemble=args.self_ensemble, y=args.y, report=args.report)
     return 0
+
+
+def launch_processes(n: int, argv: list[str]) -> int:
+    """Run this command line again in `n` processes under `accelerate launch` (a free local port, gloo on the
+    CPU, one GPU each where there are GPUs) and return its exit code."""
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
+              "--num_machines", "1", "--main_process_port", str(port), "-m", "fastsr", *argv]
+    return subprocess.run(launch).returncode
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,7 +300,7 @@ def cmd_upscale(args, console: Console) -> int:
     from fastsr.data.images import is_gray, load_image_with_alpha, output_format
     from fastsr.errors import ImageError
     from fastsr.infer import check_tiling, upscale_image
-    from fastsr.weights import load_generator
+    from fastsr.model_files import open_generator
 
     load_plugins(args.plugin)
     try:
@@ -273,7 +315,7 @@ def cmd_upscale(args, console: Console) -> int:
     if not to_folder:
         output_format(out)  # an unknown suffix fails before any work
     device = resolve_device(args.device)
-    model = load_generator(args.weights, device)
+    model = open_generator(args.weights, device)
     if args.self_ensemble:
         from fastsr.infer import SelfEnsemble
 
@@ -319,13 +361,13 @@ def cmd_export(args, console: Console) -> None:
     """Export a generator to ONNX, checked in onnxruntime against PyTorch before the file is written."""
     from fastsr.errors import ExportError
     from fastsr.export import CHECK_SHAPE, INPUT, OUTPUT, export_onnx
-    from fastsr.weights import load_generator
+    from fastsr.model_files import open_generator
 
     load_plugins(args.plugin)
     out = Path(args.output) if args.output else Path(args.weights).with_suffix(".onnx")
     if out.suffix != ".onnx":
         raise ExportError(f"{out}: the output of fastsr export is an .onnx file; name it so")
-    model = load_generator(args.weights)
+    model = open_generator(args.weights)
     done = export_onnx(model, out, opset=args.opset, fp16=args.fp16, tolerance=args.tolerance,
                        source=str(args.weights))
     console.print(f"{args.weights} -> {out} ({model.config['name']} x{model.scale}, opset {done.opset}, {done.dtype} "
@@ -504,6 +546,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--self-ensemble", action="store_true",
                    help="run each trained model on the 8 flips/rotations of its input and average (the '+' of "
                         "papers' tables; about 8x slower)")
+    p.add_argument("--processes", type=int, default=1, metavar="N",
+                   help="split the images across N processes (one per GPU, or N CPU processes), each image scored "
+                        "once and the table gathered, equal to one process's; as accelerate launch -m fastsr eval "
+                        "(default: %(default)s)")
     p.add_argument("--y", choices=["basicsr", "matlab"], default="basicsr",
                    help="how Y is computed for PSNR/SSIM: basicsr (unrounded, gray files stacked to RGB, as BasicSR "
                         "and most SR code) or matlab (MATLAB rgb2ycbcr on uint8, rounded; 1-channel files on their "
@@ -606,7 +652,9 @@ def parse_command(argv: list[str] | None = None) -> argparse.Namespace:
     """The parsed command line; `key=value` words after a command's options join its overrides (argparse takes
     a positional list only before the options: `fastsr degrade IMG -o OUT jpeg_range=[60,95]`)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args, extra = parser.parse_known_args(argv)
+    args.argv = argv
     if extra and getattr(args, "overrides", None) is not None and all("=" in word for word in extra):
         args.overrides += extra
     elif extra:

@@ -92,6 +92,39 @@ class SetResult:
     scores: list[Score]
 
 
+@dataclass(frozen=True)
+class Shard:
+    """Which images of a set this process scores when several share the work (`rank` of `world`): image i when
+    i % world == rank, so each process gets every world-th image and sizes even out along a set. `gather`
+    gives every process the whole set's values in the set's order: the table one process would make."""
+
+    rank: int = 0
+    world: int = 1
+
+    def mine(self, n: int) -> range:
+        """The indices of this process's images among `n`."""
+        return range(self.rank, n, self.world)
+
+    def gather(self, scores: list[Score], n: int) -> list[Score]:
+        """`scores` of this process's images merged with every other process's (a collective: all must call)."""
+        if self.world == 1:
+            return scores
+        import torch.distributed as dist
+
+        parts: list = [None] * self.world
+        dist.all_gather_object(parts, [s.values for s in scores])
+        merged = [Score(s.method, {m: [0.0] * n for m in s.values}) for s in scores]
+        for rank, values in enumerate(parts):
+            for score, theirs in zip(merged, values):
+                for metric, column in theirs.items():
+                    for i, value in zip(range(rank, n, self.world), column):
+                        score.values[metric][i] = value
+        return merged
+
+
+ONE_PROCESS = Shard()
+
+
 @contextmanager
 def _no_autotuning() -> Iterator[None]:
     """cuDNN's autotuning off (a training run turns it on for its fixed crops): evaluation's images come in
@@ -111,15 +144,17 @@ def evaluate(methods: dict[str, nn.Module], pairs: list[Pair], scale: int, devic
              metrics: list[Metric] | None = None, tile: int = DEFAULT_TILE, pictures: Path | None = None,
              max_pictures: int = 4, advice: MemoryAdvice = PYTHON_ADVICE,
              record: Callable[[str, torch.Tensor, dict[str, torch.Tensor], torch.Tensor], None] | None = None,
-             ) -> list[Score]:
+             shard: Shard = ONE_PROCESS) -> list[Score]:
     """Score each method on every pair (PSNR and SSIM unless `metrics` says otherwise), running the models on
     tiles of `tile` LR pixels (0: whole images); optionally save LR / methods / HR pictures of the first few,
-    and hand every image's (name, LR, outputs by method, HR) to `record` (an HTML report's `add`).
+    and hand every image's (name, LR, outputs by method, HR) to `record` (an HTML report's `add`). With several
+    processes each scores its `shard` of the pairs (and saves its pictures) and all get every value back.
     Out of device memory, upscaling or in a perceptual metric, it raises `OutOfMemory` naming the image and
     the knob of `advice` to change (the tile size; the metric to leave out)."""
     metrics = metrics if metrics is not None else build_metrics(PROTOCOL_METRICS, scale, device)
     scores = [Score(name, {m.name: [] for m in metrics}) for name in methods]
-    for i, (name, hr, lr, gray) in enumerate(pairs):
+    for i in shard.mine(len(pairs)):
+        name, hr, lr, gray = pairs[i]
         lr_dev = lr.to(device)
         outputs = {}
         for score, model in zip(scores, methods.values()):
@@ -136,7 +171,7 @@ def evaluate(methods: dict[str, nn.Module], pairs: list[Pair], scale: int, devic
             save_side_by_side(pictures / f"{name}.png", lr, outputs, hr)
         if record is not None:
             record(name, lr, outputs, hr)
-    return scores
+    return shard.gather(scores, len(pairs))
 
 
 def _metric_advice(advice: MemoryAdvice, metric: str, image: str, hr: torch.Tensor, device) -> str:

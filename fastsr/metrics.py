@@ -33,6 +33,8 @@ Everything is computed in float64. Library notes, checked against torchmetrics 1
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
@@ -92,6 +94,24 @@ def _channel(image: torch.Tensor, y_channel: bool, y: str, gray: bool) -> torch.
     return torch.floor(rgb_to_y(image) * _PEAK + 0.5)  # Y >= 16: half away from zero is half up
 
 
+def _one_thread(metric):
+    """Run `metric` on one CPU thread: a float64 sum split across threads adds in another order for another
+    thread count, which moves a value in its 15th digit, so the same image would score differently on another
+    machine or in a process of `fastsr eval --processes N` (each with fewer threads) than alone."""
+
+    @functools.wraps(metric)
+    def on_one_thread(*args, **kwargs):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return metric(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return on_one_thread
+
+
+@_one_thread
 def psnr(sr: torch.Tensor, hr: torch.Tensor, crop_border: int, y_channel: bool = True, *, y: str = "basicsr",
          gray: bool = False) -> torch.Tensor:
     """Per-image PSNR in dB, shape (N,), of RGB images in [0, 1] shaped (N, 3, H, W).
@@ -106,6 +126,7 @@ def psnr(sr: torch.Tensor, hr: torch.Tensor, crop_border: int, y_channel: bool =
     return 10.0 * torch.log10(_PEAK**2 / mse)
 
 
+@_one_thread
 def ssim(sr: torch.Tensor, hr: torch.Tensor, crop_border: int, y_channel: bool = True, *, y: str = "basicsr",
          gray: bool = False) -> torch.Tensor:
     """Per-image SSIM, shape (N,), of RGB images in [0, 1] shaped (N, 3, H, W).

@@ -3,6 +3,7 @@
 Selected by `pytest -k "distributed or multinode or preempt or resume"`. On a machine without a GPU
 the processes form a gloo group (`accelerate launch --multi_gpu` with the trainer's `cpu=True`)."""
 
+import json
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ from conftest import PROCESS_ENV, ROOT, free_port, tiny_recipe_dict
 from safetensors.torch import load_file
 
 import fastsr.engine.steps as steps_module
+from fastsr.cli import main
 from fastsr.engine.checkpoint import complete_checkpoints, load_state, resolve_resume
 from fastsr.engine.safety.signals import EXIT_PREEMPTED, Preempted
 from fastsr.engine.trainer import train
@@ -202,6 +204,14 @@ def test_distributed_two_processes_train_identical_weights(photo_folder, tmp_pat
     assert start["processes"] == 2 and start["steps_per_epoch"] == 6 * 4 // (2 * 2)
     assert {r["lr"] for r in records if r["kind"] == "train"} == {2e-3}  # lr 1e-3 x 2 processes (linear rule)
     assert len(list((run / "tiny").glob("events.out.tfevents.*"))) == 1  # the tracker runs on rank 0 only
+    # validation spread over both processes (v0 on rank 0, v1 on rank 1), gathered: what one process's eval of
+    # the exported weights gives, to the last digit
+    val = [r for r in records if r["kind"] == "val"][-1]
+    table = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(run / "generator.safetensors"), "--data", str(photo_folder / "val"),
+                 "--json", str(table), "--device", "cpu"]) == 0
+    scored = json.loads(table.read_text())["sets"]["val"]["methods"]
+    assert val["images"] == 2 and val["psnr"] == scored["SRResNet"]["psnr"] and val["ssim"] == scored["SRResNet"]["ssim"]
 
 
 
@@ -309,3 +319,29 @@ def test_preempt_launch_sh_passes_sigterm_on_and_exits_75(photo_folder, tmp_path
     checkpoint = resolve_resume("auto", tmp_path / "runs" / "tiny")
     step = load_state(checkpoint)["position"]["step"]
     assert step > 0 and (procs == 1 or step % 2 == 0)  # several processes stop at a log_every boundary
+
+
+@pytest.mark.slow
+def test_eval_on_two_processes_gives_one_processs_table_exactly(photo_folder, tmp_path, capsys):
+    """`fastsr eval --processes 2`: each process scores every other image (gloo on the CPU), rank 0 gathers the
+    per-image values in the set's order and prints and writes the table: equal to one process's, value for value."""
+    from fastsr.models import build_generator
+    from fastsr.weights import save_weights
+
+    torch.manual_seed(0)
+    model = build_generator("srresnet", scale=4, res_blocks=1, channels=8)
+    weights = tmp_path / "g.safetensors"
+    save_weights(model, weights, model.config)
+    data = tmp_path / "three"  # an odd count: the processes' shares differ
+    shutil.copytree(photo_folder / "val", data)
+    shutil.copy(photo_folder / "train" / "t0.png", data / "t0.png")
+    tables = {}
+    for n in (1, 2):
+        out = tmp_path / f"p{n}.json"
+        assert main(["eval", "--model", "bicubic", "--model", str(weights), "--data", str(data), "--json", str(out),
+                     "--device", "cpu", "--processes", str(n)]) == 0
+        tables[n] = json.loads(out.read_text())
+    assert tables[1]["sets"] == tables[2]["sets"] and tables[2]["sets"]["three"]["images"] == ["t0", "v0", "v1"]
+    assert main(["eval", "--model", "bicubic", "--data", str(data), "--processes", "2", "--report", str(tmp_path / "r")]
+                ) != 0
+    assert not (tmp_path / "r").exists()

@@ -23,6 +23,10 @@ GENERATORS = {
     "rrdbnet_x4": dict(name="rrdbnet", scale=4, blocks=1, features=8, growth=4),
     "rrdbnet_x2": dict(name="rrdbnet", scale=2, blocks=1, features=8, growth=4),  # pixel-unshuffled input
     "compact": dict(name="compact", scale=4, channels=8, convs=2),
+    "span": dict(name="span", scale=4, channels=8),  # Conv3XCs export merged: plain 3x3 convs
+    "swinir": dict(name="swinir", scale=4, embed_dim=12, depths=[2], num_heads=[2], window_size=4, img_size=8),
+    "swinir_light": dict(name="swinir", scale=2, embed_dim=12, depths=[2], num_heads=[2], window_size=4, img_size=8,
+                         upsampler="pixelshuffledirect"),
     "bicubic": dict(name="bicubic", scale=4),
 }
 # batch 2, odd sides, a 1x1 image (fastsr upscale takes those), none the size the exporter traced
@@ -161,7 +165,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys, monkeypatch):
     pickle = tmp_path / "g.pth"
     pickle.write_bytes(b"\x80\x04")
     (tmp_path / "g.json").write_text('{"name": "bicubic", "scale": 4}')
-    assert "only from .safetensors" in _refused(capsys, pickle, "-o", tmp_path / "g.onnx")
+    assert "g.pth: not a readable model file" in _refused(capsys, pickle, "-o", tmp_path / "g.onnx")
     save_weights(model, not_safetensors, model.config)
     assert "is an .onnx file" in _refused(capsys, not_safetensors, "-o", tmp_path / "g.png")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed

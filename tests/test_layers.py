@@ -15,10 +15,10 @@ LAYERS = [
      "fastsr.pretrained"],  # foundations
     ["fastsr.data"],
     ["fastsr.models", "fastsr.losses", "fastsr.perceptual_metrics", "fastsr.infer", "fastsr.evaluate", "fastsr.export",
-     "fastsr.weights", "fastsr.grid"],  # the parts
+     "fastsr.weights", "fastsr.grid", "fastsr.model_files", "fastsr.report"],  # the parts
     ["fastsr.recipe"],
     ["fastsr.engine"],  # the run
-    ["fastsr.cli", "fastsr.train", "fastsr.cluster"],  # entry points
+    ["fastsr.cli", "fastsr.__main__", "fastsr.train", "fastsr.cluster"],  # entry points
 ]
 
 

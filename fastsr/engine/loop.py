@@ -29,6 +29,7 @@ from fastsr.engine.safety.signals import Preempted, stop_requests
 from fastsr.engine.safety.stall import StallWatch, stall_message, stop_stalled
 from fastsr.engine.setup import Run
 from fastsr.errors import NonFiniteLoss, OutOfMemory
+from fastsr.evaluate import Shard
 from fastsr.util import progress_bar
 
 BAR_INTERVAL_S = 0.1  # the progress bar's count is updated at most this often (rich redraws it 10 times a second)
@@ -177,15 +178,16 @@ class Loop:
                 self.run.console.print(f"[yellow]note:[/] {note}")
 
     def validate(self) -> None:
-        """Score the eval model on the validation sets and log it (rank 0; not twice at one step); every
-        process waits at a barrier. First raises NonFiniteLoss (train.nonfinite=stop) if a loss since the last
-        read was not finite."""
+        """Score the eval model on the validation sets and log it (not twice at one step): every process scores
+        its share of the images and rank 0 logs the whole sets' values. First raises NonFiniteLoss
+        (train.nonfinite=stop) if a loss since the last read was not finite."""
         self._check_losses()
         run = self.run
-        if run.main and self.last_val_step != self.pos.step:
+        if self.last_val_step != self.pos.step:
             self.last_val_step = self.pos.step
+            shard = Shard(run.accelerator.process_index, run.accelerator.num_processes)
             self.last_val_info = validation.validate(run.eval_model(), run.val_sets, run.val_metrics, run.recipe,
-                                          run.accelerator.device, self.log, self.pos.step)
+                                                     run.accelerator.device, self.log, self.pos.step, shard)
         run.accelerator.wait_for_everyone()
 
     def checkpoint(self) -> None:

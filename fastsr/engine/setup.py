@@ -29,12 +29,12 @@ from fastsr.engine.runlog import RunLog
 from fastsr.engine.runtime import Precision, Runtime, allow_tf32, autotune_convolutions, resolve_runtime
 from fastsr.engine.safety.peers import process_group_kwargs
 from fastsr.engine.safety.runlock import RunLock
-from fastsr.errors import ImageError, RecipeError, WeightsError
+from fastsr.errors import ImageError, RecipeError
 from fastsr.evaluate import Metric, build_metrics
 from fastsr.losses import GAN, GeneratorLoss, build_finetune_loss, build_pretrain_loss
+from fastsr.model_files import start_from
 from fastsr.models import DISCRIMINATORS, GENERATORS
 from fastsr.recipe import Recipe, save_recipe
-from fastsr.weights import load_weights, read_config, same_generator
 
 
 @dataclass(frozen=True)
@@ -154,8 +154,7 @@ def build_trainables(recipe: Recipe, device: torch.device) -> Trainables:
     t = recipe.train
     g = GENERATORS.create(recipe.model, scale=recipe.scale)
     if t.init_from:
-        check_init_from(t.init_from, g.config)
-        load_weights(g, Path(t.init_from))
+        start_from(g, t.init_from)
     d = DISCRIMINATORS.create(recipe.discriminator) if t.runs("finetune") else None
     betas = tuple(t.betas)
     return Trainables(generator=g, opt_g=adam(g.parameters(), t.lr, betas, device), discriminator=d,
@@ -212,13 +211,6 @@ def adam(params, lr: float, betas: tuple[float, float], device: torch.device) ->
     overflowed step on the device, without reading the flag back), torch's default elsewhere (which keeps a
     CPU run's resume bitwise). A checkpoint of either loads into the other (`checkpoint.load_optimizer_state`)."""
     return torch.optim.Adam(params, lr=lr, betas=betas, fused=True if device.type == "cuda" else None)
-
-
-def check_init_from(path: str, config: dict) -> None:
-    """Refuse `train.init_from` weights of another generator than the recipe's (`config`)."""
-    found = read_config(Path(path))
-    if not same_generator(found, config):
-        raise WeightsError(f"{path}: weights are for {found}, but the recipe builds {config}; match model.* and scale")
 
 
 def screened_data(recipe: Recipe, accelerator, console: Console):

@@ -73,6 +73,13 @@ class Compact(nn.Module):
     label = "Compact"  # how tables name it
     scales = ALLOWED_SCALES
     trainable = True
+    spandrel = "Compact"  # the architecture id spandrel gives these weights (fastsr.model_files)
+
+    @staticmethod
+    def keys_from_spandrel(hyperparameters: dict) -> dict | None:
+        """This generator's recipe keys for a network spandrel opened as Compact (its `hyperparameters`)."""
+        h = hyperparameters
+        return {"channels": h["num_feat"], "convs": h["num_conv"], "activation": h["act_type"]}
 
     def __init__(self, config: CompactConfig, scale: int) -> None:
         super().__init__()

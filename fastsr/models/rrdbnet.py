@@ -104,6 +104,17 @@ class RRDBNet(nn.Module):
     label = "RRDBNet"  # how tables name it
     scales = ALLOWED_SCALES
     trainable = True
+    spandrel = "ESRGAN"  # the architecture id spandrel gives these weights (fastsr.model_files)
+
+    @staticmethod
+    def keys_from_spandrel(hyperparameters: dict) -> dict | None:
+        """This generator's recipe keys for a network spandrel opened as ESRGAN (its `hyperparameters`), or None
+        for a variant it does not build (ESRGAN+, other activations or upsamplers). spandrel fixes the dense
+        blocks' growth at 32 and the residual scale at 0.2, as every released ESRGAN."""
+        h = hyperparameters
+        if h["plus"] or h["norm"] or (h["act"], h["upsampler"], h["mode"]) != ("leakyrelu", "upconv", "CNA"):
+            return None
+        return {"blocks": h["num_blocks"], "features": h["num_filters"], "growth": 32, "residual_scale": 0.2}
 
     def __init__(self, config: RRDBNetConfig, scale: int) -> None:
         super().__init__()
