@@ -185,8 +185,8 @@ def test_load_val_set(samples, tmp_path):
     hr_h, hr_w = np.asarray(Image.open(samples[0].hr)).shape[:2]
     save_image(lr_file, torch.rand(3, hr_h // 4, hr_w // 4))
     val = load_val_set([Sample(samples[0].hr, lr_file, "paired"), *samples[1:]], 4, max_images=2)
-    assert [name for name, _, _ in val] == ["paired", "01"]
-    for _, hr, lr in val:
+    assert [p.name for p in val] == ["paired", "01"]
+    for _, hr, lr, _ in val:
         assert hr.shape[0] == 1 and hr.shape[-2] % 4 == 0 and hr.shape[-1] % 4 == 0
         assert lr.shape[-2:] == (hr.shape[-2] // 4, hr.shape[-1] // 4)
     assert torch.equal(val[0][2], torch.from_numpy(np.array(Image.open(lr_file))).permute(2, 0, 1)[None] / 255)

@@ -211,5 +211,5 @@ def test_config_round_trip(model):
 
 
 def test_build_generator_unknown_name():
-    with pytest.raises(ValueError, match="bicubic, compact, rrdbnet, srcnn, srresnet"):
+    with pytest.raises(ValueError, match="bicubic, compact, rrdbnet, span, srcnn, srresnet, swinir"):
         build_generator("edsr")

@@ -272,7 +272,7 @@ def test_eval_table_json_and_csv_hold_the_perceptual_metrics(backbone_files, pho
         metric = build_perceptual_metric(name, "cpu", backbone_files[name])
         bicubic_model = build_generator("bicubic", scale=4)
         expected = [metric(quantize(upscale(bicubic_model, lr, 4))[..., 4:-4, 4:-4], hr[..., 4:-4, 4:-4]).item()
-                    for _, hr, lr in pairs]
+                    for _, hr, lr, _ in pairs]
         np.testing.assert_allclose(bicubic["per_image"][name], expected, rtol=1e-6)
         assert all(v > 0 for v in expected)
     rows = list(csv.DictReader(table_csv.open()))

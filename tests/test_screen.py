@@ -77,7 +77,7 @@ def test_every_kind_of_bad_training_image_is_found_and_named(messy, world_size):
 def test_a_too_small_validation_image_is_named(messy):
     root, _ = messy
     pairs, problems = screen_val(resolve_source(str(root), "val", 4), 4, "matlab", None)
-    assert [name for name, _, _ in pairs] == ["v_good"]
+    assert [p.name for p in pairs] == ["v_good"]
     assert len(problems) == 1 and "v_small.png" in problems[0][1] and "at least 19x19" in problems[0][1]
 
 
