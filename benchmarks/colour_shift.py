@@ -21,7 +21,7 @@ from fastsr.data.sources import resolve_source
 from fastsr.infer import upscale
 from fastsr.models import build_generator
 from fastsr.ops import quantize
-from fastsr.weights import load_generator
+from fastsr.model_files import open_generator
 
 
 def channel_shift(sr: torch.Tensor, hr: torch.Tensor) -> list[float]:
@@ -42,11 +42,11 @@ def main() -> None:
     methods = {}
     for spec in args.model:
         name, _, path = spec.rpartition("=")
-        methods[name or path] = build_generator("bicubic", scale=args.scale) if path == "bicubic" else load_generator(path)
+        methods[name or path] = build_generator("bicubic", scale=args.scale) if path == "bicubic" else open_generator(path)
     pairs = load_val_set(resolve_source(args.data, "eval", args.scale), args.scale)
     rows = ["| method | image | R | G | B | largest |", "|---|---|---|---|---|---|"]
     for method, model in methods.items():
-        for image, hr, lr in pairs:
+        for image, hr, lr, _ in pairs:
             sr = quantize(upscale(model, lr, args.scale).float())
             shift = channel_shift(sr, hr)
             rows.append(f"| {method} | {image} | " + " | ".join(f"{s:+.2f}" for s in shift)

@@ -17,7 +17,7 @@ from skimage import data
 
 from fastsr.export import export_onnx
 from fastsr.ops import imresize, quantize
-from fastsr.weights import load_generator
+from fastsr.model_files import open_generator
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("weights", type=Path)
     parser.add_argument("--save", action="store_true", help="append the record to RESULTS.md")
     args = parser.parse_args()
-    model = load_generator(args.weights)
+    model = open_generator(args.weights)
     hr = torch.from_numpy(data.astronaut()[:256, 128:384].copy()).permute(2, 0, 1)[None].double() / 255
     inputs = {"random": torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)),
               "astronaut": quantize(imresize(hr, scale=1 / 4)).float()}
