@@ -19,9 +19,9 @@ from report import publish  # benchmarks/report.py: this folder is on sys.path w
 from fastsr.data.screen import load_val_set
 from fastsr.data.sources import resolve_source
 from fastsr.infer import upscale
+from fastsr.model_files import open_generator
 from fastsr.models import build_generator
 from fastsr.ops import quantize
-from fastsr.model_files import open_generator
 
 
 def channel_shift(sr: torch.Tensor, hr: torch.Tensor) -> list[float]:

@@ -16,8 +16,8 @@ from report import publish  # benchmarks/report.py: this folder is on sys.path w
 from skimage import data
 
 from fastsr.export import export_onnx
-from fastsr.ops import imresize, quantize
 from fastsr.model_files import open_generator
+from fastsr.ops import imresize, quantize
 
 
 def main() -> None:
