@@ -109,8 +109,6 @@ def eval_shard(device: str):
     """(this process's `Shard` of the images, the device it runs on): the whole set on `device` for one process;
     under a launcher's several processes (`accelerate launch`, `--processes`) each takes its share, on its own
     GPU (or the CPU, with `--device cpu` or none visible), the group joined through Accelerate."""
-    import os
-
     from fastsr.evaluate import ONE_PROCESS, Shard
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:

@@ -24,7 +24,7 @@ from fastsr.data import save_image
 from fastsr.data.validation import Pair
 from fastsr.errors import ImageError, OutOfMemory
 from fastsr.infer import DEFAULT_TILE, PYTHON_ADVICE, MemoryAdvice, upscale
-from fastsr.metrics import Y_CONVENTIONS, psnr, ssim
+from fastsr.metrics import psnr, ssim
 from fastsr.ops import quantize
 from fastsr.util import write_atomic
 
@@ -47,8 +47,6 @@ def build_metrics(names: Sequence[str], scale: int, device, weights: dict[str, s
     PSNR and SSIM on Y in convention `y` (`fastsr.metrics`). The perceptual ones run their networks on
     `device`, with backbone weights from `weights[name]` or the torch hub cache (fastsr.perceptual_metrics
     says where they come from)."""
-    if y not in Y_CONVENTIONS:
-        raise ValueError(f"y must be one of {', '.join(Y_CONVENTIONS)}, got {y!r}")
     out = []
     for name in names:
         if name == "psnr":

@@ -59,19 +59,21 @@ def start_from(model: nn.Module, path: str | Path) -> nn.Module:
     if not path.is_file():
         raise WeightsError(f"{path}: weights file not found")
     if is_fastsr_file(path):
-        found = read_config(path)
-    else:
-        opened = open_with_spandrel(path)
-        if isinstance(opened, SpandrelModel):
-            raise WeightsError(f"{path}: {opened.label} is not an architecture fastsr trains (it fine-tunes spandrel "
-                               f"files of {', '.join(_spandrel_trainable())}); eval, upscale and export take it")
-        found = opened.config
-    if not same_generator(found, model.config):
-        raise WeightsError(f"{path}: weights are for {found}, but the recipe builds {model.config}; match model.* and scale")
-    if is_fastsr_file(path):
+        _check_same(path, read_config(path), model.config)
         return load_weights(model, path)
+    opened = open_with_spandrel(path)
+    if isinstance(opened, SpandrelModel):
+        raise WeightsError(f"{path}: {opened.label} is not an architecture fastsr trains (it fine-tunes spandrel "
+                           f"files of {', '.join(_spandrel_trainable())}); eval, upscale and export take it")
+    _check_same(path, opened.config, model.config)
     model.load_state_dict(opened.state_dict())
     return model
+
+
+def _check_same(path: Path, found: dict, wanted: dict) -> None:
+    """Refuse weights of another generator (architecture, keys or scale) than the recipe's."""
+    if not same_generator(found, wanted):
+        raise WeightsError(f"{path}: weights are for {found}, but the recipe builds {wanted}; match model.* and scale")
 
 
 class SpandrelModel(nn.Module):

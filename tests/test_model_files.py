@@ -231,6 +231,7 @@ def test_spandrel_files_of_span_and_swinir_become_fastsrs_and_fine_tune(tmp_path
                          {"name": "swinir", "embed_dim": 12, "depths": [2], "num_heads": [2], "window_size": 4,
                           "img_size": 8, "mlp_ratio": 2.0, "upsampler": "pixelshuffledirect", "drop_path": 0.1}),
     }[arch]
+    torch.manual_seed(0)
     theirs = theirs().eval()
     path = _save(theirs, tmp_path / f"{arch}.pth")
     descriptor = spandrel.ModelLoader().load_from_file(path).eval()  # eval: SwinIR's drop path off
@@ -238,7 +239,10 @@ def test_spandrel_files_of_span_and_swinir_become_fastsrs_and_fine_tune(tmp_path
     assert type(ours).__name__ != "SpandrelModel" and ours.config == {**keys, "scale": descriptor.scale}
     x = torch.rand(1, 3, 11, 9)
     with torch.no_grad():
-        assert (ours(x) - descriptor.model(x)).abs().max() < 1e-5
+        expected = descriptor.model(x)
+        # float32 rounding grows with the output, which SPAN's x255 input scaling makes tens at random weights
+        tolerance = 1e-5 * max(1.0, expected.abs().max().item())
+        assert (ours(x) - expected).abs().max() < tolerance
     fresh = build_generator(**keys, scale=descriptor.scale)
     with torch.no_grad():
-        assert (start_from(fresh, path).eval()(x) - descriptor.model(x)).abs().max() < 1e-5
+        assert (start_from(fresh, path).eval()(x) - expected).abs().max() < tolerance
