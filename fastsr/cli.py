@@ -12,13 +12,18 @@ import json
 import os
 import sys
 import time
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from fastsr.errors import FastsrError, RecipeError
 from fastsr.util import make_console
+
+if TYPE_CHECKING:
+    from fastsr.evaluate import Shard
 
 # What the CLI reports as one line and exit 2: fastsr's user errors, and a file the user named that is
 # missing or unreadable. Anything else is a bug and keeps its traceback.
@@ -105,18 +110,26 @@ def _method(spec: str, scale: int):
     return label or getattr(model, "label", Path(path).stem), model
 
 
-def eval_shard(device: str):
-    """(this process's `Shard` of the images, the device it runs on): the whole set on `device` for one process;
-    under a launcher's several processes (`accelerate launch`, `--processes`) each takes its share, on its own
-    GPU (or the CPU, with `--device cpu` or none visible), the group joined through Accelerate."""
+@contextmanager
+def eval_processes(device: str):
+    """(this process's `Shard` of the images, the device it runs on), for one evaluation: the whole set on
+    `device` for one process; under a launcher's several processes (`accelerate launch`, `--processes`) each
+    takes its share, on its own GPU (or the CPU, with `--device cpu` or none visible), the group joined through
+    Accelerate. On leaving, the processes wait for each other and end the group: a process that exits with
+    gloo's group still open can abort at interpreter exit and fail the launch after the table was made."""
     from fastsr.evaluate import ONE_PROCESS, Shard
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return ONE_PROCESS, device
+        yield ONE_PROCESS, device
+        return
     from accelerate import PartialState
 
     state = PartialState(cpu=device == "cpu")
-    return Shard(state.process_index, state.num_processes), (device if device == "cpu" else state.device)
+    try:
+        yield Shard(state.process_index, state.num_processes), (device if device == "cpu" else state.device)
+        state.wait_for_everyone()
+    finally:
+        state.destroy_process_group()
 
 
 def run_eval(methods: list[str], sources: list[str], scale: int, console: Console, *, data_root: str | None = None,
@@ -124,20 +137,22 @@ def run_eval(methods: list[str], sources: list[str], scale: int, console: Consol
              pictures: Path | None = None, json_out: Path | None = None, csv_out: Path | None = None,
              device: str = "auto", tile: int = 256, degradation: str = "matlab", seed: int = 0,
              degradation_keys: list[str] = (), self_ensemble: bool = False, y: str = "basicsr",
-             report: Path | None = None):
+             report: Path | None = None, shard: Shard | None = None):
     """Score `methods` on each of `sources` (test-set names, folders, `samples`) and print one table; the
     models run on tiles of `tile` LR pixels (0: whole images). The LR is MATLAB's bicubic (`matlab`, the
     protocol), or Real-ESRGAN's degradation drawn from `seed` (`realesrgan`: image i of a set from (seed, i),
     the same LR for every method), at its defaults but for `degradation_keys` (`data.realesrgan` key=value).
     `self_ensemble` runs each trained model as its x8 self-ensemble (labelled "+"); `y` is the Y convention of
     PSNR/SSIM (`fastsr.metrics`), which the caption states; `report` is a folder for the HTML comparison page
-    (`fastsr.report`)."""
+    (`fastsr.report`); `shard` is this process's share of the images when several processes score them
+    (`eval_processes`; None: all of them)."""
     from fastsr.data import resolve_source
     from fastsr.data.benchmarks import DEFAULT_ROOT
     from fastsr.data.screen import FIX_AND_RERUN, refuse, screen_val
     from fastsr.data.sources import source_label
     from fastsr.errors import ImageError
     from fastsr.evaluate import (
+        ONE_PROCESS,
         PROTOCOL_METRICS,
         SetResult,
         build_metrics,
@@ -152,7 +167,7 @@ def run_eval(methods: list[str], sources: list[str], scale: int, console: Consol
 
     metrics = list(metrics or PROTOCOL_METRICS)  # PSNR and SSIM unless asked otherwise
 
-    shard, device = eval_shard(resolve_device(device))
+    device, shard = resolve_device(device), shard or ONE_PROCESS
     if report and shard.world > 1:
         raise RecipeError(f"--report {report}: the comparison page is written by one process; drop --processes "
                           "(or the launcher's processes) for it, or drop --report")
@@ -230,11 +245,12 @@ def cmd_eval(args, console: Console) -> int:
         print(f"fastsr: error: --metric-weights {unused[0]}=...: {unused[0]} is not among --metrics "
               f"{','.join(metrics)}; add it there or drop the weights", file=sys.stderr)
         return 2
-    run_eval(args.model, args.data or ["samples"], args.scale, console, data_root=args.data_root,
-             metrics=metrics, metric_weights=dict(args.metric_weights), pictures=args.pictures,
-             json_out=args.json, csv_out=args.csv, device=args.device, tile=args.tile,
-             degradation=args.degradation, seed=args.seed, degradation_keys=args.overrides,
-             self_ensemble=args.self_ensemble, y=args.y, report=args.report)
+    with eval_processes(resolve_device(args.device)) as (shard, device):
+        run_eval(args.model, args.data or ["samples"], args.scale, console, data_root=args.data_root,
+                 metrics=metrics, metric_weights=dict(args.metric_weights), pictures=args.pictures,
+                 json_out=args.json, csv_out=args.csv, device=device, tile=args.tile,
+                 degradation=args.degradation, seed=args.seed, degradation_keys=args.overrides,
+                 self_ensemble=args.self_ensemble, y=args.y, report=args.report, shard=shard)
     return 0
 
 
@@ -249,7 +265,7 @@ def launch_processes(n: int, argv: list[str]) -> int:
         port = s.getsockname()[1]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
               "--num_machines", "1", "--main_process_port", str(port), "-m", "fastsr", *argv]
-    return subprocess.run(launch).returncode
+    return subprocess.run(launch, check=False).returncode
 
 
 # ---------------------------------------------------------------------------------------------
