@@ -168,9 +168,6 @@ def run_eval(methods: list[str], sources: list[str], scale: int, console: Consol
     metrics = list(metrics or PROTOCOL_METRICS)  # PSNR and SSIM unless asked otherwise
 
     device, shard = resolve_device(device), shard or ONE_PROCESS
-    if report and shard.world > 1:
-        raise RecipeError(f"--report {report}: the comparison page is written by one process; drop --processes "
-                          "(or the launcher's processes) for it, or drop --report")
     models = dict(parse_method(m, scale, self_ensemble) for m in methods)
     for model in models.values():
         model.to(device)
@@ -197,28 +194,32 @@ def run_eval(methods: list[str], sources: list[str], scale: int, console: Consol
     results = []
     for label, pairs in sets.items():
         where = pictures / label if pictures else None
+        if page:
+            page.add_set(label, [p.name for p in pairs])
         scores = evaluate(models, pairs, scale, device, metrics=scorers, tile=tile, pictures=where,
                           advice=memory_advice(), record=partial(page.add, label) if page else None, shard=shard)
         results.append(SetResult(label, [p.name for p in pairs], scores))
-    if shard.rank != 0:  # every process holds the whole table; the first prints and writes it
-        return results
     caption = (f"x{scale}, {lr_made}; mean of per-image values; PSNR (dB) and SSIM on {Y_CONVENTIONS[y]}, uint8 "
                f"levels, {scale}-pixel border shaved" + (", LPIPS/DISTS on RGB" if len(metrics) > 2 else ""))
-    console.print(format_table(results, metrics, caption))
     meta = {"caption": caption, "scale": scale, "channel": "Y", "y": y, "crop_border": scale,
             "sources": dict(zip(sets, sources)),
             "degradation": degradation,
             **({"seed": seed, "degradation_keys": list(degradation_keys)} if degradation == "realesrgan" else {})}
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(json_out, json.dumps(results_to_json(results, metrics, meta), indent=2).encode())
-    if csv_out:
-        csv_out.parent.mkdir(parents=True, exist_ok=True)
-        write_csv(csv_out, results, metrics)
-    if pictures:
-        console.print(f"side-by-side pictures (LR / methods / HR): {pictures}")
-    if page:
-        console.print(f"comparison page (open it in a browser): {page.finish(results_to_json(results, metrics, meta))}")
+    table = results_to_json(results, metrics, meta)
+    if shard.rank == 0:  # every process holds the whole table; the first prints and writes it
+        console.print(format_table(results, metrics, caption))
+        if json_out:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(json_out, json.dumps(table, indent=2).encode())
+        if csv_out:
+            csv_out.parent.mkdir(parents=True, exist_ok=True)
+            write_csv(csv_out, results, metrics)
+        if pictures:
+            console.print(f"side-by-side pictures (LR / methods / HR): {pictures}")
+    if page:  # every process's pictures; the first writes the page
+        written = page.finish(table, shard)
+        if written:
+            console.print(f"comparison page (open it in a browser): {written}")
     return results
 
 

@@ -103,14 +103,21 @@ class Shard:
         """The indices of this process's images among `n`."""
         return range(self.rank, n, self.world)
 
+    def collect(self, part) -> list:
+        """Every process's `part` (any picklable value), in rank order (a collective: all must call)."""
+        if self.world == 1:
+            return [part]
+        import torch.distributed as dist
+
+        parts: list = [None] * self.world
+        dist.all_gather_object(parts, part)
+        return parts
+
     def gather(self, scores: list[Score], n: int) -> list[Score]:
         """`scores` of this process's images merged with every other process's (a collective: all must call)."""
         if self.world == 1:
             return scores
-        import torch.distributed as dist
-
-        parts: list = [None] * self.world
-        dist.all_gather_object(parts, [s.values for s in scores])
+        parts = self.collect([s.values for s in scores])
         merged = [Score(s.method, {m: [0.0] * n for m in s.values}) for s in scores]
         for rank, values in enumerate(parts):
             for score, theirs in zip(merged, values):

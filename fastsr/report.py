@@ -8,7 +8,8 @@ no server or network and can be copied or zipped as a whole.
 
 Pictures are written as each image is scored (`Report.add`), so memory stays one image's worth on large
 sets; every file is written atomically and index.html last (`Report.finish`), so a page that exists names
-only complete pictures.
+only complete pictures. When several processes share an evaluation (`fastsr eval --processes N`), each
+writes the pictures of its own images into the one folder and the first writes the page for all.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pathlib import Path
 import torch
 
 from fastsr.data import save_image
-from fastsr.evaluate import METRIC_LABELS
+from fastsr.errors import ImageError
+from fastsr.evaluate import METRIC_LABELS, ONE_PROCESS, Shard
 from fastsr.ops import imresize, quantize
 from fastsr.util import write_atomic
 
@@ -33,17 +35,28 @@ _NAME_MAX = 80  # characters of a set's or image's name kept in its folder's nam
 
 
 class Report:
-    """The report folder `out_dir` for SR at `scale`: `add` each scored image, then `finish` with the table."""
+    """The report folder `out_dir` for SR at `scale`: `add_set` each set, `add` each scored image, then `finish`
+    with the table."""
 
     def __init__(self, out_dir: Path, scale: int):
         self.out_dir = Path(out_dir)
         self.scale = scale
         self._set_folders: dict[str, str] = {}
-        self._image_folders: dict[str, dict[str, str]] = {}
+        self._image_folders: dict[str, dict[str, str]] = {}  # set -> image -> its folder's name, in the set's order
         self._pictures: dict[str, dict[str, dict]] = {}  # set -> image -> {"dir", "panels", "size"}
         self.out_dir.mkdir(parents=True, exist_ok=True)
         # A page from an earlier run would show this run's pictures under that run's numbers.
         (self.out_dir / PAGE).unlink(missing_ok=True)
+
+    def add_set(self, set_name: str, images: Sequence[str]) -> None:
+        """Name the folders of a set and of its `images` (in the set's order) before any image is added: each
+        name made safe for any file system and URL, and unique in its folder. Named from the whole set, they
+        are the same in every process of a shared evaluation, whichever images each one writes."""
+        self._set_folders[set_name] = _unique(safe_name(set_name), self._set_folders.values())
+        folders: dict[str, str] = {}
+        for image in images:
+            folders[image] = _unique(safe_name(image), folders.values())
+        self._image_folders[set_name] = folders
 
     def add(self, set_name: str, image: str, lr: torch.Tensor, outputs: dict[str, torch.Tensor],
             hr: torch.Tensor) -> None:
@@ -51,30 +64,34 @@ class Report:
         rounded to uint8 levels), HR 1x3xHxW; all float in [0, 1] on the CPU."""
         panels = [(LR_PANEL, imresize(lr.float(), scale=self.scale)), *outputs.items(), (HR_PANEL, hr)]
         _check_sizes(image, panels, tuple(hr.shape[-2:]))
-        folder = self._folder(set_name, image)
+        folder = f"images/{self._set_folders[set_name]}/{self._image_folders[set_name][image]}"
         for n, (_, picture) in enumerate(panels):
             save_image(self.out_dir / folder / f"{n}.png", quantize(picture))
         self._pictures.setdefault(set_name, {})[image] = {
             "dir": folder, "panels": [label for label, _ in panels], "size": list(hr.shape[-2:])}
 
-    def finish(self, table: dict) -> Path:
+    def finish(self, table: dict, shard: Shard = ONE_PROCESS) -> Path | None:
         """Write index.html showing `table` (as `fastsr.evaluate.results_to_json` returns it) with the pictures
-        added so far; returns its path."""
-        view = {"images": self._pictures, "labels": _metric_labels(table["metrics"]),
+        added so far; returns its path. With several processes (`shard`, a collective: all must call) the first
+        writes it with every process's pictures, in each set's order, and the others return None; a picture
+        another process wrote that is not in the folder (processes on machines that do not share it) is
+        refused in one line."""
+        added = {(set_name, image): entry for part in shard.collect(self._pictures)
+                 for set_name, entries in part.items() for image, entry in entries.items()}
+        if shard.rank != 0:
+            return None
+        pictures = {set_name: {image: added[set_name, image] for image in images if (set_name, image) in added}
+                    for set_name, images in self._image_folders.items()}
+        missing = [entry["dir"] for entry in added.values() if not (self.out_dir / entry["dir"]).is_dir()]
+        if missing:
+            raise ImageError(f"{self.out_dir}: the pictures of {len(missing)} image(s) that other processes wrote "
+                             f"are not in it ({missing[0]}, ...); on several machines, put the report's folder on "
+                             "a file system they all share")
+        view = {"images": pictures, "labels": _metric_labels(table["metrics"]),
                 "digits": {m: _digits(m) for m in table["metrics"]}}
         path = self.out_dir / PAGE
         write_atomic(path, render_page(table, view).encode())
         return path
-
-    def _folder(self, set_name: str, image: str) -> str:
-        """images/<set>/<image>, each name made safe for any file system and URL, and unique in its folder."""
-        if set_name not in self._set_folders:
-            self._set_folders[set_name] = _unique(safe_name(set_name), self._set_folders.values())
-            self._image_folders[set_name] = {}
-        images = self._image_folders[set_name]
-        if image not in images:
-            images[image] = _unique(safe_name(image), images.values())
-        return f"images/{self._set_folders[set_name]}/{images[image]}"
 
 
 def _check_sizes(image: str, panels: Sequence[tuple[str, torch.Tensor]], size: tuple[int, int]) -> None:

@@ -21,7 +21,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fastsr.evaluate import Score, SetResult, results_to_json
+from fastsr.errors import ImageError
+from fastsr.evaluate import Score, SetResult, Shard, results_to_json
 from fastsr.metrics import psnr, ssim
 from fastsr.ops import imresize, quantize
 from fastsr.report import HR_PANEL, LR_PANEL, Report, safe_name, script_json
@@ -62,6 +63,7 @@ def built(tmp_path_factory):
     report, results, inputs, seed = Report(out, SCALE), [], {}, 0
     for set_name, (images, size) in SETS.items():
         scores = {}
+        report.add_set(set_name, images)
         for image in images:
             seed += 1
             hr, lr = _pair(seed, size)
@@ -153,12 +155,57 @@ def test_add_writes_pictures_at_once_and_drops_a_stale_page(tmp_path):
     (tmp_path / "index.html").write_text("an earlier run's page")
     report = Report(tmp_path, SCALE)
     assert not (tmp_path / "index.html").exists()
+    report.add_set("s", ["x", "y"])
     hr, lr = _pair(0, (8, 6))
     report.add("s", "x", lr, _outputs(hr, lr, 0), hr)
     assert sorted(p.name for p in (tmp_path / "images" / "s" / "x").iterdir()) == ["0.png", "1.png", "2.png", "3.png"]
     assert not (tmp_path / "index.html").exists()
     with pytest.raises(ValueError, match="every panel must be HR's size"):
         report.add("s", "y", lr, {"cropped": hr[..., :4]}, hr)
+
+
+class _TwoProcesses(Shard):
+    """Process `rank` of two sharing an evaluation, whose collective hands it `other`'s pictures."""
+
+    def __init__(self, rank: int, other: Report):
+        super().__init__(rank, 2)
+        object.__setattr__(self, "other", other)
+
+    def collect(self, part) -> list:
+        theirs = self.other._pictures
+        return [part, theirs] if self.rank == 0 else [theirs, part]
+
+
+def _shared(folder_of_second: Path, tmp_path: Path) -> tuple[Report, Report]:
+    """Two processes' reports of one set, each adding every other image, as `fastsr eval --processes 2`."""
+    first, second = Report(tmp_path / "first", SCALE), Report(folder_of_second, SCALE)
+    names = ["x", "a b", "a_b", "x.png"]  # "a b" and "a_b" collide: folders are named from the whole set
+    for report in (first, second):
+        report.add_set("s", names)
+    for i, name in enumerate(names):
+        hr, lr = _pair(i, (8, 6))
+        (first if i % 2 == 0 else second).add("s", name, lr, _outputs(hr, lr, i), hr)
+    return first, second
+
+
+def test_several_processes_pictures_make_one_page_in_the_sets_order(tmp_path):
+    first, second = _shared(tmp_path / "first", tmp_path)  # one folder, as on one machine
+    table = {"metrics": ["psnr"]}
+    assert second.finish(table, _TwoProcesses(1, first)) is None
+    assert not (tmp_path / "first" / "index.html").exists()
+    assert first.finish(table, _TwoProcesses(0, second)) == tmp_path / "first" / "index.html"
+    entries = _view(tmp_path / "first")["images"]["s"]
+    assert list(entries) == ["x", "a b", "a_b", "x.png"]
+    assert [e["dir"] for e in entries.values()] == ["images/s/x", "images/s/a_b", "images/s/a_b-2", "images/s/x.png"]
+    assert all((tmp_path / "first" / e["dir"] / "3.png").is_file() for e in entries.values())
+
+
+def test_pictures_another_machine_wrote_elsewhere_are_refused_in_one_line(tmp_path):
+    first, second = _shared(tmp_path / "second", tmp_path)  # two machines, two folders
+    with pytest.raises(ImageError, match=r"the pictures of 2 image\(s\) that other processes wrote are not in it "
+                                         r"\(images/s/a_b, \.\.\.\); on several machines"):
+        first.finish({"metrics": ["psnr"]}, _TwoProcesses(0, second))
+    assert not (tmp_path / "first" / "index.html").exists()
 
 
 def test_names_become_safe_folder_names():
