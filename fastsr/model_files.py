@@ -19,7 +19,9 @@ ordered dicts only: a pickle that would import anything else (and so could run c
 from __future__ import annotations
 
 import pickle
+import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -119,9 +121,7 @@ def _read(path: Path):
                            f"{', '.join(MODEL_SUFFIXES)} file spandrel recognises")
     loader = spandrel.ModelLoader()
     try:
-        with warnings.catch_warnings():  # spandrel first tries a .pt as TorchScript, whose loader torch deprecates
-            warnings.simplefilter("ignore", FutureWarning)
-            state = loader.load_state_dict_from_file(path)
+        state = _load_state(loader, path)
     except pickle.UnpicklingError as err:
         if "forbidden" in str(err):
             raise WeightsError(f"{path}: refused: its pickle asks for {str(err).split()[1]}, which weights never "
@@ -142,6 +142,30 @@ def _read(path: Path):
         raise WeightsError(f"{path}: spandrel could not build a model from it ({_first_line(err)})") from None
     _check_usable(descriptor, path)
     return state, descriptor
+
+
+def _load_state(loader, path: Path) -> dict:
+    """The state dict in `path` as spandrel reads it. spandrel tries a .pt as TorchScript first and, when that
+    fails, reports TorchScript's error even for a pickle it then refused ("corrupted ... re-download"); a .pt
+    that is not a TorchScript archive (a torch.save file) is read as the .pth it is, through a link, so a
+    refusal or a damaged pickle is named for what it is."""
+    if path.suffix.lower() != ".pt" or _is_torchscript(path):
+        with warnings.catch_warnings():  # TorchScript's loader, which torch deprecates
+            warnings.simplefilter("ignore", FutureWarning)
+            return loader.load_state_dict_from_file(path)
+    with tempfile.TemporaryDirectory() as folder:
+        alias = Path(folder) / "model.pth"
+        alias.symlink_to(path.resolve())
+        return loader.load_state_dict_from_file(alias)
+
+
+def _is_torchscript(path: Path) -> bool:
+    """Whether `path` is a TorchScript archive: a zip with the `constants.pkl` torch.jit.save writes (torch.save's
+    zip has none)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
 
 
 def _check_usable(descriptor, path: Path) -> None:
