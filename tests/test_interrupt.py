@@ -1,6 +1,7 @@
 """Ctrl-C saves: a real SIGINT sent to the run's whole process group, as a terminal sends it, under each way
 of starting a run (selected with `-k preempt`, like the other stop-signal tests)."""
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 import yaml
 from conftest import PROCESS_ENV, ROOT, free_port, tiny_recipe_dict
 
+from fastsr.data.torch_backend import _ignore_stop_signals, _workers_starting
 from fastsr.engine.checkpoint import load_state, resolve_resume
 from fastsr.engine.runlog import read_log
 from fastsr.engine.safety.runlock import lock_path
@@ -119,8 +121,9 @@ def test_preempt_a_second_ctrl_c_stops_at_once_without_a_checkpoint(photo_folder
 
 @pytest.mark.slow
 def test_preempt_ctrl_c_under_accelerate_launch_one_process(photo_folder, tmp_path):
-    """accelerate's own launcher stops at the Ctrl-C (its KeyboardInterrupt); the training process it started
-    still finishes the step and writes the checkpoint. The launcher copies the process's stderr through a pipe
+    """accelerate's own launcher stops at the Ctrl-C (its KeyboardInterrupt) and sends SIGTERM to the whole process
+    tree, loader workers included (killing it all 5 s later); the training process it started still finishes the
+    step and writes the checkpoint, its workers serving to the end. The launcher copies the process's stderr through a pipe
     and its KeyboardInterrupt can drop the chunk read as it arrives, the Ctrl-C's announcement among them (seen
     on a busy machine), so only what follows is checked."""
     recipe = _recipe(photo_folder, tmp_path)
@@ -167,3 +170,31 @@ def test_preempt_a_ctrl_c_after_the_last_step_is_said_and_the_run_finishes(tiny_
     assert len(notes) == 1 and notes[0].startswith("Ctrl-C came after the last step (step 3)"), notes
     assert "did not stop it" in capsys.readouterr().out
     assert not [r for r in read_log(run_dir / "log.jsonl") if r["kind"] == "preempted"]
+
+
+def _worker_starting(go) -> None:
+    """A loader worker between its fork and its init function, until `go` is set."""
+    go.wait(60)
+    _ignore_stop_signals(0)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_preempt_a_stop_signal_as_a_loader_worker_starts_does_not_kill_it(sig):
+    """A terminal's Ctrl-C reaches every process of the group, and accelerate's launcher answers it with SIGTERM
+    to the whole process tree: a torch loader worker forked just then, before its init function ignores them,
+    holds the signal and drops it, and goes on serving (dead, it would fail the training process's step)."""
+    context = multiprocessing.get_context("fork")  # as DataLoader's workers on Linux
+    go = context.Event()
+    previous = signal.signal(sig, signal.SIG_DFL)  # the child's until it ignores it: the signal would kill it
+    try:
+        with _workers_starting():
+            worker = context.Process(target=_worker_starting, args=(go,))
+            worker.start()
+    finally:
+        signal.signal(sig, previous)
+    os.kill(worker.pid, sig)
+    time.sleep(0.5)  # time for it to die, were the signal not held
+    assert worker.is_alive()
+    go.set()
+    worker.join(60)
+    assert worker.exitcode == 0

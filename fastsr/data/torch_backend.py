@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -52,9 +53,25 @@ class _VisitDataset(Dataset):
 
 def _ignore_stop_signals(worker_id: int) -> None:
     """A worker serves batches until the training process, which answers the stop signals (a terminal's
-    Ctrl-C reaches the whole process group), has written its checkpoint; it ends with that process."""
+    Ctrl-C reaches the whole process group; accelerate's launcher sends SIGTERM to the whole process tree),
+    has written its checkpoint; it ends with that process. Born with the signals blocked (`_workers_starting`),
+    it ignores them before it unblocks them, which drops one that arrived as it started."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+@contextmanager
+def _workers_starting() -> Iterator[None]:
+    """The stop signals held back while the workers fork, so each is born with them blocked: one that reaches
+    a worker before it ignores them waits, instead of killing it (the training process would then fail with
+    "DataLoader worker ... is killed by signal" rather than save). The mask is this thread's: the training
+    process still gets a signal that arrives meanwhile, through another of its threads or as it unblocks."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _collate(items: list) -> tuple[torch.Tensor, torch.Tensor] | ImageError:
@@ -94,8 +111,15 @@ class TorchLoader:
         loader = DataLoader(self.dataset, batch_size=per_batch, sampler=visits, num_workers=self.workers,
                             collate_fn=_collate, pin_memory=pin, persistent_workers=False,
                             worker_init_fn=_ignore_stop_signals if self.workers else None)
-        for batch in loader:
-            if isinstance(batch, ImageError):
-                raise batch
-            hr, lr = batch
-            yield hr.to(self.device, non_blocking=pin), lr.to(self.device, non_blocking=pin)
+        with _workers_starting():  # a new epoch's workers fork here
+            batches = iter(loader)
+        try:
+            for batch in batches:
+                if isinstance(batch, ImageError):
+                    raise batch
+                hr, lr = batch
+                yield hr.to(self.device, non_blocking=pin), lr.to(self.device, non_blocking=pin)
+        finally:
+            # The workers end here, also when a batch raised: a traceback keeps this frame, and with it the
+            # iterator, alive, and workers that ignore SIGTERM would then hang the interpreter's exit.
+            del batches
