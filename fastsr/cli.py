@@ -193,12 +193,12 @@ def run_eval(methods: list[str], sources: list[str], scale: int, console: Consol
     page = Report(report, scale) if report else None
     results = []
     for label, pairs in sets.items():
-        where = pictures / label if pictures else None
+        where, names = (pictures / label if pictures else None), [p.name for p in pairs]
         if page:
-            page.add_set(label, [p.name for p in pairs])
+            page.add_set(label, names)
         scores = evaluate(models, pairs, scale, device, metrics=scorers, tile=tile, pictures=where,
                           advice=memory_advice(), record=partial(page.add, label) if page else None, shard=shard)
-        results.append(SetResult(label, [p.name for p in pairs], scores))
+        results.append(SetResult(label, names, scores))
     caption = (f"x{scale}, {lr_made}; mean of per-image values; PSNR (dB) and SSIM on {Y_CONVENTIONS[y]}, uint8 "
                f"levels, {scale}-pixel border shaved" + (", LPIPS/DISTS on RGB" if len(metrics) > 2 else ""))
     meta = {"caption": caption, "scale": scale, "channel": "Y", "y": y, "crop_border": scale,
